@@ -1,0 +1,78 @@
+# The two set-up commands of the README are `make demo` and `make test`; both work on a fresh machine.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CACHE      ?= $(HOME)/.cache/recd
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+PIP_ENV    := PIP_CACHE_DIR=$(CACHE)/pip PIP_DISABLE_PIP_VERSION_CHECK=1
+CARGO_ENV  := CARGO_TARGET_DIR=$(CURDIR)/core_rs/target
+STACK      := deploy/scripts/stack.sh
+CORE_SRC   := $(shell find core_rs/src -name '*.rs' 2>/dev/null) core_rs/Cargo.toml pyproject.toml
+PYTEST_ARGS ?=
+
+.PHONY: help
+help:
+	@echo "make demo   - virtualenv, build, and run the whole system on embedded defaults"
+	@echo "make test   - everything needed, then all tests (Rust and Python)"
+	@echo "make bench  - benchmarks; results go to BENCHMARKS.md"
+	@echo "make lint   - ruff, mypy, cargo clippy"
+	@echo "make proto  - regenerate server/gen from proto/"
+	@echo "make stack-up / stack-down - local Redis, Cassandra and Neo4j on 127.0.0.1"
+
+# --- environment -------------------------------------------------------------------------------------
+# The virtualenv is rebuilt when the project's dependencies or the Rust core change.
+$(VENV)/.installed: $(CORE_SRC)
+	@command -v cargo >/dev/null || { echo "cargo (Rust) is required: install rustup's stable toolchain"; exit 1; }
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP_ENV) $(PY) -m pip install -q --upgrade pip
+	$(PIP_ENV) $(CARGO_ENV) $(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed
+
+# --- generated code ----------------------------------------------------------------------------------
+.PHONY: proto check-proto
+proto: venv
+	PYTHON=$(PY) proto/generate.sh
+
+# Fails when server/gen is not what proto/ generates today.
+check-proto: venv
+	tmp=$$(mktemp -d); PYTHON=$(PY) proto/generate.sh $$tmp; \
+	if ! diff -r -q $$tmp server/gen --exclude=__pycache__ >/dev/null; then \
+	  diff -r $$tmp server/gen --exclude=__pycache__ | head -20; rm -rf $$tmp; \
+	  echo "server/gen is stale: run 'make proto' and commit"; exit 1; fi; rm -rf $$tmp
+
+# --- tests -------------------------------------------------------------------------------------------
+.PHONY: test test-rust test-python
+test: venv check-proto test-rust test-python
+
+test-rust:
+	cd core_rs && $(CARGO_ENV) cargo test --quiet
+
+test-python: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# --- demo, bench, lint -------------------------------------------------------------------------------
+.PHONY: demo bench lint
+demo: venv
+	$(VENV)/bin/recd demo
+
+bench: venv
+	$(VENV)/bin/recd bench all
+
+lint: venv
+	$(VENV)/bin/ruff check server shards loadtests
+	$(VENV)/bin/ruff format --check server shards loadtests
+	$(VENV)/bin/mypy
+	cd core_rs && $(CARGO_ENV) cargo clippy --quiet --all-targets -- -D warnings && $(CARGO_ENV) cargo clippy --quiet --features python -- -D warnings
+
+# --- real backends on 127.0.0.1 ----------------------------------------------------------------------
+.PHONY: stack-up stack-down
+stack-up: venv
+	RECD_PYTHON=$(CURDIR)/$(PY) $(STACK) up
+
+stack-down:
+	$(STACK) down

@@ -1,0 +1,1 @@
+"""The gRPC edge: protobuf <-> domain conversion, servicers, interceptors and the server itself."""

@@ -1,0 +1,102 @@
+"""Protobuf <-> domain types. The only module (with the servicers) that sees generated messages."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from server.domain import (
+    Coverage,
+    Edge,
+    Interaction,
+    ItemRecord,
+    RecommendQuery,
+    ScoredItem,
+    SimilarQuery,
+    UserProfile,
+)
+from server.gen.recd.v1 import catalog_pb2, common_pb2, recommender_pb2
+
+
+def _filter(raw: object) -> dict[str, frozenset[str]]:
+    return {name: frozenset(allowed.values) for name, allowed in raw.items()}  # type: ignore[attr-defined]
+
+
+def recommend_query(req: recommender_pb2.RecommendRequest) -> RecommendQuery:
+    return RecommendQuery(
+        user_id=req.user_id,
+        k=req.k,
+        context=dict(req.context),
+        exclude_item_ids=frozenset(req.exclude_item_ids),
+        filter=_filter(req.filter),
+        diversity=req.diversity,
+        include_seen=req.include_seen,
+    )
+
+
+def similar_query(req: recommender_pb2.SimilarItemsRequest) -> SimilarQuery:
+    return SimilarQuery(item_id=req.item_id, k=req.k, filter=_filter(req.filter))
+
+
+def interactions(req: recommender_pb2.RecordInteractionsRequest) -> list[Interaction]:
+    return [
+        Interaction(i.user_id, i.item_id, i.action, i.weight, i.timestamp_ms) for i in req.interactions
+    ]
+
+
+def _vector(values: object) -> np.ndarray:
+    return np.asarray(values, dtype=np.float32)
+
+
+def item_records(req: catalog_pb2.UpsertItemsRequest) -> list[ItemRecord]:
+    return [
+        ItemRecord(i.item_id, _vector(i.embedding), dict(i.attributes), i.popularity, i.created_at_ms)
+        for i in req.items
+    ]
+
+
+def user_profiles(req: catalog_pb2.UpsertUsersRequest) -> list[UserProfile]:
+    return [
+        UserProfile(u.user_id, _vector(u.embedding) if len(u.embedding) else None, dict(u.attributes))
+        for u in req.users
+    ]
+
+
+def edges(req: catalog_pb2.UpsertEdgesRequest) -> list[Edge]:
+    return [Edge(e.src_item_id, e.dst_item_id, e.score) for e in req.edges]
+
+
+def scored_items(items: list[ScoredItem]) -> list[common_pb2.ScoredItem]:
+    out = []
+    for item in items:
+        c = item.components
+        out.append(
+            common_pb2.ScoredItem(
+                item_id=item.item_id,
+                score=item.score,
+                sources=[int(s) for s in item.sources],
+                components=common_pb2.ScoreComponents(
+                    similarity=c.similarity, graph=c.graph, popularity=c.popularity, freshness=c.freshness
+                ),
+            )
+        )
+    return out
+
+
+def coverage(total: int, ok: int, degraded: list[str]) -> common_pb2.Coverage:
+    return common_pb2.Coverage(
+        shards_total=total, shards_ok=ok, partial=ok < total, degraded_reasons=list(degraded)
+    )
+
+
+def coverage_of(c: Coverage) -> common_pb2.Coverage:
+    return coverage(c.shards_total, c.shards_ok, c.degraded)
+
+
+def item_message(record: ItemRecord) -> catalog_pb2.Item:
+    return catalog_pb2.Item(
+        item_id=record.item_id,
+        embedding=record.embedding.tolist(),
+        attributes=record.attributes,
+        popularity=record.popularity,
+        created_at_ms=record.created_at_ms,
+    )

@@ -1,0 +1,121 @@
+"""The Recommender and Catalog servicers: convert, call Recd, convert back."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from server.api import convert
+from server.api.errors import grpc_errors
+from server.gen.recd.v1 import (
+    catalog_pb2,
+    catalog_pb2_grpc,
+    recommender_pb2,
+    recommender_pb2_grpc,
+)
+from server.runtime import Recd
+
+
+def caller_deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
+    def __init__(self, recd: Recd) -> None:
+        self._recd = recd
+
+    @grpc_errors
+    async def Recommend(
+        self, request: recommender_pb2.RecommendRequest, context: grpc.aio.ServicerContext
+    ) -> recommender_pb2.RecommendResponse:
+        answer = await self._recd.recommend(convert.recommend_query(request), caller_deadline(context))
+        return recommender_pb2.RecommendResponse(
+            items=convert.scored_items(answer.items),
+            coverage=convert.coverage_of(answer.coverage),
+            cache_key=answer.cache_key,
+            cache_ttl_seconds=answer.cache_ttl_seconds,
+            model_version=answer.model_version,
+        )
+
+    @grpc_errors
+    async def SimilarItems(
+        self, request: recommender_pb2.SimilarItemsRequest, context: grpc.aio.ServicerContext
+    ) -> recommender_pb2.SimilarItemsResponse:
+        answer = await self._recd.similar_items(convert.similar_query(request), caller_deadline(context))
+        return recommender_pb2.SimilarItemsResponse(
+            items=convert.scored_items(answer.items),
+            coverage=convert.coverage(answer.coverage_total, answer.coverage_ok, answer.degraded),
+            model_version=self._recd.model.version,
+        )
+
+    @grpc_errors
+    async def RecordInteractions(
+        self, request: recommender_pb2.RecordInteractionsRequest, context: grpc.aio.ServicerContext
+    ) -> recommender_pb2.RecordInteractionsResponse:
+        accepted = await self._recd.record_interactions(convert.interactions(request))
+        return recommender_pb2.RecordInteractionsResponse(accepted=accepted)
+
+
+class CatalogService(catalog_pb2_grpc.CatalogServicer):
+    def __init__(self, recd: Recd) -> None:
+        self._recd = recd
+
+    @grpc_errors
+    async def UpsertItems(
+        self, request: catalog_pb2.UpsertItemsRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.UpsertItemsResponse:
+        upserted = await self._recd.upsert_items(convert.item_records(request))
+        return catalog_pb2.UpsertItemsResponse(upserted=upserted)
+
+    @grpc_errors
+    async def DeleteItems(
+        self, request: catalog_pb2.DeleteItemsRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.DeleteItemsResponse:
+        deleted = await self._recd.delete_items(list(request.item_ids))
+        return catalog_pb2.DeleteItemsResponse(deleted=deleted)
+
+    @grpc_errors
+    async def GetItems(
+        self, request: catalog_pb2.GetItemsRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.GetItemsResponse:
+        found, missing = await self._recd.get_items(list(request.item_ids))
+        return catalog_pb2.GetItemsResponse(
+            items=[convert.item_message(r) for r in found], missing_item_ids=missing
+        )
+
+    @grpc_errors
+    async def UpsertUsers(
+        self, request: catalog_pb2.UpsertUsersRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.UpsertUsersResponse:
+        upserted = await self._recd.upsert_users(convert.user_profiles(request))
+        return catalog_pb2.UpsertUsersResponse(upserted=upserted)
+
+    @grpc_errors
+    async def UpsertEdges(
+        self, request: catalog_pb2.UpsertEdgesRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.UpsertEdgesResponse:
+        upserted = await self._recd.upsert_edges(convert.edges(request))
+        return catalog_pb2.UpsertEdgesResponse(upserted=upserted)
+
+    @grpc_errors
+    async def Stats(
+        self, request: catalog_pb2.StatsRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.StatsResponse:
+        s = await self._recd.stats()
+        return catalog_pb2.StatsResponse(
+            items=s.items,
+            shards=[
+                catalog_pb2.ShardItemCount(shard_id=shard, items=live, deleted=dead)
+                for shard, (live, dead) in sorted(s.items_per_shard.items())
+            ],
+            users=s.users,
+            edges=s.edges,
+            dimension=s.dimension,
+            index=catalog_pb2.IndexParameters(
+                space=str(s.index["space"]), m=int(s.index["m"]),
+                ef_construction=int(s.index["ef_construction"]), ef_search=int(s.index["ef_search"]),
+            ),  # fmt: skip
+            model_version=s.model_version,
+        )

@@ -1,0 +1,1 @@
+"""Backends behind narrow interfaces: each role has an embedded default and a real implementation."""

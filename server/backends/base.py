@@ -1,0 +1,68 @@
+"""The narrow interfaces each backend role implements (embedded default and real system alike).
+
+Every method that reads on the request path takes the time it may spend (`timeout_s`), because the
+pipeline's budget, not the backend, decides how long a read may take. Failures raise BackendError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from server.domain import Edge, Interaction, UserProfile
+
+
+class ProfileStore(Protocol):
+    """User profiles and the interaction history (ScyllaDB in production)."""
+
+    async def get_profile(self, user_id: str, timeout_s: float) -> UserProfile | None: ...
+
+    async def upsert_profiles(self, profiles: Sequence[UserProfile]) -> None: ...
+
+    async def append_interactions(self, interactions: Sequence[Interaction]) -> None: ...
+
+    async def recent_interactions(self, user_id: str, limit: int, timeout_s: float) -> list[Interaction]:
+        """The user's newest `limit` interactions, newest first."""
+        ...
+
+    async def count_users(self) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+class ItemGraph(Protocol):
+    """SIMILAR_TO edges between items (Neo4j in production)."""
+
+    async def upsert_edges(self, edges: Sequence[Edge]) -> None: ...
+
+    async def neighbours(
+        self,
+        item_ids: Sequence[str],
+        hops: int,
+        limit_per_hop: int,
+        min_score: float,
+        timeout_s: float,
+    ) -> dict[str, float]:
+        """Items reachable from `item_ids` in 1..hops SIMILAR_TO steps, each with its best path score.
+
+        A path's score is the product of its edge scores; the seeds themselves are not returned.
+        Each hop keeps at most `limit_per_hop` edges per source item (highest scores first) and drops
+        edges below `min_score`, so the answer is bounded whatever the graph's degree.
+        """
+        ...
+
+    async def count_edges(self) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+class Cache(Protocol):
+    """A best-effort byte cache (Redis in production). It never raises: a failure is a miss."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None: ...
+
+    async def delete(self, keys: Sequence[str]) -> None: ...
+
+    async def close(self) -> None: ...

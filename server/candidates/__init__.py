@@ -1,0 +1,1 @@
+"""Candidate sources: ANN over the shards, graph neighbours, popular items."""

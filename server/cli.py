@@ -1,0 +1,340 @@
+"""The `recd` command: serve, shard, demo, recommend, similar, gen, load, bench, config show."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from server.config import Config, dump_config, load_config
+from server.logs import setup_logging
+
+log = logging.getLogger("recd")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(getattr(args, "config", None))
+
+
+# --- serve / shard ---------------------------------------------------------------------------------
+async def _serve(config: Config, on_ready: Any = None) -> None:
+    from server.api.server import RecdServer, run_until_signalled
+    from server.metrics import serve_metrics
+    from server.wiring import build_recd
+
+    recd = build_recd(config)
+    await recd.hydrate_catalogue()
+    recd.rank_service.primary.warm_up()
+    server = RecdServer(recd, config)
+    serve_metrics(config.server.metrics_address)
+    await run_until_signalled(server, on_ready)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _config(args)
+    setup_logging(config.server.log_level, config.server.log_format)
+    asyncio.run(_serve(config))
+    return 0
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    from shards.service import serve_node
+    from server.wiring import build_shard_host
+
+    config = _config(args)
+    setup_logging(config.server.log_level, config.server.log_format)
+    shard_ids = _parse_ranges(args.shards) if args.shards else None
+    host = build_shard_host(config, shard_ids)
+
+    async def run() -> None:
+        server = await serve_node(host, args.address)
+        log.info("shard node serving shards %s on %s", args.shards or "all", args.address)
+        try:
+            await server.wait_for_termination()
+        finally:
+            host.close()
+
+    asyncio.run(run())
+    return 0
+
+
+def _parse_ranges(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+# --- demo --------------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    config = _config(args)
+    root = Path(args.dir)
+    config.data_dir = str(root / "state")
+    setup_logging(config.server.log_level, "text")
+    dataset = root / "dataset"
+    marker = root / "state" / "loaded.json"
+    if not marker.exists() and not (dataset / "manifest.json").exists():
+        from server.datagen import generate
+
+        print(f"generating {args.items} items x {config.dim} dims and {args.users} users in {dataset} ...")
+        started = time.monotonic()
+        generate(dataset, items=args.items, users=args.users, dim=config.dim, seed=args.seed)
+        print(f"generated in {time.monotonic() - started:.1f}s")
+
+    async def run() -> None:
+        from server.api.server import RecdServer
+        from server.metrics import serve_metrics
+        from server.wiring import build_recd
+
+        recd = build_recd(config)
+        started = time.monotonic()
+        await recd.hydrate_catalogue()
+        server = RecdServer(recd, config)
+        serve_metrics(config.server.metrics_address)
+        await server.start()
+        if marker.exists():
+            print(f"reused the snapshot in {root / 'state'}: {len(recd.items)} items "
+                  f"in {time.monotonic() - started:.1f}s")  # fmt: skip
+        else:
+            await _demo_load(server.address, dataset, recd, marker)
+        _print_demo_help(server.address, config)
+        stop = asyncio.Event()
+        import signal
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if args.exit_after is not None:
+            loop.call_later(args.exit_after, stop.set)
+        await stop.wait()
+        await server.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+async def _demo_load(address: str, dataset: Path, recd: Any, marker: Path) -> None:
+    from server.client import RecdClient
+    from server.loading.load import load_dataset
+
+    client = RecdClient(address, timeout_s=120.0)
+    try:
+        summary = await load_dataset(dataset, client, batch_size=2000, progress=True)
+    finally:
+        await client.close()
+    print(summary)
+    # A snapshot now makes the next start load indexes instead of rebuilding them from the log.
+    for node in recd.router.nodes:
+        host = getattr(node.client, "host", None)
+        if host is not None:
+            await asyncio.to_thread(host.snapshot_all)
+    marker.write_text(json.dumps({"loaded_at": time.time(), "items": len(recd.items)}))
+
+
+def _print_demo_help(address: str, config: Config) -> None:
+    metrics = config.server.metrics_address
+    print(
+        f"""
+recd is serving on {address} (metrics: http://{metrics}/metrics). Try, in another terminal:
+
+  .venv/bin/recd recommend --user u00042 -k 10
+  .venv/bin/recd recommend --user u00042 -k 10 --filter lang=en --diversity 0.3
+  .venv/bin/recd recommend --user someone-new -k 5 --context lang=de
+  .venv/bin/recd similar --item i000123 -k 5
+  grpcurl -plaintext -d '{{"user_id": "u00042", "k": 5}}' {address} recd.v1.Recommender/Recommend
+  grpcurl -plaintext {address} recd.v1.Catalog/Stats
+  grpcurl -plaintext {address} grpc.health.v1.Health/Check
+
+Ctrl-C stops it (health goes NOT_SERVING, in-flight RPCs finish, then it exits).
+""",
+        flush=True,
+    )
+
+
+# --- client commands ---------------------------------------------------------------------------------
+def _parse_filter(values: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for value in values:
+        name, sep, allowed = value.partition("=")
+        if not sep:
+            raise SystemExit(f"--filter wants attr=v1,v2, got {value!r}")
+        out.setdefault(name, []).extend(allowed.split(","))
+    return out
+
+
+def _parse_pairs(values: list[str]) -> dict[str, str]:
+    return dict(v.partition("=")[::2] for v in values)
+
+
+def _print_items(response: Any, as_json: bool) -> None:
+    from google.protobuf import json_format
+
+    if as_json:
+        print(json_format.MessageToJson(response, preserving_proto_field_name=True))
+        return
+    names = {1: "ann", 2: "graph", 3: "popular"}
+    for rank, item in enumerate(response.items, 1):
+        sources = "+".join(names.get(s, "?") for s in item.sources)
+        c = item.components
+        print(f"{rank:3d}. {item.item_id:<14} score={item.score:7.4f}  [{sources}]  "
+              f"sim={c.similarity:.3f} graph={c.graph:.3f} pop={c.popularity:.3f} fresh={c.freshness:.3f}")  # fmt: skip
+    cov = response.coverage
+    print(f"coverage: {cov.shards_ok}/{cov.shards_total} shards"
+          f"{' (partial)' if cov.partial else ''}; degraded: {list(cov.degraded_reasons) or 'none'}")  # fmt: skip
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from server.client import RecdClient
+
+    async def run() -> None:
+        client = RecdClient(args.address)
+        try:
+            response = await client.recommend(
+                args.user, args.k, _parse_filter(args.filter), args.diversity, _parse_pairs(args.context)
+            )
+            _print_items(response, args.json)
+            if not args.json:
+                print(f"model: {response.model_version}; cache: {response.cache_key} "
+                      f"ttl={response.cache_ttl_seconds}s")  # fmt: skip
+        finally:
+            await client.close()
+
+    return _run_client(run)
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    from server.client import RecdClient
+
+    async def run() -> None:
+        client = RecdClient(args.address)
+        try:
+            _print_items(await client.similar(args.item, args.k, _parse_filter(args.filter)), args.json)
+        finally:
+            await client.close()
+
+    return _run_client(run)
+
+
+def _run_client(run: Any) -> int:
+    import grpc
+
+    try:
+        asyncio.run(run())
+    except grpc.aio.AioRpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_gen(args: argparse.Namespace) -> int:
+    from server.datagen import generate
+
+    started = time.monotonic()
+    manifest = generate(Path(args.out), items=args.items, users=args.users, dim=args.dim, seed=args.seed)
+    print(f"wrote {args.out} in {time.monotonic() - started:.1f}s: {manifest}")
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from server.client import RecdClient
+    from server.loading.load import load_dataset
+
+    async def run() -> bool:
+        client = RecdClient(args.address, timeout_s=120.0)
+        try:
+            summary = await load_dataset(Path(args.path), client, batch_size=args.batch_size, progress=True)
+        finally:
+            await client.close()
+        print(summary)
+        return bool(summary.ok)
+
+    return 0 if asyncio.run(run()) else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from server.bench.main import run_bench
+
+    return run_bench(args)
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    print(dump_config(_config(args)), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recd", description="recd recommendation server")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", help="YAML config file (defaults -> file -> RECD_* variables)")
+        return p
+
+    with_config(sub.add_parser("serve", help="run the gRPC frontend")).set_defaults(func=cmd_serve)
+
+    p = with_config(sub.add_parser("shard", help="run a shard node hosting logical shards"))
+    p.add_argument("--address", default="127.0.0.1:50061")
+    p.add_argument("--shards", help="shard ids to host, e.g. 0-9,15 (default: all)")
+    p.set_defaults(func=cmd_shard)
+
+    p = with_config(sub.add_parser("demo", help="the whole system on embedded defaults, with generated data"))
+    p.add_argument("--dir", default="data/demo")
+    p.add_argument("--items", type=int, default=200_000)
+    p.add_argument("--users", type=int, default=20_000)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--exit-after", type=float, default=None, help="stop after this many seconds")
+    p.set_defaults(func=cmd_demo)
+
+    for name, func, target in (("recommend", cmd_recommend, "--user"), ("similar", cmd_similar, "--item")):
+        p = sub.add_parser(name, help=f"call {name} on a running server")
+        p.add_argument(target, required=True)
+        p.add_argument("-k", type=int, default=10)
+        p.add_argument("--filter", action="append", default=[], help="attr=v1,v2 (repeatable)")
+        if name == "recommend":
+            p.add_argument("--diversity", type=float, default=0.0)
+            p.add_argument("--context", action="append", default=[], help="key=value (repeatable)")
+        p.add_argument("--address", default="127.0.0.1:50051")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("gen", help="write a synthetic dataset (Parquet)")
+    p.add_argument("--out", default="data/dataset")
+    p.add_argument("--items", type=int, default=200_000)
+    p.add_argument("--users", type=int, default=20_000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=cmd_gen)
+
+    p = sub.add_parser("load", help="bulk-load items, users, interactions, edges into a running server")
+    p.add_argument("path", help="a dataset directory or files (Parquet, CSV, JSONL)")
+    p.add_argument("--address", default="127.0.0.1:50051")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.set_defaults(func=cmd_load)
+
+    p = with_config(sub.add_parser("bench", help="benchmarks; results go to BENCHMARKS.md"))
+    p.add_argument("suite", nargs="?", default="all", choices=["all", "recommend", "ann", "score", "ingest", "rank"])
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    p.add_argument("--out", default="BENCHMARKS.md")
+    p.set_defaults(func=cmd_bench)
+
+    config_parser = sub.add_parser("config", help="configuration")
+    config_sub = config_parser.add_subparsers(dest="config_command", required=True)
+    with_config(config_sub.add_parser("show", help="print the effective config")).set_defaults(
+        func=cmd_config_show
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""A gRPC client for recd's public API, in domain types: used by the CLI, the loader and benchmarks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import grpc
+
+from server.domain import Edge, Interaction, ItemRecord, UserProfile
+from server.gen.recd.v1 import (
+    catalog_pb2,
+    catalog_pb2_grpc,
+    common_pb2,
+    recommender_pb2,
+    recommender_pb2_grpc,
+)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def allowed_values(filter_: Mapping[str, Sequence[str]]) -> dict[str, common_pb2.AllowedValues]:
+    return {name: common_pb2.AllowedValues(values=list(values)) for name, values in filter_.items()}
+
+
+class RecdClient:
+    def __init__(self, address: str, timeout_s: float = 30.0) -> None:
+        self.channel = grpc.aio.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self.recommender = recommender_pb2_grpc.RecommenderStub(self.channel)
+        self.catalog = catalog_pb2_grpc.CatalogStub(self.channel)
+        self.timeout_s = timeout_s
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def recommend(
+        self,
+        user_id: str,
+        k: int = 10,
+        filter_: Mapping[str, Sequence[str]] | None = None,
+        diversity: float = 0.0,
+        context: Mapping[str, str] | None = None,
+        exclude: Sequence[str] = (),
+        timeout_s: float | None = None,
+    ) -> recommender_pb2.RecommendResponse:
+        request = recommender_pb2.RecommendRequest(
+            user_id=user_id, k=k, filter=allowed_values(filter_ or {}), diversity=diversity,
+            context=dict(context or {}), exclude_item_ids=list(exclude),
+        )  # fmt: skip
+        return await self.recommender.Recommend(request, timeout=timeout_s or self.timeout_s)
+
+    async def similar(
+        self, item_id: str, k: int = 10, filter_: Mapping[str, Sequence[str]] | None = None
+    ) -> recommender_pb2.SimilarItemsResponse:
+        request = recommender_pb2.SimilarItemsRequest(item_id=item_id, k=k, filter=allowed_values(filter_ or {}))
+        return await self.recommender.SimilarItems(request, timeout=self.timeout_s)
+
+    # CatalogWriter (server.loading.load) ------------------------------------------------------------
+    async def upsert_items(self, items: list[ItemRecord]) -> int:
+        request = catalog_pb2.UpsertItemsRequest(
+            items=[
+                catalog_pb2.Item(
+                    item_id=i.item_id, embedding=i.embedding.tolist(), attributes=i.attributes,
+                    popularity=i.popularity, created_at_ms=i.created_at_ms,
+                )  # fmt: skip
+                for i in items
+            ]
+        )
+        response = await self.catalog.UpsertItems(request, timeout=self.timeout_s)
+        return int(response.upserted)
+
+    async def upsert_users(self, users: list[UserProfile]) -> int:
+        request = catalog_pb2.UpsertUsersRequest(
+            users=[
+                catalog_pb2.User(
+                    user_id=u.user_id,
+                    embedding=[] if u.embedding is None else u.embedding.tolist(),
+                    attributes=u.attributes,
+                )
+                for u in users
+            ]
+        )
+        response = await self.catalog.UpsertUsers(request, timeout=self.timeout_s)
+        return int(response.upserted)
+
+    async def record_interactions(self, interactions: list[Interaction]) -> int:
+        request = recommender_pb2.RecordInteractionsRequest(
+            interactions=[
+                recommender_pb2.Interaction(
+                    user_id=x.user_id, item_id=x.item_id, action=x.action, weight=x.weight,
+                    timestamp_ms=x.timestamp_ms,
+                )  # fmt: skip
+                for x in interactions
+            ]
+        )
+        response = await self.recommender.RecordInteractions(request, timeout=self.timeout_s)
+        return int(response.accepted)
+
+    async def upsert_edges(self, edges: list[Edge]) -> int:
+        request = catalog_pb2.UpsertEdgesRequest(
+            edges=[catalog_pb2.Edge(src_item_id=e.src_item_id, dst_item_id=e.dst_item_id, score=e.score)
+                   for e in edges]
+        )  # fmt: skip
+        response = await self.catalog.UpsertEdges(request, timeout=self.timeout_s)
+        return int(response.upserted)
+
+    async def stats(self) -> catalog_pb2.StatsResponse:
+        return await self.catalog.Stats(catalog_pb2.StatsRequest(), timeout=self.timeout_s)

@@ -1,0 +1,111 @@
+"""The frontend's own types: what a request, an item, a user and an answer are, free of protobuf."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+Vector = npt.NDArray[np.float32]
+
+
+class Source(enum.IntEnum):
+    """Where a candidate came from; values match recd.v1.Source."""
+
+    ANN = 1
+    GRAPH = 2
+    POPULAR = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRecord:
+    item_id: str
+    embedding: Vector
+    attributes: dict[str, str]
+    popularity: float
+    created_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserProfile:
+    user_id: str
+    # None: derive the user's vector from their history.
+    embedding: Vector | None
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    user_id: str
+    item_id: str
+    action: str
+    weight: float
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    src_item_id: str
+    dst_item_id: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendQuery:
+    user_id: str
+    k: int
+    context: dict[str, str]
+    exclude_item_ids: frozenset[str]
+    # attribute -> allowed values; an item passes when each listed attribute has an allowed value.
+    filter: dict[str, frozenset[str]]
+    diversity: float
+    include_seen: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SimilarQuery:
+    item_id: str
+    k: int
+    filter: dict[str, frozenset[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreComponents:
+    similarity: float = 0.0
+    graph: float = 0.0
+    popularity: float = 0.0
+    freshness: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredItem:
+    item_id: str
+    score: float
+    sources: tuple[Source, ...]
+    components: ScoreComponents
+
+
+@dataclass(slots=True)
+class Coverage:
+    shards_total: int = 0
+    shards_ok: int = 0
+    degraded: list[str] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        return self.shards_ok < self.shards_total
+
+    def degrade(self, reason: str) -> None:
+        if reason not in self.degraded:
+            self.degraded.append(reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    items: list[ScoredItem]
+    coverage: Coverage
+    cache_key: str
+    cache_ttl_seconds: int
+    model_version: str

@@ -1,0 +1,161 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Item(_message.Message):
+    __slots__ = ("item_id", "embedding", "attributes", "popularity", "created_at_ms")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    POPULARITY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    embedding: _containers.RepeatedScalarFieldContainer[float]
+    attributes: _containers.ScalarMap[str, str]
+    popularity: float
+    created_at_ms: int
+    def __init__(self, item_id: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., attributes: _Optional[_Mapping[str, str]] = ..., popularity: _Optional[float] = ..., created_at_ms: _Optional[int] = ...) -> None: ...
+
+class UpsertItemsRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Item]
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ...) -> None: ...
+
+class UpsertItemsResponse(_message.Message):
+    __slots__ = ("upserted",)
+    UPSERTED_FIELD_NUMBER: _ClassVar[int]
+    upserted: int
+    def __init__(self, upserted: _Optional[int] = ...) -> None: ...
+
+class DeleteItemsRequest(_message.Message):
+    __slots__ = ("item_ids",)
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteItemsResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+
+class GetItemsRequest(_message.Message):
+    __slots__ = ("item_ids",)
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetItemsResponse(_message.Message):
+    __slots__ = ("items", "missing_item_ids")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Item]
+    missing_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., missing_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class User(_message.Message):
+    __slots__ = ("user_id", "embedding", "attributes")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    embedding: _containers.RepeatedScalarFieldContainer[float]
+    attributes: _containers.ScalarMap[str, str]
+    def __init__(self, user_id: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class UpsertUsersRequest(_message.Message):
+    __slots__ = ("users",)
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    users: _containers.RepeatedCompositeFieldContainer[User]
+    def __init__(self, users: _Optional[_Iterable[_Union[User, _Mapping]]] = ...) -> None: ...
+
+class UpsertUsersResponse(_message.Message):
+    __slots__ = ("upserted",)
+    UPSERTED_FIELD_NUMBER: _ClassVar[int]
+    upserted: int
+    def __init__(self, upserted: _Optional[int] = ...) -> None: ...
+
+class Edge(_message.Message):
+    __slots__ = ("src_item_id", "dst_item_id", "score")
+    SRC_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    DST_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    src_item_id: str
+    dst_item_id: str
+    score: float
+    def __init__(self, src_item_id: _Optional[str] = ..., dst_item_id: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class UpsertEdgesRequest(_message.Message):
+    __slots__ = ("edges",)
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    edges: _containers.RepeatedCompositeFieldContainer[Edge]
+    def __init__(self, edges: _Optional[_Iterable[_Union[Edge, _Mapping]]] = ...) -> None: ...
+
+class UpsertEdgesResponse(_message.Message):
+    __slots__ = ("upserted",)
+    UPSERTED_FIELD_NUMBER: _ClassVar[int]
+    upserted: int
+    def __init__(self, upserted: _Optional[int] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ShardItemCount(_message.Message):
+    __slots__ = ("shard_id", "items", "deleted")
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    items: int
+    deleted: int
+    def __init__(self, shard_id: _Optional[int] = ..., items: _Optional[int] = ..., deleted: _Optional[int] = ...) -> None: ...
+
+class IndexParameters(_message.Message):
+    __slots__ = ("space", "m", "ef_construction", "ef_search")
+    SPACE_FIELD_NUMBER: _ClassVar[int]
+    M_FIELD_NUMBER: _ClassVar[int]
+    EF_CONSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    space: str
+    m: int
+    ef_construction: int
+    ef_search: int
+    def __init__(self, space: _Optional[str] = ..., m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., ef_search: _Optional[int] = ...) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("items", "shards", "users", "edges", "dimension", "index", "model_version")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    items: int
+    shards: _containers.RepeatedCompositeFieldContainer[ShardItemCount]
+    users: int
+    edges: int
+    dimension: int
+    index: IndexParameters
+    model_version: str
+    def __init__(self, items: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardItemCount, _Mapping]]] = ..., users: _Optional[int] = ..., edges: _Optional[int] = ..., dimension: _Optional[int] = ..., index: _Optional[_Union[IndexParameters, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...

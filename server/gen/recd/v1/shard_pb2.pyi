@@ -1,0 +1,145 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ShardRecord(_message.Message):
+    __slots__ = ("label", "item_id", "vector", "payload")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    label: int
+    item_id: str
+    vector: bytes
+    payload: bytes
+    def __init__(self, label: _Optional[int] = ..., item_id: _Optional[str] = ..., vector: _Optional[bytes] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
+class ShardRecords(_message.Message):
+    __slots__ = ("shard_id", "records")
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    records: _containers.RepeatedCompositeFieldContainer[ShardRecord]
+    def __init__(self, shard_id: _Optional[int] = ..., records: _Optional[_Iterable[_Union[ShardRecord, _Mapping]]] = ...) -> None: ...
+
+class ShardSearchRequest(_message.Message):
+    __slots__ = ("queries", "n_queries", "dim", "shard_ids", "k", "ef", "exclude")
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    N_QUERIES_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    SHARD_IDS_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    EF_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_FIELD_NUMBER: _ClassVar[int]
+    queries: bytes
+    n_queries: int
+    dim: int
+    shard_ids: _containers.RepeatedScalarFieldContainer[int]
+    k: int
+    ef: int
+    exclude: _containers.RepeatedCompositeFieldContainer[LabelList]
+    def __init__(self, queries: _Optional[bytes] = ..., n_queries: _Optional[int] = ..., dim: _Optional[int] = ..., shard_ids: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., ef: _Optional[int] = ..., exclude: _Optional[_Iterable[_Union[LabelList, _Mapping]]] = ...) -> None: ...
+
+class LabelList(_message.Message):
+    __slots__ = ("labels",)
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    labels: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, labels: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ShardSearchResponse(_message.Message):
+    __slots__ = ("shards",)
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    shards: _containers.RepeatedCompositeFieldContainer[ShardHits]
+    def __init__(self, shards: _Optional[_Iterable[_Union[ShardHits, _Mapping]]] = ...) -> None: ...
+
+class ShardHits(_message.Message):
+    __slots__ = ("shard_id", "ok", "error", "labels", "scores")
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    ok: bool
+    error: str
+    labels: _containers.RepeatedScalarFieldContainer[int]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, shard_id: _Optional[int] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., labels: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ShardUpsertRequest(_message.Message):
+    __slots__ = ("batches",)
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    batches: _containers.RepeatedCompositeFieldContainer[ShardRecords]
+    def __init__(self, batches: _Optional[_Iterable[_Union[ShardRecords, _Mapping]]] = ...) -> None: ...
+
+class ShardUpsertResponse(_message.Message):
+    __slots__ = ("upserted",)
+    UPSERTED_FIELD_NUMBER: _ClassVar[int]
+    upserted: int
+    def __init__(self, upserted: _Optional[int] = ...) -> None: ...
+
+class ShardDeleteRequest(_message.Message):
+    __slots__ = ("shard_id", "labels")
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    labels: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, shard_id: _Optional[int] = ..., labels: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ShardDeleteResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+
+class ShardFetchRequest(_message.Message):
+    __slots__ = ("shard_id", "labels")
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    labels: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, shard_id: _Optional[int] = ..., labels: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ShardFetchResponse(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[ShardRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[ShardRecord, _Mapping]]] = ...) -> None: ...
+
+class ShardScanRequest(_message.Message):
+    __slots__ = ("shard_id", "batch_size")
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    batch_size: int
+    def __init__(self, shard_id: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
+class ShardStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ShardStatsResponse(_message.Message):
+    __slots__ = ("shards", "dim")
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    shards: _containers.RepeatedCompositeFieldContainer[ShardStats]
+    dim: int
+    def __init__(self, shards: _Optional[_Iterable[_Union[ShardStats, _Mapping]]] = ..., dim: _Optional[int] = ...) -> None: ...
+
+class ShardStats(_message.Message):
+    __slots__ = ("shard_id", "items", "deleted", "capacity", "wal_bytes")
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    WAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    items: int
+    deleted: int
+    capacity: int
+    wal_bytes: int
+    def __init__(self, shard_id: _Optional[int] = ..., items: _Optional[int] = ..., deleted: _Optional[int] = ..., capacity: _Optional[int] = ..., wal_bytes: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,47 @@
+"""Prometheus metrics of the frontend. Labels carry methods, steps, reasons; never a user or item id."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# Dense below and around the 100 ms p99 budget, where the interesting changes happen.
+LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05,
+    0.06, 0.07, 0.08, 0.09, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5,
+)  # fmt: skip
+STEP_BUCKETS_S = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02,
+    0.03, 0.04, 0.05, 0.075, 0.1, 0.25,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+COVERAGE_BUCKETS = (0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
+
+RPC_LATENCY = Histogram(
+    "recd_rpc_latency_seconds", "Server-side RPC latency", ["method", "code"], buckets=LATENCY_BUCKETS_S
+)
+RPC_IN_FLIGHT = Gauge("recd_rpc_in_flight", "RPCs being served now")
+RPC_REJECTED = Counter("recd_rpc_rejected_total", "RPCs refused by the concurrency cap", ["method"])
+STEP_LATENCY = Histogram(
+    "recd_step_latency_seconds", "Latency of each pipeline step", ["pipeline", "step"], buckets=STEP_BUCKETS_S
+)
+STEP_OVERRUNS = Counter("recd_step_budget_overruns_total", "Steps that ran out of budget", ["pipeline", "step"])
+STEP_FAILURES = Counter("recd_step_failures_total", "Steps that raised", ["pipeline", "step"])
+DEGRADED = Counter("recd_degraded_responses_total", "Answers missing a source", ["reason"])
+COVERAGE = Histogram("recd_shard_coverage_ratio", "shards_ok / shards_total per query", buckets=COVERAGE_BUCKETS)
+SHARD_LATENCY = Histogram(
+    "recd_shard_call_latency_seconds", "Latency of one call to a shard node", ["node", "op"],
+    buckets=STEP_BUCKETS_S,
+)  # fmt: skip
+SHARD_CALLS = Counter("recd_shard_calls_total", "Calls to shard nodes", ["node", "op", "outcome"])
+SEARCH_BATCH = Histogram("recd_ann_batch_size", "Queries per batched shard search", buckets=BATCH_BUCKETS)
+RANK_BATCH = Histogram("recd_rank_batch_size", "Requests per ranking launch", ["ranker"], buckets=BATCH_BUCKETS)
+RANK_FALLBACKS = Counter("recd_rank_fallbacks_total", "Rank batches moved to the fallback ranker", ["ranker"])
+CACHE_REQUESTS = Counter("recd_cache_requests_total", "Cache lookups", ["tier", "outcome"])
+BACKEND_CALLS = Counter("recd_backend_calls_total", "Round trips to backends", ["backend", "op", "outcome"])
+ITEMS = Gauge("recd_items", "Items in the catalogue")
+
+
+def serve_metrics(address: str, registry: CollectorRegistry = REGISTRY) -> None:
+    """Expose /metrics over HTTP on `address` (host:port) from a daemon thread."""
+    host, _, port = address.rpartition(":")
+    start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)

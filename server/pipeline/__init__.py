@@ -1,0 +1,1 @@
+"""The request path as a declared list of small named steps (validate, hydrate, candidates, ...)."""

@@ -1,0 +1,1 @@
+"""The named steps of the Recommend and SimilarItems pipelines, one job each."""

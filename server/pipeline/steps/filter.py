@@ -1,0 +1,44 @@
+"""Step 5: one deduplicated candidate set without seen, excluded or filtered-out items."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from server.catalog.item_store import ItemStore
+from server.domain import Source
+from server.pipeline.context import CandidateSet, RequestContext
+
+
+class FilterCandidates:
+    name = "filter"
+    awaits_io = False
+
+    def __init__(self, items: ItemStore) -> None:
+        self._items = items
+
+    async def run(self, ctx: RequestContext) -> None:
+        if not ctx.hits:
+            ctx.candidates = CandidateSet.empty()
+            return
+        rows = np.concatenate([h.rows for h in ctx.hits])
+        bits = np.concatenate([np.full(len(h.rows), 1 << int(h.source), np.uint8) for h in ctx.hits])
+        graph = np.concatenate(
+            [h.scores if h.source == Source.GRAPH else np.zeros(len(h.rows), np.float32) for h in ctx.hits]
+        )
+        unique, inverse = np.unique(rows, return_inverse=True)
+        merged_bits = np.zeros(len(unique), np.uint8)
+        np.bitwise_or.at(merged_bits, inverse, bits)
+        merged_graph = np.zeros(len(unique), np.float32)
+        np.maximum.at(merged_graph, inverse, graph)
+        keep = self._items.filter_mask(unique, ctx.filter) if ctx.filter else self._items.alive_mask(unique)
+        banned = set(ctx.exclude_item_ids)
+        if not ctx.include_seen:
+            banned.update(ctx.seen_item_ids)
+        if ctx.seed_item_id is not None:
+            banned.add(ctx.seed_item_id)
+        if banned:
+            keep &= ~np.isin(unique, self._items.rows_of(banned))
+        ctx.candidates = CandidateSet(unique[keep], merged_bits[keep], merged_graph[keep])
+
+    def on_failure(self, ctx: RequestContext) -> None:
+        return None
