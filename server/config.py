@@ -51,7 +51,7 @@ class MicroBatchConfig:
 @dataclass
 class ShardsConfig:
     count: int = 20
-    vnodes: int = 160
+    vnodes: int = 1024
     index: IndexConfig = field(default_factory=IndexConfig)
     snapshot_every_records: int = 50_000
     group_commit_window_ms: float = 2.0

@@ -1,0 +1,86 @@
+"""The binding edge: every array argument is read in place or rejected with a ValueError that
+names it; nothing is converted silently."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from server._core import F16Table, merge_topk, mmr, topk_rows
+
+# (call taking the one array under test, argument name, good array)
+Case = tuple[Callable[[object], object], str, np.ndarray]
+
+
+def _table() -> F16Table:
+    table = F16Table(4)
+    table.set_rows(np.arange(3), np.ones((3, 4), np.float32))
+    return table
+
+
+CASES: list[Case] = [
+    (lambda a: merge_topk(a, np.zeros((1, 2, 3), np.float32), 2), "labels", np.zeros((1, 2, 3), np.uint64)),
+    (lambda a: merge_topk(np.zeros((1, 2, 3), np.uint64), a, 2), "scores", np.zeros((1, 2, 3), np.float32)),
+    (lambda a: topk_rows(a, 2), "scores", np.zeros((2, 3), np.float32)),
+    (lambda a: mmr(a, np.eye(3, dtype=np.float32), 2, 0.5), "relevance", np.ones(3, np.float32)),
+    (lambda a: mmr(np.ones(3, np.float32), a, 2, 0.5), "vectors", np.eye(3, dtype=np.float32)),
+    (lambda a: _table().score(a, np.zeros((2, 3), np.int64)), "queries", np.ones((2, 4), np.float32)),
+    (lambda a: _table().score(np.ones((2, 4), np.float32), a), "rows", np.zeros((2, 3), np.int64)),
+    (lambda a: _table().set_rows(a, np.ones((2, 4), np.float32)), "rows", np.arange(2, dtype=np.int64)),
+    (lambda a: _table().set_rows(np.arange(2), a), "vectors", np.ones((2, 4), np.float32)),
+    (lambda a: _table().get_rows(a), "rows", np.arange(2, dtype=np.int64)),
+    (lambda a: _table().clear_rows(a), "rows", np.arange(2, dtype=np.int64)),
+]
+IDS = [f"{i}-{name}" for i, (_, name, _) in enumerate(CASES)]
+
+
+def wrong_dtype(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.int32 if a.dtype.kind == "f" else np.float64)
+
+
+def non_contiguous(a: np.ndarray) -> np.ndarray:
+    # Same shape, every other element of a doubled last axis.
+    return np.repeat(a, 2, axis=-1)[..., ::2]
+
+
+def big_endian(a: np.ndarray) -> np.ndarray:
+    return a.astype(a.dtype.newbyteorder(">"))
+
+
+BREAKERS = {
+    "wrong dtype": (wrong_dtype, "has dtype"),
+    "byte-swapped": (big_endian, "has dtype"),
+    "non-contiguous": (non_contiguous, "is not a C-contiguous"),
+    "extra dimension": (lambda a: a[None], "has shape"),
+    "list": (lambda a: a.tolist(), "must be a numpy.ndarray"),
+}
+
+
+@pytest.mark.parametrize(("call", "name", "good"), CASES, ids=IDS)
+def test_good_arrays_are_accepted(call: Callable[[object], object], name: str, good: np.ndarray) -> None:
+    call(good)
+
+
+@pytest.mark.parametrize("breaker", BREAKERS, ids=list(BREAKERS))
+@pytest.mark.parametrize(("call", "name", "good"), CASES, ids=IDS)
+def test_bad_arrays_name_the_argument(
+    call: Callable[[object], object], name: str, good: np.ndarray, breaker: str
+) -> None:
+    make_bad, reason = BREAKERS[breaker]
+    with pytest.raises(ValueError, match=f"`{name}` {reason}"):
+        call(make_bad(good))
+
+
+def test_read_only_arrays_are_fine() -> None:
+    scores = np.arange(6, dtype=np.float32).reshape(2, 3)
+    scores.flags.writeable = False
+    idx, _ = topk_rows(scores, 1)
+    assert idx.tolist() == [[2], [2]]
+
+
+def test_outputs_are_fresh_writable_arrays() -> None:
+    idx, val = topk_rows(np.ones((2, 3), np.float32), 2)
+    assert idx.flags.writeable and val.flags.writeable
+    assert idx.flags.c_contiguous and val.flags.c_contiguous
