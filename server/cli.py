@@ -43,8 +43,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
-    from shards.service import serve_node
     from server.wiring import build_shard_host
+    from shards.service import serve_node
 
     config = _config(args)
     setup_logging(config.server.log_level, config.server.log_format)
@@ -99,8 +99,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         serve_metrics(config.server.metrics_address)
         await server.start()
         if marker.exists():
-            print(f"reused the snapshot in {root / 'state'}: {len(recd.items)} items "
-                  f"in {time.monotonic() - started:.1f}s")  # fmt: skip
+            print(
+                f"reused the snapshot in {root / 'state'}: {len(recd.items)} items "
+                f"in {time.monotonic() - started:.1f}s"
+            )
         else:
             await _demo_load(server.address, dataset, recd, marker)
         _print_demo_help(server.address, config)
@@ -182,11 +184,15 @@ def _print_items(response: Any, as_json: bool) -> None:
     for rank, item in enumerate(response.items, 1):
         sources = "+".join(names.get(s, "?") for s in item.sources)
         c = item.components
-        print(f"{rank:3d}. {item.item_id:<14} score={item.score:7.4f}  [{sources}]  "
-              f"sim={c.similarity:.3f} graph={c.graph:.3f} pop={c.popularity:.3f} fresh={c.freshness:.3f}")  # fmt: skip
+        print(
+            f"{rank:3d}. {item.item_id:<14} score={item.score:7.4f}  [{sources}]  "
+            f"sim={c.similarity:.3f} graph={c.graph:.3f} pop={c.popularity:.3f} fresh={c.freshness:.3f}"
+        )
     cov = response.coverage
-    print(f"coverage: {cov.shards_ok}/{cov.shards_total} shards"
-          f"{' (partial)' if cov.partial else ''}; degraded: {list(cov.degraded_reasons) or 'none'}")  # fmt: skip
+    print(
+        f"coverage: {cov.shards_ok}/{cov.shards_total} shards"
+        f"{' (partial)' if cov.partial else ''}; degraded: {list(cov.degraded_reasons) or 'none'}"
+    )
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -200,8 +206,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             )
             _print_items(response, args.json)
             if not args.json:
-                print(f"model: {response.model_version}; cache: {response.cache_key} "
-                      f"ttl={response.cache_ttl_seconds}s")  # fmt: skip
+                print(
+                    f"model: {response.model_version}; cache: {response.cache_key} "
+                    f"ttl={response.cache_ttl_seconds}s"
+                )
         finally:
             await client.close()
 
@@ -318,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_load)
 
     p = with_config(sub.add_parser("bench", help="benchmarks; results go to BENCHMARKS.md"))
-    p.add_argument("suite", nargs="?", default="all", choices=["all", "recommend", "ann", "score", "ingest", "rank"])
+    p.add_argument(
+        "suite", nargs="?", default="all", choices=["all", "recommend", "ann", "score", "ingest", "rank"]
+    )
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     p.add_argument("--out", default="BENCHMARKS.md")
     p.set_defaults(func=cmd_bench)

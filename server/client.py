@@ -49,15 +49,21 @@ class RecdClient:
         timeout_s: float | None = None,
     ) -> recommender_pb2.RecommendResponse:
         request = recommender_pb2.RecommendRequest(
-            user_id=user_id, k=k, filter=allowed_values(filter_ or {}), diversity=diversity,
-            context=dict(context or {}), exclude_item_ids=list(exclude),
-        )  # fmt: skip
+            user_id=user_id,
+            k=k,
+            filter=allowed_values(filter_ or {}),
+            diversity=diversity,
+            context=dict(context or {}),
+            exclude_item_ids=list(exclude),
+        )
         return await self.recommender.Recommend(request, timeout=timeout_s or self.timeout_s)
 
     async def similar(
         self, item_id: str, k: int = 10, filter_: Mapping[str, Sequence[str]] | None = None
     ) -> recommender_pb2.SimilarItemsResponse:
-        request = recommender_pb2.SimilarItemsRequest(item_id=item_id, k=k, filter=allowed_values(filter_ or {}))
+        request = recommender_pb2.SimilarItemsRequest(
+            item_id=item_id, k=k, filter=allowed_values(filter_ or {})
+        )
         return await self.recommender.SimilarItems(request, timeout=self.timeout_s)
 
     # CatalogWriter (server.loading.load) ------------------------------------------------------------
@@ -65,9 +71,12 @@ class RecdClient:
         request = catalog_pb2.UpsertItemsRequest(
             items=[
                 catalog_pb2.Item(
-                    item_id=i.item_id, embedding=i.embedding.tolist(), attributes=i.attributes,
-                    popularity=i.popularity, created_at_ms=i.created_at_ms,
-                )  # fmt: skip
+                    item_id=i.item_id,
+                    embedding=i.embedding.tolist(),
+                    attributes=i.attributes,
+                    popularity=i.popularity,
+                    created_at_ms=i.created_at_ms,
+                )
                 for i in items
             ]
         )
@@ -92,9 +101,12 @@ class RecdClient:
         request = recommender_pb2.RecordInteractionsRequest(
             interactions=[
                 recommender_pb2.Interaction(
-                    user_id=x.user_id, item_id=x.item_id, action=x.action, weight=x.weight,
+                    user_id=x.user_id,
+                    item_id=x.item_id,
+                    action=x.action,
+                    weight=x.weight,
                     timestamp_ms=x.timestamp_ms,
-                )  # fmt: skip
+                )
                 for x in interactions
             ]
         )
@@ -103,9 +115,11 @@ class RecdClient:
 
     async def upsert_edges(self, edges: list[Edge]) -> int:
         request = catalog_pb2.UpsertEdgesRequest(
-            edges=[catalog_pb2.Edge(src_item_id=e.src_item_id, dst_item_id=e.dst_item_id, score=e.score)
-                   for e in edges]
-        )  # fmt: skip
+            edges=[
+                catalog_pb2.Edge(src_item_id=e.src_item_id, dst_item_id=e.dst_item_id, score=e.score)
+                for e in edges
+            ]
+        )
         response = await self.catalog.UpsertEdges(request, timeout=self.timeout_s)
         return int(response.upserted)
 

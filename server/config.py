@@ -102,8 +102,9 @@ class PipelineConfig:
     budget_ms: float = 80.0
     steps: dict[str, StepConfig] = field(default_factory=_default_steps)
     candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
-    # Ranked shortlist handed to MMR, as a multiple of k.
-    mmr_shortlist_factor: int = 4
+    # Ranked candidates MMR chooses from when diversity is asked for (at least 2k): diversity needs
+    # candidates from beyond the closest neighbourhood, so the pool is wider than k.
+    mmr_pool: int = 500
 
 
 @dataclass

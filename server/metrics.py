@@ -6,13 +6,50 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 # Dense below and around the 100 ms p99 budget, where the interesting changes happen.
 LATENCY_BUCKETS_S = (
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05,
-    0.06, 0.07, 0.08, 0.09, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5,
-)  # fmt: skip
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.04,
+    0.05,
+    0.06,
+    0.07,
+    0.08,
+    0.09,
+    0.1,
+    0.125,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    1.0,
+    2.5,
+)
 STEP_BUCKETS_S = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02,
-    0.03, 0.04, 0.05, 0.075, 0.1, 0.25,
-)  # fmt: skip
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 COVERAGE_BUCKETS = (0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
 
@@ -24,17 +61,25 @@ RPC_REJECTED = Counter("recd_rpc_rejected_total", "RPCs refused by the concurren
 STEP_LATENCY = Histogram(
     "recd_step_latency_seconds", "Latency of each pipeline step", ["pipeline", "step"], buckets=STEP_BUCKETS_S
 )
-STEP_OVERRUNS = Counter("recd_step_budget_overruns_total", "Steps that ran out of budget", ["pipeline", "step"])
+STEP_OVERRUNS = Counter(
+    "recd_step_budget_overruns_total", "Steps that ran out of budget", ["pipeline", "step"]
+)
 STEP_FAILURES = Counter("recd_step_failures_total", "Steps that raised", ["pipeline", "step"])
 DEGRADED = Counter("recd_degraded_responses_total", "Answers missing a source", ["reason"])
-COVERAGE = Histogram("recd_shard_coverage_ratio", "shards_ok / shards_total per query", buckets=COVERAGE_BUCKETS)
+COVERAGE = Histogram(
+    "recd_shard_coverage_ratio", "shards_ok / shards_total per query", buckets=COVERAGE_BUCKETS
+)
 SHARD_LATENCY = Histogram(
-    "recd_shard_call_latency_seconds", "Latency of one call to a shard node", ["node", "op"],
+    "recd_shard_call_latency_seconds",
+    "Latency of one call to a shard node",
+    ["node", "op"],
     buckets=STEP_BUCKETS_S,
-)  # fmt: skip
+)
 SHARD_CALLS = Counter("recd_shard_calls_total", "Calls to shard nodes", ["node", "op", "outcome"])
 SEARCH_BATCH = Histogram("recd_ann_batch_size", "Queries per batched shard search", buckets=BATCH_BUCKETS)
-RANK_BATCH = Histogram("recd_rank_batch_size", "Requests per ranking launch", ["ranker"], buckets=BATCH_BUCKETS)
+RANK_BATCH = Histogram(
+    "recd_rank_batch_size", "Requests per ranking launch", ["ranker"], buckets=BATCH_BUCKETS
+)
 RANK_FALLBACKS = Counter("recd_rank_fallbacks_total", "Rank batches moved to the fallback ranker", ["ranker"])
 CACHE_REQUESTS = Counter("recd_cache_requests_total", "Cache lookups", ["tier", "outcome"])
 BACKEND_CALLS = Counter("recd_backend_calls_total", "Round trips to backends", ["backend", "op", "outcome"])

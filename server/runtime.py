@@ -40,7 +40,7 @@ from server.pipeline.steps.hydrate import HydrateSeedItem, HydrateUser
 from server.pipeline.steps.rank import RankCandidates
 from server.pipeline.steps.select import SelectItems
 from server.pipeline.steps.validate import ValidateRequest
-from server.ranking.model import RankingModel, load_model
+from server.ranking.model import RankingModel
 from server.ranking.service import RankService
 from server.shard_router import ShardRouter
 from server.users import UserStates
@@ -104,7 +104,7 @@ class Recd:
         popular = PopularSource(items, k_cold=c.popular_k, k_warm=max(10, c.popular_k // 4))
         shared_tail = [
             FilterCandidates(items),
-            RankCandidates(rank_service, items, model, pc.mmr_shortlist_factor),
+            RankCandidates(rank_service, items, model, pc.mmr_pool),
             SelectItems(items, model),
         ]
         self.recommend_pipeline = Pipeline(
@@ -221,7 +221,9 @@ class Recd:
             if len(x.action) > 64:
                 raise invalid(f"interactions[{i}].action is longer than 64 characters")
             normalised.append(
-                Interaction(x.user_id, x.item_id, x.action or "view", x.weight or 1.0, x.timestamp_ms or now_ms)
+                Interaction(
+                    x.user_id, x.item_id, x.action or "view", x.weight or 1.0, x.timestamp_ms or now_ms
+                )
             )
         await self.profiles.append_interactions(normalised)
         await self.users.invalidate(x.user_id for x in normalised)
@@ -251,7 +253,12 @@ class Recd:
             users=await self.profiles.count_users(),
             edges=await self.graph.count_edges(),
             dimension=self.config.dim,
-            index={"space": "ip", "m": idx.m, "ef_construction": idx.ef_construction, "ef_search": idx.ef_search},
+            index={
+                "space": "ip",
+                "m": idx.m,
+                "ef_construction": idx.ef_construction,
+                "ef_search": idx.ef_search,
+            },
             model_version=self.model.version,
         )
 

@@ -82,15 +82,21 @@ class ShardRouter:
         calls = []
         for shard in np.unique(shards).tolist():
             node = self._node_of_shard[shard]
-            calls.append(self._call(node, "delete", node.client.delete(shard, labels[shards == shard], timeout_s)))
+            calls.append(
+                self._call(node, "delete", node.client.delete(shard, labels[shards == shard], timeout_s))
+            )
         return int(sum(await asyncio.gather(*calls)))
 
-    async def fetch(self, item_ids: Sequence[str], labels: npt.NDArray[np.uint64], timeout_s: float) -> RecordBatch:
+    async def fetch(
+        self, item_ids: Sequence[str], labels: npt.NDArray[np.uint64], timeout_s: float
+    ) -> RecordBatch:
         shards = self.shard_of(item_ids)
         calls = []
         for shard in np.unique(shards).tolist():
             node = self._node_of_shard[shard]
-            calls.append(self._call(node, "fetch", node.client.fetch(shard, labels[shards == shard], timeout_s)))
+            calls.append(
+                self._call(node, "fetch", node.client.fetch(shard, labels[shards == shard], timeout_s))
+            )
         parts = await asyncio.gather(*calls)
         return RecordBatch.concat(parts, self.dim)
 
@@ -115,9 +121,7 @@ class ShardRouter:
         timeout_s: float,
     ) -> SearchResult:
         n = queries.shape[0]
-        calls = [
-            self._search_node(node, queries, per_shard_k, ef, exclude, timeout_s) for node in self.nodes
-        ]
+        calls = [self._search_node(node, queries, per_shard_k, ef, exclude, timeout_s) for node in self.nodes]
         per_node = await asyncio.gather(*calls)
         labels = np.full((n, self.shard_count, per_shard_k), NO_LABEL, dtype=np.uint64)
         scores = np.full((n, self.shard_count, per_shard_k), -np.inf, dtype=np.float32)
@@ -148,7 +152,7 @@ class ShardRouter:
         try:
             result = await node.client.search(queries, list(node.shard_ids), k, ef, exclude, timeout_s)
             outcome = "ok"
-        except (ShardError, TimeoutError, asyncio.TimeoutError) as exc:
+        except (ShardError, TimeoutError) as exc:
             error = exc if isinstance(exc, ShardError) else ShardError(f"timed out after {timeout_s:.3f}s")
             result = dict.fromkeys(node.shard_ids, error)
             outcome = "error"

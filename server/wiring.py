@@ -56,7 +56,9 @@ def build_profiles(config: Config) -> ProfileStore:
     if config.profiles.backend == "embedded":
         from server.backends.memory_profiles import InMemoryProfileStore
 
-        return InMemoryProfileStore(_data_dir(config, "profiles"), history_limit=config.profiles.history_limit)
+        return InMemoryProfileStore(
+            _data_dir(config, "profiles"), history_limit=config.profiles.history_limit
+        )
     raise NotImplementedError(f"profiles.backend {config.profiles.backend!r} is not available in this build")
 
 
@@ -102,15 +104,23 @@ def build_recd(config: Config, host: ShardHost | None = None) -> Recd:
     host = host or build_shard_host(config)
     client = InProcessShardClient(host)
     router = ShardRouter(
-        config.dim, config.shards.count, config.shards.vnodes,
+        config.dim,
+        config.shards.count,
+        config.shards.vnodes,
         [ShardNode("local", client, tuple(range(config.shards.count)))],
-    )  # fmt: skip
+    )
     items = ItemStore(config.dim, capacity=config.shards.index.initial_capacity)
     model = load_model(config.ranking.model_file)
     primary, fallback = build_rankers(config, items, model)
     batch = config.ranking.batch
     rank_service = RankService(primary, fallback, batch.max_batch, batch.max_wait_ms / 1000.0)
     return Recd(
-        config, router, build_profiles(config), build_graph(config), build_cache(config), items,
-        rank_service, model,
-    )  # fmt: skip
+        config,
+        router,
+        build_profiles(config),
+        build_graph(config),
+        build_cache(config),
+        items,
+        rank_service,
+        model,
+    )

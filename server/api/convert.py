@@ -38,9 +38,7 @@ def similar_query(req: recommender_pb2.SimilarItemsRequest) -> SimilarQuery:
 
 
 def interactions(req: recommender_pb2.RecordInteractionsRequest) -> list[Interaction]:
-    return [
-        Interaction(i.user_id, i.item_id, i.action, i.weight, i.timestamp_ms) for i in req.interactions
-    ]
+    return [Interaction(i.user_id, i.item_id, i.action, i.weight, i.timestamp_ms) for i in req.interactions]
 
 
 def _vector(values: object) -> np.ndarray:

@@ -114,8 +114,10 @@ class CatalogService(catalog_pb2_grpc.CatalogServicer):
             edges=s.edges,
             dimension=s.dimension,
             index=catalog_pb2.IndexParameters(
-                space=str(s.index["space"]), m=int(s.index["m"]),
-                ef_construction=int(s.index["ef_construction"]), ef_search=int(s.index["ef_search"]),
-            ),  # fmt: skip
+                space=str(s.index["space"]),
+                m=int(s.index["m"]),
+                ef_construction=int(s.index["ef_construction"]),
+                ef_search=int(s.index["ef_search"]),
+            ),
             model_version=s.model_version,
         )

@@ -38,9 +38,7 @@ class AnnAnswer:
 class AnnSearcher:
     """Concurrent queries that arrive together go to the shards as one batch: one call per node."""
 
-    def __init__(
-        self, router: ShardRouter, shard_k_factor: float, max_batch: int, max_wait_s: float
-    ) -> None:
+    def __init__(self, router: ShardRouter, shard_k_factor: float, max_batch: int, max_wait_s: float) -> None:
         self._router = router
         self._shard_k_factor = shard_k_factor
         self._batcher: MicroBatcher[AnnQuery, AnnAnswer] = MicroBatcher(
@@ -102,9 +100,14 @@ class AnnSource:
             excluded.append(ctx.seed_item_id)
         exclude = _core.stable_hash64(excluded) if excluded else np.empty(0, np.uint64)
         answer = await self._searcher.search(
-            AnnQuery(ctx.query_vector, exclude, self._k, max(self._ef, self._k),
-                     min(ctx.deadline, time.monotonic() + timeout_s))
-        )  # fmt: skip
+            AnnQuery(
+                ctx.query_vector,
+                exclude,
+                self._k,
+                max(self._ef, self._k),
+                min(ctx.deadline, time.monotonic() + timeout_s),
+            )
+        )
         ctx.coverage.shards_total = answer.shards_total
         ctx.coverage.shards_ok = answer.shards_ok
         valid = answer.labels != np.uint64(2**64 - 1)

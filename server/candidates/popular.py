@@ -23,12 +23,11 @@ class PopularSource:
     async def fetch(self, ctx: RequestContext, timeout_s: float) -> SourceHits:
         k = self._k_cold if ctx.query_vector is None else self._k_warm
         k += len(ctx.exclude_item_ids)
-        rows = self._items.popular(k, ctx.filter or None)
-        # Context values that name item attributes (e.g. {"lang": "de"}) steer the popular list: half of
-        # it comes from items that match the context, so a cold-start answer still fits the situation.
+        # Context values that name item attributes (e.g. {"lang": "de"}) narrow the popular list to items
+        # that fit the situation, as long as enough of them exist; otherwise the global list fills up.
         steer = {name: frozenset([v]) for name, v in ctx.context.items() if self._items.has_attribute(name)}
-        if steer:
-            matching = self._items.popular(k // 2, {**steer, **(ctx.filter or {})})
-            rows = np.concatenate([matching, rows])
-            rows = rows[np.sort(np.unique(rows, return_index=True)[1])]
+        rows = self._items.popular(k, {**steer, **ctx.filter}) if steer else np.empty(0, np.int64)
+        if len(rows) < ctx.k + len(ctx.exclude_item_ids):
+            extra = self._items.popular(k, ctx.filter or None)
+            rows = np.concatenate([rows, extra[~np.isin(extra, rows)]])
         return SourceHits(Source.POPULAR, rows, self._items.popularity_feature(rows))

@@ -59,7 +59,7 @@ class ItemStore:
 
     # --- writes ---------------------------------------------------------------------------------------
     def add_listener(self, listener: EmbeddingListener) -> None:
-        """`listener(rows, vectors)` after upserts, `listener(rows, None)` after deletes (e.g. a GPU mirror)."""
+        """`listener(rows, vectors)` after upserts, `(rows, None)` after deletes (e.g. a GPU mirror)."""
         self._listeners.append(listener)
 
     def upsert(

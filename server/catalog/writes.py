@@ -51,7 +51,9 @@ class ItemWriter:
         for item_id, label in zip(ids, labels.tolist(), strict=True):
             owner = self._items.label_owner(label)
             if owner is not None and owner != item_id:
-                raise invalid(f"item_id {item_id!r} collides with {owner!r} in the 64-bit id hash; rename one")
+                raise invalid(
+                    f"item_id {item_id!r} collides with {owner!r} in the 64-bit id hash; rename one"
+                )
         now_ms = int(time.time() * 1000)
         vectors = unit_rows(np.asarray([r.embedding for r in records], dtype=np.float32))
         meta = [

@@ -83,9 +83,13 @@ class Pipeline:
     async def run(self, ctx: RequestContext) -> RequestContext:
         for step in self.steps:
             failure = await run_with_policy(
-                self.name, step.name, self._policies[step.name], ctx.deadline, lambda s=step: s.run(ctx),
+                self.name,
+                step.name,
+                self._policies[step.name],
+                ctx.deadline,
+                lambda s=step: s.run(ctx),
                 step.awaits_io,
-            )  # fmt: skip
+            )
             if failure is not None:
                 ctx.coverage.degrade(step.name)
                 step.on_failure(ctx)

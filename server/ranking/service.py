@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from server import metrics
 from server.batching import MicroBatcher
-from server.ranking.base import Ranker, RankBatch, RankResult
+from server.ranking.base import RankBatch, Ranker, RankResult
 
 log = logging.getLogger(__name__)
 

@@ -16,18 +16,20 @@ class RankCandidates:
     name = "rank"
     awaits_io = True
 
-    def __init__(self, service: RankService, items: ItemStore, model: RankingModel, shortlist_factor: int):
+    def __init__(self, service: RankService, items: ItemStore, model: RankingModel, mmr_pool: int):
         self._service = service
         self._items = items
         self._model = model
-        self._shortlist_factor = shortlist_factor
+        self._mmr_pool = mmr_pool
 
     def side_features(self, ctx: RequestContext) -> np.ndarray:
         rows = ctx.candidates.rows
         side = np.empty((len(rows), 3), dtype=np.float32)
         side[:, 0] = ctx.candidates.graph_scores
         side[:, 1] = self._items.popularity_feature(rows)
-        side[:, 2] = self._items.freshness_feature(rows, int(time.time() * 1000), self._model.freshness_half_life_s)
+        side[:, 2] = self._items.freshness_feature(
+            rows, int(time.time() * 1000), self._model.freshness_half_life_s
+        )
         return side
 
     async def run(self, ctx: RequestContext) -> None:
@@ -39,7 +41,7 @@ class RankCandidates:
         query = ctx.query_vector
         if query is None:  # cold start: similarity contributes nothing, side features decide
             query = np.zeros(self._items.dim, dtype=np.float32)
-        want = ctx.k * (self._shortlist_factor if ctx.diversity > 0 else 1)
+        want = max(2 * ctx.k, self._mmr_pool) if ctx.diversity > 0 else ctx.k
         ranked = await self._service.rank(
             RankRequest(query=query, rows=candidates.rows, side=side, k=min(want, len(candidates.rows))),
             deadline=ctx.deadline,
@@ -66,4 +68,6 @@ def _ranked_by_prior(ctx: RequestContext, items: ItemStore | None = None) -> Ran
     side[:, 0] = c.graph_scores[order]
     side[:, 1] = popularity[order]
     prior = (c.graph_scores + popularity)[order].astype(np.float32)
-    return RankedCandidates(c.rows[order], c.source_bits[order], prior, np.zeros(len(order), np.float32), side)
+    return RankedCandidates(
+        c.rows[order], c.source_bits[order], prior, np.zeros(len(order), np.float32), side
+    )

@@ -1,0 +1,34 @@
+"""`recd bench SUITE`: runs a suite and rewrites its section of BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from server.bench.report import write_section
+
+SUITES = {
+    "score": ("CPU FP16 scoring vs NumPy FP32", "server.bench.score", "run_score_bench"),
+    "ann": ("Sharded ANN: recall and QPS", "server.bench.ann", "run_ann_bench"),
+    "ingest": ("Durable ingest", "server.bench.ingest", "run_ingest_bench"),
+    "recommend": ("Recommend vs an empty RPC", "server.bench.recommend", "run_recommend_bench"),
+}
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    names = list(SUITES) if args.suite == "all" else [args.suite]
+    if args.suite == "rank":
+        from server.bench.rank import main as rank_main
+
+        return int(rank_main() or 0)
+    for name in names:
+        title, module, func = SUITES[name]
+        body, result = getattr(importlib.import_module(module), func)(quick=args.quick)
+        command = f"recd bench {name}" + (" --quick" if args.quick else "")
+        if not args.quick:
+            write_section(args.out, name, title, command, body)
+        print(f"## {title}\n\n{body}\n")
+        print(json.dumps(result, default=float))
+    return 0

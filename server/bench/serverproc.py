@@ -1,0 +1,76 @@
+"""Runs `recd serve` (or the demo loader) as a child process on free loopback ports, for benchmarks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"recd exited with {proc.returncode} before serving")
+        try:
+            with grpc.insecure_channel(address) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"recd did not serve on {address} within {timeout_s}s")
+
+
+@contextmanager
+def recd_server(env_overrides: dict[str, str], timeout_s: float = 600.0) -> Iterator[tuple[str, str]]:
+    """Yields (grpc address, metrics address) of a `recd serve` child; stops it (SIGTERM) afterwards."""
+    address = f"127.0.0.1:{free_port()}"
+    metrics = f"127.0.0.1:{free_port()}"
+    env = {
+        **os.environ,
+        "RECD_SERVER__ADDRESS": address,
+        "RECD_SERVER__METRICS_ADDRESS": metrics,
+        "RECD_SERVER__LOG_LEVEL": "WARNING",
+        **env_overrides,
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], env=env)
+    try:
+        wait_serving(address, timeout_s, proc)
+        yield address, metrics
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def scrape(metrics_address: str) -> dict[str, float]:
+    """Prometheus text exposition as {series: value}."""
+    text = urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                continue
+    return out

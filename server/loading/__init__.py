@@ -1,0 +1,1 @@
+"""Bulk loading of datasets (Parquet, CSV, JSONL) into a running recd through a CatalogWriter."""

@@ -1,0 +1,86 @@
+"""Shared fixtures: a clustered toy catalogue and a real gRPC server on an ephemeral port."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from server.config import Config, load_config
+
+DIM = 16
+
+
+@dataclass
+class ToyCatalogue:
+    item_ids: list[str]
+    vectors: np.ndarray  # unit rows
+    cluster_of: np.ndarray
+    centres: np.ndarray
+    attributes: list[dict[str, str]]
+    popularity: np.ndarray
+
+
+def make_catalogue(n_items: int = 2000, clusters: int = 10, dim: int = DIM, seed: int = 3) -> ToyCatalogue:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    cluster_of = rng.integers(0, clusters, size=n_items)
+    vectors = centres[cluster_of] + 0.25 * rng.normal(size=(n_items, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    attributes = [
+        {"category": f"c{cluster_of[i]}", "lang": ("en", "de", "fr")[i % 3]} for i in range(n_items)
+    ]
+    popularity = rng.pareto(1.5, size=n_items).astype(np.float32) * 10
+    return ToyCatalogue(
+        [f"i{i:05d}" for i in range(n_items)],
+        vectors.astype(np.float32),
+        cluster_of,
+        centres,
+        attributes,
+        popularity,
+    )
+
+
+@pytest.fixture(scope="session")
+def toy() -> ToyCatalogue:
+    return make_catalogue()
+
+
+def make_config(**overrides: object) -> Config:
+    config = load_config(environ={})
+    config.dim = DIM
+    config.data_dir = None
+    config.server.address = "127.0.0.1:0"
+    config.ranking.ranker = "cpu"
+    # Generous budgets: CI machines are slow and shared; budgets are exercised by their own tests.
+    config.pipeline.budget_ms = 5000.0
+    config.pipeline.steps = {
+        name: dataclasses.replace(step, budget_ms=step.budget_ms * 50)
+        for name, step in config.pipeline.steps.items()
+    }
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+@pytest.fixture
+def config() -> Config:
+    return make_config()
+
+
+@pytest.fixture
+async def server_address(config: Config) -> AsyncIterator[str]:
+    from server.api.server import RecdServer
+    from server.wiring import build_recd
+
+    recd = build_recd(config)
+    server = RecdServer(recd, config)
+    await server.start()
+    try:
+        yield server.address
+    finally:
+        await server.stop()

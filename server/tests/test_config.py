@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+
+from server.config import ConfigError, dump_config, load_config
+
+
+def test_defaults_are_valid() -> None:
+    config = load_config(environ={})
+    assert config.dim == 64
+    assert config.shards.count == 20
+    assert config.pipeline.steps["ann"].fail_open is True
+    assert config.pipeline.steps["validate"].fail_open is False
+
+
+def test_file_then_environment_override(tmp_path: Path) -> None:
+    path = tmp_path / "recd.yaml"
+    path.write_text("dim: 128\nshards:\n  count: 8\npipeline:\n  steps:\n    graph: {budget_ms: 7}\n")
+    config = load_config(path, environ={"RECD_SHARDS__COUNT": "22", "RECD_CACHE__BACKEND": "redis"})
+    assert config.dim == 128  # from the file
+    assert config.shards.count == 22  # the environment wins over the file
+    assert config.cache.backend == "redis"
+    assert config.pipeline.steps["graph"].budget_ms == 7.0
+    # a partial mapping overrides entries; the other steps keep their defaults
+    assert config.pipeline.steps["ann"].budget_ms == 40.0
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"RECD_SHARDS__CUNT": "1"}, "unknown config key(s): shards.cunt"),
+        ({"RECD_SHARDS__COUNT": "many"}, "shards.count: expected an integer"),
+        ({"RECD_CACHE__BACKEND": "memcached"}, "cache.backend: must be one of"),
+        ({"RECD_DIM": "0"}, "dim must be in [1, 4096]"),
+        ({"RECD_SERVER__GRACE_S": "true"}, "server.grace_s: expected a number"),
+    ],
+)
+def test_bad_values_name_the_key(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(environ=environ)
+    assert message in str(err.value)
+
+
+def test_dump_round_trips(tmp_path: Path) -> None:
+    config = load_config(environ={"RECD_DIM": "32"})
+    path = tmp_path / "dumped.yaml"
+    path.write_text(dump_config(config))
+    assert load_config(path, environ={}) == config
+
+
+def test_shipped_configs_load() -> None:
+    root = Path(__file__).resolve().parents[2] / "deploy" / "config"
+    for path in sorted(root.glob("*.yaml")):
+        load_config(path, environ={})
