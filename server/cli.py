@@ -29,7 +29,7 @@ async def _serve(config: Config, on_ready: Any = None) -> None:
 
     recd = build_recd(config)
     await recd.hydrate_catalogue()
-    recd.rank_service.primary.warm_up()
+    await recd.warm_up()
     server = RecdServer(recd, config)
     serve_metrics(config.server.metrics_address)
     await run_until_signalled(server, on_ready)
@@ -95,6 +95,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         recd = build_recd(config)
         started = time.monotonic()
         await recd.hydrate_catalogue()
+        await recd.warm_up()
         server = RecdServer(recd, config)
         serve_metrics(config.server.metrics_address)
         await server.start()

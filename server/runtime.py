@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -12,6 +13,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from server import metrics, validation
 from server.backends.base import Cache, ItemGraph, ProfileStore
@@ -273,6 +276,18 @@ class Recd:
         log.info("catalogue hydrated: %d items in %.1fs", len(self.items), time.monotonic() - started)
         metrics.ITEMS.set(len(self.items))
         return len(self.items)
+
+    async def warm_up(self) -> None:
+        """Runs the request path once before serving, so the first caller does not pay for lazy set-up
+        (thread pools, kernel compilation, first index touches) and see a degraded answer."""
+        await asyncio.to_thread(self.rank_service.primary.warm_up)
+        if len(self.items) and self.rank_service.fallback is not None:
+            await asyncio.to_thread(self.rank_service.fallback.warm_up)
+        if len(self.items):
+            probe = np.zeros((1, self.config.dim), dtype=np.float32)
+            probe[0, 0] = 1.0
+            for _ in range(3):
+                await self.router.search(probe, 10, 10, self.config.shards.index.ef_search, None, 10.0)
 
     async def close(self) -> None:
         self.rank_service.close()

@@ -102,7 +102,7 @@ def build_rankers(config: Config, items: ItemStore, model: RankingModel) -> tupl
 def build_recd(config: Config, host: ShardHost | None = None) -> Recd:
     """An embedded-mode frontend: every shard in this process, unless the config names shard nodes."""
     host = host or build_shard_host(config)
-    client = InProcessShardClient(host)
+    client = InProcessShardClient(host, owns_host=True)
     router = ShardRouter(
         config.dim,
         config.shards.count,

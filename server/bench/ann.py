@@ -11,7 +11,7 @@ from server.bench.data import dataset_dir, exact_top_k, item_vectors, query_vect
 from server.bench.report import table
 from server.shard_router import shard_names
 from shards.host import ShardHost
-from shards.records import IndexParams, RecordBatch
+from shards.records import IndexParams, RecordBatch, ShardError
 
 K = 10
 BATCH = 64
@@ -45,8 +45,11 @@ def _search(
     for start in range(0, len(queries), BATCH):
         q = queries[start : start + BATCH]
         hits = host.search(q, list(range(shards)), per_shard_k, ef)
-        lab = np.stack([hits[s].labels for s in range(shards)], axis=1)
-        sc = np.stack([hits[s].scores for s in range(shards)], axis=1)
+        failed = [s for s, h in hits.items() if isinstance(h, ShardError)]
+        if failed:
+            raise RuntimeError(f"shards {failed} failed: {hits[failed[0]]}")
+        lab = np.stack([hits[s].labels for s in range(shards)], axis=1)  # type: ignore[union-attr]
+        sc = np.stack([hits[s].scores for s in range(shards)], axis=1)  # type: ignore[union-attr]
         merged, _ = _core.merge_topk(np.ascontiguousarray(lab), np.ascontiguousarray(sc), K)
         labels_out[start : start + BATCH] = merged
     return labels_out, time.perf_counter() - started

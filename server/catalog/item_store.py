@@ -8,6 +8,7 @@ keeps its row (marked dead) and gets it back if upserted again.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -52,7 +53,9 @@ class ItemStore:
         # attribute name -> value -> code, and attribute name -> per-row code column (-1: not set)
         self._value_codes: dict[str, dict[str, int]] = {}
         self._attr_codes: dict[str, _Column] = {}
-        self._max_log_popularity = 0.0
+        self._pop_scale: tuple[float, float] | None = None
+        self._pop_scale_at = 0.0
+        self._pop_scale_dirty = False
         self._popular_rows: Rows | None = None
         self._listeners: list[EmbeddingListener] = []
         self.alive_count = 0
@@ -96,10 +99,8 @@ class ItemStore:
                 self._popularity.data[row] = meta.popularity
                 self._created_at_ms.data[row] = meta.created_at_ms
                 self._set_attributes(row, meta.attributes, size)
-            self._max_log_popularity = max(
-                self._max_log_popularity, float(np.log1p(max((m.popularity for m in metadata), default=0.0)))
-            )
             self._popular_rows = None
+            self._pop_scale_dirty = True
         for listener in self._listeners:
             listener(rows, vectors)
         return rows
@@ -199,9 +200,26 @@ class ItemStore:
         return name in self._attr_codes
 
     def popularity_feature(self, rows: Rows) -> npt.NDArray[np.float32]:
-        """log1p(popularity) scaled to [0, 1] by the most popular item."""
-        scale = self._max_log_popularity or 1.0
-        return (np.log1p(self._popularity.data[rows]) / scale).astype(np.float32)
+        """log1p(popularity / median) scaled to [0, 1] by the most popular item.
+
+        Dividing by the median makes the feature independent of the popularity unit (counts, rates,
+        shares): without it a catalogue whose popularity is a share in [0, 1] would get ~0 everywhere.
+        """
+        unit, top = self._popularity_scale()
+        return (np.log1p(self._popularity.data[rows] / unit) / top).astype(np.float32)
+
+    def _popularity_scale(self) -> tuple[float, float]:
+        now = time.monotonic()
+        if self._pop_scale is None or (self._pop_scale_dirty and now - self._pop_scale_at > 1.0):
+            size = len(self._ids)
+            live = self._popularity.data[:size][self._alive.data[:size]]
+            positive = live[live > 0]
+            unit = float(np.median(positive)) if len(positive) else 1.0
+            top = float(np.log1p(positive.max() / unit)) if len(positive) else 1.0
+            self._pop_scale = (unit, top or 1.0)
+            self._pop_scale_at = now
+            self._pop_scale_dirty = False
+        return self._pop_scale
 
     def freshness_feature(self, rows: Rows, now_ms: int, half_life_s: float) -> npt.NDArray[np.float32]:
         age_s = np.maximum(0, now_ms - self._created_at_ms.data[rows]) / 1000.0

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def test_users_and_interactions(dataset: tuple[Path, datagen.Manifest]) -> None:
     for user, ts in zip(interactions["user_id"], interactions["timestamp_ms"], strict=True):
         by_user.setdefault(user, []).append(ts)
     assert len(by_user) == manifest.users  # every user has at least one interaction
-    assert all(all(a < b for a, b in zip(t, t[1:], strict=False)) for t in by_user.values())
+    assert all(all(a < b for a, b in itertools.pairwise(t)) for t in by_user.values())
     assert max(len(t) for t in by_user.values()) <= 500
     weight_of = dict(zip(datagen.ACTIONS, datagen.ACTION_WEIGHTS, strict=True))
     assert all(weight_of[a] == w for a, w in zip(interactions["action"], interactions["weight"], strict=True))
@@ -95,7 +96,9 @@ def test_same_seed_same_data_and_other_seed_other_data(tmp_path: Path) -> None:
     datagen.generate(tmp_path / "c", seed=6, **tiny)  # type: ignore[arg-type]
     for name in FILES:
         assert pq.read_table(tmp_path / "a" / name).equals(pq.read_table(tmp_path / "b" / name))
-    assert not pq.read_table(tmp_path / "a" / "items.parquet").equals(pq.read_table(tmp_path / "c" / "items.parquet"))
+    assert not pq.read_table(tmp_path / "a" / "items.parquet").equals(
+        pq.read_table(tmp_path / "c" / "items.parquet")
+    )
 
 
 def test_histories_favour_favourite_clusters_and_popular_items() -> None:

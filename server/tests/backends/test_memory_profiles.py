@@ -38,7 +38,7 @@ def events(user: str, count: int, start: int = 0) -> list[Interaction]:
 
 async def state(store: InMemoryProfileStore) -> dict[str, tuple[object, object, list[Interaction]]]:
     """Everything the store knows, comparable across instances."""
-    result = {}
+    result: dict[str, tuple[object, object, list[Interaction]]] = {}
     for user in sorted(store.known_user_ids()):
         p = await store.get_profile(user, T)
         embedding = None if p is None or p.embedding is None else p.embedding.tolist()
@@ -98,7 +98,10 @@ async def test_background_compaction_bounds_the_log_and_keeps_everything(tmp_pat
 async def test_concurrent_writes_to_one_user_replay_to_the_same_state(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     await asyncio.gather(
-        *(store.upsert_profiles([UserProfile("u", np.full(2, k, np.float32), {"k": str(k)})]) for k in range(50))
+        *(
+            store.upsert_profiles([UserProfile("u", np.full(2, k, np.float32), {"k": str(k)})])
+            for k in range(50)
+        )
     )
     before = await state(store)
     reopened = open_store(tmp_path)

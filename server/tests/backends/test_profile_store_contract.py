@@ -107,7 +107,9 @@ async def test_recent_interactions_are_newest_first_and_limited(store: ProfileSt
     await store.append_interactions(events)
     recent = await store.recent_interactions("u1", 4, T)
     assert [e.item_id for e in recent] == ["i9", "i8", "i7", "i6"]
-    assert recent[0] == Interaction("u1", "i9", "view", pytest.approx(9.0), 1_009)
+    newest = recent[0]
+    assert (newest.user_id, newest.item_id, newest.action, newest.timestamp_ms) == ("u1", "i9", "view", 1_009)
+    assert newest.weight == pytest.approx(9.0)
     assert len(await store.recent_interactions("u1", 100, T)) == 10
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,9 @@ def write_parquet(directory: Path) -> None:
             {
                 "item_id": [i.item_id for i in ITEMS],
                 "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), DIM),
-                "attributes": pa.array([list(i.attributes.items()) for i in ITEMS], pa.map_(pa.string(), pa.string())),
+                "attributes": pa.array(
+                    [list(i.attributes.items()) for i in ITEMS], pa.map_(pa.string(), pa.string())
+                ),
                 "popularity": pa.array([i.popularity for i in ITEMS], pa.float32()),
                 "created_at_ms": pa.array([i.created_at_ms for i in ITEMS], pa.int64()),
             }
@@ -65,14 +68,19 @@ def write_parquet(directory: Path) -> None:
             {
                 "user_id": [u.user_id for u in USERS],
                 "embedding": pa.array(
-                    [None if u.embedding is None else u.embedding.tolist() for u in USERS], pa.list_(pa.float32())
+                    [None if u.embedding is None else u.embedding.tolist() for u in USERS],
+                    pa.list_(pa.float32()),
                 ),
-                "attributes": pa.array([list(u.attributes.items()) for u in USERS], pa.map_(pa.string(), pa.string())),
+                "attributes": pa.array(
+                    [list(u.attributes.items()) for u in USERS], pa.map_(pa.string(), pa.string())
+                ),
             }
         ),
         directory / "users.parquet",
     )
-    pq.write_table(pa.Table.from_pylist([vars_of(i) for i in INTERACTIONS]), directory / "interactions.parquet")
+    pq.write_table(
+        pa.Table.from_pylist([vars_of(i) for i in INTERACTIONS]), directory / "interactions.parquet"
+    )
     pq.write_table(pa.Table.from_pylist([vars_of(e) for e in EDGES]), directory / "edges.parquet")
 
 
@@ -121,7 +129,12 @@ def write_csv(directory: Path) -> None:
 
 
 def write_jsonl(directory: Path) -> None:
-    for name, records in (("items", ITEMS), ("users", USERS), ("interactions", INTERACTIONS), ("edges", EDGES)):
+    for name, records in (
+        ("items", ITEMS),
+        ("users", USERS),
+        ("interactions", INTERACTIONS),
+        ("edges", EDGES),
+    ):
         with open(directory / f"{name}.jsonl", "w") as f:
             for record in records:
                 f.write(json.dumps(dict(zip(record.__slots__, norm(record), strict=True))) + "\n")
@@ -134,13 +147,14 @@ WRITERS = {"parquet": write_parquet, "csv": write_csv, "jsonl": write_jsonl}
 @pytest.mark.parametrize("fmt", sorted(WRITERS))
 def test_all_kinds_round_trip(fmt: str, tmp_path: Path) -> None:
     WRITERS[fmt](tmp_path)
-    for kind, reader, expected in (
+    cases: list[tuple[str, Callable[[Path, int], Iterator[list[Any]]], list[Any]]] = [
         ("items", read_items, ITEMS),
         ("users", read_users, USERS),
         ("interactions", read_interactions, INTERACTIONS),
         ("edges", read_edges, EDGES),
-    ):
-        batches = list(reader(tmp_path / f"{kind}.{fmt}", 2))  # type: ignore[operator]
+    ]
+    for kind, reader, expected in cases:
+        batches = list(reader(tmp_path / f"{kind}.{fmt}", 2))
         assert [len(b) for b in batches] == [2] * (len(expected) // 2) + [1] * (len(expected) % 2)
         got = [norm(r) for batch in batches for r in batch]
         assert got == [norm(r) for r in expected], kind
@@ -178,7 +192,11 @@ def test_defaults_for_optional_fields(tmp_path: Path) -> None:
             '{"item_id": "i1", "embedding": [1, 2]}\n\n{"item_id": "i2", "embedding": [1, NaN]}\n',
             r"items\.jsonl: row 2 \(line 3\), field 'embedding': has a non-finite value",
         ),
-        ("edges.jsonl", '{"src_item_id": "a", "dst_item_id": "b"}\n', r"row 1 \(line 1\), field 'score': missing"),
+        (
+            "edges.jsonl",
+            '{"src_item_id": "a", "dst_item_id": "b"}\n',
+            r"row 1 \(line 1\), field 'score': missing",
+        ),
         ("interactions.jsonl", "[1, 2]\n", r"row 1 \(line 1\), field '\(row\)': expected a JSON object"),
         (
             "interactions.csv",
@@ -186,10 +204,16 @@ def test_defaults_for_optional_fields(tmp_path: Path) -> None:
             r"row 1 \(line 2\), field 'timestamp_ms': expected an integer",
         ),
         ("users.csv", 'user_id,attributes\nu1,"{""a"": [1]}"\n', r"row 1 \(line 2\), field 'attributes'"),
-        ("edges.csv", "src_item_id,dst_item_id,score\na,b,0.5,extra\n", r"row 1 \(line 2\), field '\(row\)': 4 cells"),
+        (
+            "edges.csv",
+            "src_item_id,dst_item_id,score\na,b,0.5,extra\n",
+            r"row 1 \(line 2\), field '\(row\)': 4 cells",
+        ),
     ],
 )
-def test_malformed_rows_name_file_row_and_field(name: str, content: str, expected: str, tmp_path: Path) -> None:
+def test_malformed_rows_name_file_row_and_field(
+    name: str, content: str, expected: str, tmp_path: Path
+) -> None:
     path = tmp_path / name
     path.write_text(content)
     kind = name.split(".")[0]
@@ -199,7 +223,9 @@ def test_malformed_rows_name_file_row_and_field(name: str, content: str, expecte
 
 def test_malformed_parquet_row_names_the_row(tmp_path: Path) -> None:
     path = tmp_path / "edges.parquet"
-    pq.write_table(pa.table({"src_item_id": ["a", "b", None], "dst_item_id": ["b", "c", "d"], "score": [1.0] * 3}), path)
+    pq.write_table(
+        pa.table({"src_item_id": ["a", "b", None], "dst_item_id": ["b", "c", "d"], "score": [1.0] * 3}), path
+    )
     with pytest.raises(ValueError, match=r"edges\.parquet: row 3, field 'src_item_id': missing"):
         list(read_edges(path))
 

@@ -37,7 +37,9 @@ def make_batch(
     return RankBatch(queries=queries, rows=rows, side=side, k=k)
 
 
-def reference_totals(table64: np.ndarray, batch: RankBatch, model: RankingModel) -> tuple[np.ndarray, np.ndarray]:
+def reference_totals(
+    table64: np.ndarray, batch: RankBatch, model: RankingModel
+) -> tuple[np.ndarray, np.ndarray]:
     """(total, similarity) in float64; padding and rows outside the table are -inf."""
     n_rows = len(table64)
     valid = (batch.rows >= 0) & (batch.rows < n_rows)
@@ -51,7 +53,7 @@ def reference_totals(table64: np.ndarray, batch: RankBatch, model: RankingModel)
 
 def reference_topk(total: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Descending by score, ties to the lower position; -inf and NaN never picked; -1 / -inf padding."""
-    batch, cands = total.shape
+    batch = len(total)
     positions = np.full((batch, k), -1, dtype=np.int64)
     scores = np.full((batch, k), -np.inf)
     for b in range(batch):
@@ -62,7 +64,9 @@ def reference_topk(total: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return positions, scores
 
 
-def assert_matches_reference(result: RankResult, total: np.ndarray, sim: np.ndarray, k: int, tol: float) -> None:
+def assert_matches_reference(
+    result: RankResult, total: np.ndarray, sim: np.ndarray, k: int, tol: float
+) -> None:
     """Same top-k as the reference up to near-ties (scores within `tol`), similarity of each pick."""
     ref_pos, ref_scores = reference_topk(total, k)
     assert result.positions.shape == result.scores.shape == result.similarity.shape == ref_pos.shape
@@ -74,7 +78,9 @@ def assert_matches_reference(result: RankResult, total: np.ndarray, sim: np.ndar
     rows = np.arange(len(total))[:, None]
     got_true = total[rows, np.maximum(result.positions, 0)]
     np.testing.assert_allclose(got_true[picked], ref_scores[picked], rtol=0, atol=2 * tol)
-    assert all(len(set(p[p >= 0])) == int((p >= 0).sum()) for p in result.positions), "a position picked twice"
+    assert all(len(set(p[p >= 0])) == int((p >= 0).sum()) for p in result.positions), (
+        "a position picked twice"
+    )
     np.testing.assert_allclose(
         result.similarity[picked], sim[rows, np.maximum(result.positions, 0)][picked], rtol=0, atol=tol
     )

@@ -21,7 +21,9 @@ from server.ranking.cpu import CpuRanker
 from server.ranking.model import RankingModel
 
 REASON = gpu.unavailable_reason()
-needs_gpu = pytest.mark.skipif(REASON is not None, reason=f"CuPy with a CUDA device is not available: {REASON}")
+needs_gpu = pytest.mark.skipif(
+    REASON is not None, reason=f"CuPy with a CUDA device is not available: {REASON}"
+)
 
 MODEL = RankingModel(
     version="test", similarity_weight=1.0, side_weights=(0.35, 0.08, 0.05), freshness_half_life_s=86400.0
@@ -176,7 +178,9 @@ def test_follows_upserts_deletes_and_growth() -> None:
 
     # New vectors for existing items (a row given twice keeps its last vector).
     rows = upsert(store, rng, [f"a{i}" for i in (5, 17, 5, 19_000)])
-    batch = RankBatch(unit(rng, 2, dim), np.tile(rows, (2, 1)), rng.random(size=(2, 4, 3), dtype=np.float32), 4)
+    batch = RankBatch(
+        unit(rng, 2, dim), np.tile(rows, (2, 1)), rng.random(size=(2, 4, 3), dtype=np.float32), 4
+    )
     assert_same_ranking(ranker.rank(batch), store.table, batch)
 
     # Deleted rows are zeroed on the GPU (the catalogue filters them out before ranking anyway).

@@ -1,0 +1,171 @@
+"""The one place where shard types meet protobuf and gRPC status codes.
+
+Vectors travel as raw little-endian float32 bytes and labels as packed uint64. A per-shard search error
+travels inside ShardHits.error as "<ErrorKind name>: <message>", so the client can tell a transient
+failure from a permanent one (the proto has no field for it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import grpc
+import numpy as np
+from numpy.typing import NDArray
+
+from server.gen.recd.v1 import shard_pb2 as pb
+from shards.records import (
+    ErrorKind,
+    NodeStats,
+    RecordBatch,
+    ShardError,
+    ShardHits,
+    ShardStats,
+    as_labels,
+    invalid,
+)
+
+_STATUS_OF_KIND = {
+    ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorKind.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+_KIND_OF_STATUS = {status: kind for kind, status in _STATUS_OF_KIND.items()}
+_KIND_OF_STATUS[grpc.StatusCode.CANCELLED] = ErrorKind.UNAVAILABLE
+_KIND_OF_STATUS[grpc.StatusCode.RESOURCE_EXHAUSTED] = ErrorKind.UNAVAILABLE
+
+
+def status_of(error: ShardError) -> grpc.StatusCode:
+    return _STATUS_OF_KIND[error.kind]
+
+
+def error_of_status(code: grpc.StatusCode | None, details: str | None) -> ShardError:
+    kind = _KIND_OF_STATUS.get(code, ErrorKind.INTERNAL) if code is not None else ErrorKind.INTERNAL
+    return ShardError(details or (code.name if code is not None else "unknown gRPC error"), kind)
+
+
+# ---------------------------------------------------------------------- arrays
+def f32_bytes(array: NDArray[np.float32]) -> bytes:
+    return np.ascontiguousarray(array, dtype="<f4").tobytes()
+
+
+def queries_from_bytes(data: bytes, n_queries: int, dim: int) -> NDArray[np.float32]:
+    if len(data) != n_queries * dim * 4:
+        raise invalid(
+            f"queries: expected n_queries*dim*4 = {n_queries}*{dim}*4 = {n_queries * dim * 4} bytes, "
+            f"got {len(data)}"
+        )
+    return np.frombuffer(data, dtype="<f4").astype(np.float32).reshape(n_queries, dim)
+
+
+def labels_from(repeated: Iterable[int]) -> NDArray[np.uint64]:
+    return np.fromiter(repeated, dtype=np.uint64)
+
+
+# ---------------------------------------------------------------------- records
+def batch_to_proto(shard_id: int, batch: RecordBatch) -> pb.ShardRecords:
+    vectors = np.ascontiguousarray(batch.vectors, dtype="<f4")
+    return pb.ShardRecords(
+        shard_id=shard_id,
+        records=[
+            pb.ShardRecord(label=label, item_id=item_id, vector=vectors[i].tobytes(), payload=payload)
+            for i, (label, item_id, payload) in enumerate(
+                zip(as_labels(batch.labels).tolist(), batch.item_ids, batch.payloads, strict=True)
+            )
+        ],
+    )
+
+
+def batch_from_proto(records: Sequence[pb.ShardRecord], dim: int | None, where: str) -> RecordBatch:
+    """`dim=None` infers it from the first record (client side, where the node's dim is implied)."""
+    if not records:
+        return RecordBatch.empty(dim or 0)
+    width = dim if dim is not None else len(records[0].vector) // 4
+    for i, record in enumerate(records):
+        if len(record.vector) != width * 4:
+            raise invalid(
+                f"{where}.records[{i}].vector: expected {width * 4} bytes (dim {width} float32), "
+                f"got {len(record.vector)}"
+            )
+    vectors = np.frombuffer(b"".join(r.vector for r in records), dtype="<f4").astype(np.float32)
+    return RecordBatch(
+        np.fromiter((r.label for r in records), dtype=np.uint64, count=len(records)),
+        [r.item_id for r in records],
+        vectors.reshape(len(records), width),
+        [r.payload for r in records],
+    )
+
+
+# ---------------------------------------------------------------------- search
+def search_request(
+    queries: NDArray[np.float32],
+    shard_ids: Sequence[int],
+    k: int,
+    ef: int,
+    exclude: Sequence[NDArray[np.uint64]] | None,
+) -> pb.ShardSearchRequest:
+    q = np.asarray(queries)
+    if q.ndim != 2:
+        raise invalid(f"queries: expected a 2-D array, got shape {q.shape}")
+    return pb.ShardSearchRequest(
+        queries=f32_bytes(q),
+        n_queries=q.shape[0],
+        dim=q.shape[1],
+        shard_ids=list(shard_ids),
+        k=k,
+        ef=ef,
+        exclude=[pb.LabelList(labels=as_labels(e).tolist()) for e in exclude] if exclude else [],
+    )
+
+
+def hits_to_proto(shard_id: int, result: ShardHits | ShardError) -> pb.ShardHits:
+    if isinstance(result, ShardError):
+        return pb.ShardHits(shard_id=shard_id, ok=False, error=f"{result.kind.name}: {result.message}")
+    return pb.ShardHits(
+        shard_id=shard_id,
+        ok=True,
+        labels=result.labels.ravel().tolist(),
+        scores=result.scores.ravel().tolist(),
+    )
+
+
+def hits_from_proto(msg: pb.ShardHits, n_queries: int, k: int) -> ShardHits | ShardError:
+    if not msg.ok:
+        kind_name, sep, message = msg.error.partition(": ")
+        if sep and kind_name in ErrorKind.__members__:
+            return ShardError(message, ErrorKind[kind_name])
+        return ShardError(msg.error, ErrorKind.INTERNAL)
+    if len(msg.labels) != n_queries * k or len(msg.scores) != n_queries * k:
+        return ShardError(
+            f"shard {msg.shard_id}: malformed response ({len(msg.labels)} labels for {n_queries}x{k})",
+            ErrorKind.INTERNAL,
+        )
+    return ShardHits(
+        np.fromiter(msg.labels, dtype=np.uint64, count=n_queries * k).reshape(n_queries, k),
+        np.fromiter(msg.scores, dtype=np.float32, count=n_queries * k).reshape(n_queries, k),
+    )
+
+
+# ---------------------------------------------------------------------- stats
+def stats_to_proto(stats: NodeStats) -> pb.ShardStatsResponse:
+    return pb.ShardStatsResponse(
+        dim=stats.dim,
+        shards=[
+            pb.ShardStats(
+                shard_id=s.shard_id,
+                items=s.items,
+                deleted=s.deleted,
+                capacity=s.capacity,
+                wal_bytes=s.wal_bytes,
+            )
+            for s in stats.shards
+        ],
+    )
+
+
+def stats_from_proto(msg: pb.ShardStatsResponse) -> NodeStats:
+    return NodeStats(
+        msg.dim, [ShardStats(s.shard_id, s.items, s.deleted, s.capacity, s.wal_bytes) for s in msg.shards]
+    )

@@ -1,0 +1,190 @@
+"""A shard node's shards: many ShardIndex in one process, searched and written in parallel.
+
+Two thread pools, so that writers waiting on fsync or on a shard's write lock never occupy the threads
+that searches need: searches run on `search_threads` workers (hnswlib releases the GIL, so they use
+every core), writes on one worker per shard (they mostly wait on disk).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from shards.index import DEFAULT_SNAPSHOT_EVERY_RECORDS, ShardIndex
+from shards.records import (
+    ErrorKind,
+    IndexParams,
+    NodeStats,
+    RecordBatch,
+    ShardError,
+    ShardHits,
+    check_ef,
+    check_exclude,
+    check_k,
+    check_queries,
+    unknown_shard,
+)
+
+
+class ShardHost:
+    def __init__(
+        self,
+        params: IndexParams,
+        data_dir: str | os.PathLike[str] | None,
+        shard_ids: Iterable[int],
+        *,
+        search_threads: int | None = None,
+        snapshot_every_records: int = DEFAULT_SNAPSHOT_EVERY_RECORDS,
+        group_commit_window_s: float = 0.002,
+    ) -> None:
+        self.params = params
+        ids = sorted(set(shard_ids))
+        self._search_pool = cf.ThreadPoolExecutor(search_threads or os.cpu_count() or 2, "shard-search")
+        # Twice the shards: concurrent writers to one shard must overlap to share its fsync.
+        self._write_pool = cf.ThreadPoolExecutor(max(4, 2 * len(ids)), "shard-write")
+        root = Path(data_dir) if data_dir is not None else None
+
+        def open_shard(shard_id: int) -> ShardIndex:
+            return ShardIndex(
+                shard_id,
+                params,
+                root / f"shard-{shard_id:05d}" if root is not None else None,
+                snapshot_every_records=snapshot_every_records,
+                group_commit_window_s=group_commit_window_s,
+            )
+
+        # Opening means loading a snapshot and replaying a WAL: do the shards side by side.
+        self._shards: dict[int, ShardIndex] = dict(
+            zip(ids, self._write_pool.map(open_shard, ids), strict=True)
+        )
+
+    @property
+    def dim(self) -> int:
+        return self.params.dim
+
+    @property
+    def shard_ids(self) -> list[int]:
+        return list(self._shards)
+
+    def shard(self, shard_id: int) -> ShardIndex:
+        try:
+            return self._shards[shard_id]
+        except KeyError:
+            raise unknown_shard(shard_id) from None
+
+    def start_search(
+        self,
+        queries: NDArray[np.float32],
+        shard_ids: Sequence[int],
+        k: int,
+        ef: int = 0,
+        exclude: Sequence[NDArray[np.uint64]] | None = None,
+    ) -> dict[int, cf.Future[ShardHits] | ShardError]:
+        """Validates (ShardError(INVALID_ARGUMENT) for bad input) and starts one search per listed shard;
+        for asyncio callers that wait on the futures themselves instead of blocking a thread."""
+        q = check_queries(queries, self.dim)
+        check_k(k)
+        check_ef(ef)
+        excluded = check_exclude(exclude, len(q))
+        started: dict[int, cf.Future[ShardHits] | ShardError] = {}
+        for shard_id in dict.fromkeys(shard_ids):
+            shard = self._shards.get(shard_id)
+            if shard is None:
+                started[shard_id] = unknown_shard(shard_id)
+            else:
+                started[shard_id] = self._search_pool.submit(shard.search, q, k, ef, excluded)
+        return started
+
+    def search(
+        self,
+        queries: NDArray[np.float32],
+        shard_ids: Sequence[int],
+        k: int,
+        ef: int = 0,
+        exclude: Sequence[NDArray[np.uint64]] | None = None,
+        timeout_s: float | None = None,
+    ) -> dict[int, ShardHits | ShardError]:
+        """Per-shard top-k, keyed by shard id in request order. Bad input raises
+        ShardError(INVALID_ARGUMENT); anything else (an unknown shard, a shard that missed the deadline, a
+        failing shard) is reported for that shard only."""
+        started = self.start_search(queries, shard_ids, k, ef, exclude)
+        futures = [f for f in started.values() if isinstance(f, cf.Future)]
+        cf.wait(futures, timeout=timeout_s)
+        return {shard_id: search_outcome(shard_id, f, timeout_s) for shard_id, f in started.items()}
+
+    def upsert(self, batches: Mapping[int, RecordBatch]) -> int:
+        """Writes every shard's batch concurrently (their fsyncs overlap); returns the number of records.
+        Everything is validated before anything is written; if one shard fails after that, the others'
+        writes stand and the first error is raised (upserts are idempotent: retrying is safe)."""
+        checked: dict[int, tuple[ShardIndex, RecordBatch]] = {}
+        for shard_id, batch in batches.items():
+            shard = self.shard(shard_id)
+            checked[shard_id] = (shard, batch.validated(self.dim, f"batches[shard {shard_id}]"))
+        futures = [
+            self._write_pool.submit(shard.upsert, batch) for shard, batch in checked.values() if len(batch)
+        ]
+        total = 0
+        errors: list[BaseException] = []
+        for future in futures:
+            try:
+                total += future.result()
+            except BaseException as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+        return total
+
+    def delete(self, shard_id: int, labels: NDArray[np.uint64] | Sequence[int]) -> int:
+        return self.shard(shard_id).delete(labels)
+
+    def fetch(self, shard_id: int, labels: NDArray[np.uint64] | Sequence[int]) -> RecordBatch:
+        return self.shard(shard_id).fetch(labels)
+
+    def scan(self, shard_id: int, batch_size: int = 1024) -> Iterator[RecordBatch]:
+        return self.shard(shard_id).scan(batch_size)
+
+    def stats(self) -> NodeStats:
+        return NodeStats(self.dim, [shard.stats() for shard in self._shards.values()])
+
+    def snapshot_all(self) -> dict[int, int | None]:
+        ids = list(self._shards)
+        return dict(zip(ids, self._write_pool.map(lambda i: self._shards[i].snapshot(), ids), strict=True))
+
+    def close(self) -> None:
+        """Final snapshots (in parallel), then the pools."""
+        list(self._write_pool.map(lambda shard: shard.close(), self._shards.values()))
+        self._search_pool.shutdown(wait=True, cancel_futures=True)
+        self._write_pool.shutdown(wait=True)
+
+    def __enter__(self) -> ShardHost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def search_outcome(
+    shard_id: int, started: cf.Future[ShardHits] | ShardError, timeout_s: float | None
+) -> ShardHits | ShardError:
+    """The result of a search started by start_search, once the caller has stopped waiting for it."""
+    if isinstance(started, ShardError):
+        return started
+    if not started.done():
+        started.cancel()
+        limit = f" {timeout_s:.3f}s" if timeout_s is not None else ""
+        return ShardError(
+            f"shard {shard_id}: search exceeded its deadline{limit}", ErrorKind.DEADLINE_EXCEEDED
+        )
+    try:
+        return started.result()
+    except ShardError as exc:
+        return exc
+    except cf.CancelledError:
+        return ShardError(f"shard {shard_id}: search cancelled", ErrorKind.UNAVAILABLE)
+    except Exception as exc:
+        return ShardError(f"shard {shard_id}: {type(exc).__name__}: {exc}", ErrorKind.INTERNAL)

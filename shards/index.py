@@ -1,0 +1,427 @@
+"""One logical shard: an hnswlib index, its write-ahead log and its snapshots.
+
+Concurrency, in one place:
+- `_lock` (writer-preferring RW lock) guards the hnswlib index and the label tables. Searches, fetches
+  and snapshot saves read; adds, deletes, resizes and ef changes write.
+- ef is global to an hnswlib index, so a search at the index's current ef runs under the read lock
+  alongside others; a search at another ef takes the write lock, sets ef, and downgrades to a read lock
+  for the query itself. A steady ef (the normal case) never takes the write lock.
+- Writes are logged (WAL append + fsync, concurrent writers share the sync) and then applied strictly in
+  LSN order (`_turn`). That ordering is what makes a replay reproduce the live state, and it gives every
+  moment an `_applied_lsn` such that all records up to it are fully in the index.
+- Large upserts are applied in chunks, releasing the write lock in between so searches are not blocked
+  for the whole batch. A snapshot may therefore catch a record half applied; that is harmless because
+  the snapshot claims only `_applied_lsn`, and re-applying an upsert or delete is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+from numpy.typing import NDArray
+
+from shards import oplog, snapshot
+from shards.records import (
+    NO_LABEL,
+    ErrorKind,
+    IndexParams,
+    RecordBatch,
+    ShardError,
+    ShardHits,
+    ShardStats,
+    as_labels,
+    check_ef,
+    check_exclude,
+    check_k,
+    check_queries,
+    invalid,
+)
+from shards.rwlock import RWLock
+from shards.wal import WALError, WriteAheadLog
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SNAPSHOT_EVERY_RECORDS = 50_000
+DEFAULT_ADD_CHUNK = 512
+MAX_SCAN_BATCH = 65_536  # keeps one Scan message well under the 64 MiB gRPC message limit
+
+
+class ShardIndex:
+    """Thread-safe. `data_dir=None` keeps everything in memory (tests, benchmarks): no WAL, no snapshots."""
+
+    def __init__(
+        self,
+        shard_id: int,
+        params: IndexParams,
+        data_dir: str | os.PathLike[str] | None = None,
+        *,
+        snapshot_every_records: int = DEFAULT_SNAPSHOT_EVERY_RECORDS,
+        group_commit_window_s: float = 0.002,
+        add_chunk: int = DEFAULT_ADD_CHUNK,
+    ) -> None:
+        self.shard_id = shard_id
+        self.params = params
+        self._snapshot_every = snapshot_every_records
+        self._add_chunk = max(1, add_chunk)
+        self._lock = RWLock()
+        self._records: dict[int, tuple[str, bytes]] = {}  # live label -> (item_id, payload)
+        self._deleted: set[int] = set()  # labels still in the graph but marked deleted
+        self._ef = params.ef_search
+        self._turn = threading.Condition()  # LSN-ordered application
+        self._applied_lsn = 0
+        self._next_memory_lsn = 1
+        self._closed = False
+        self._snapshot_mutex = threading.Lock()
+        self._snapshot_lsn = 0
+        self._unsnapshotted = 0  # items applied since the last snapshot started
+        self._background: threading.Thread | None = None
+        self._background_lock = threading.Lock()
+        self._dir = Path(data_dir) if data_dir is not None else None
+        self._wal: WriteAheadLog | None = None
+        if self._dir is None:
+            self._index = self._new_index(params.initial_capacity)
+        else:
+            self._index = self._open(self._dir, group_commit_window_s)
+
+    # ------------------------------------------------------------------ opening
+    def _new_index(self, capacity: int) -> hnswlib.Index:
+        index = hnswlib.Index(space=self.params.space, dim=self.params.dim)
+        index.init_index(
+            max_elements=capacity,
+            M=self.params.m,
+            ef_construction=self.params.ef_construction,
+            allow_replace_deleted=False,
+        )
+        index.set_ef(self._ef)
+        return index
+
+    def _open(self, data_dir: Path, group_commit_window_s: float) -> hnswlib.Index:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        snapshot.remove_temp_dirs(data_dir)
+        found = snapshot.list_snapshots(data_dir)
+        snapshot_lsn = 0
+        if found:
+            state = snapshot.load(found[-1][1], self.params)
+            index = state.index
+            index.set_ef(self._ef)
+            self._records, self._deleted, snapshot_lsn = state.records, state.deleted, state.lsn
+        else:
+            index = self._new_index(self.params.initial_capacity)
+        self._index = index
+        wal = WriteAheadLog(data_dir / "wal", group_commit_window_s, first_lsn=snapshot_lsn + 1)
+        if wal.first_lsn > snapshot_lsn + 1 or wal.next_lsn <= snapshot_lsn:
+            raise ShardError(
+                f"shard {self.shard_id}: WAL holds LSNs {wal.first_lsn}..{wal.next_lsn - 1} but the snapshot "
+                f"covers up to {snapshot_lsn}: records are missing",
+                ErrorKind.INTERNAL,
+            )
+        replayed = 0
+        for _, record in wal.replay(after_lsn=snapshot_lsn):
+            op = oplog.decode(record)
+            if isinstance(op, oplog.UpsertOp):
+                self._apply_upsert(op.batch)
+                replayed += len(op.batch)
+            else:
+                self._apply_delete(op.labels)
+                replayed += len(op.labels)
+        self._wal = wal
+        self._applied_lsn = wal.next_lsn - 1
+        self._snapshot_lsn = snapshot_lsn
+        self._unsnapshotted = replayed
+        if replayed:
+            log.info(
+                "shard %d: replayed %d items from the WAL after LSN %d", self.shard_id, replayed, snapshot_lsn
+            )
+        return index
+
+    # ------------------------------------------------------------------ writes
+    def upsert(self, batch: RecordBatch) -> int:
+        """Insert or replace items; returns how many. Durable (fsynced) before it returns."""
+        self._check_open()
+        batch = batch.validated(self.params.dim)
+        if not len(batch):
+            return 0
+        lsn = self._log(lambda: oplog.encode_upsert(batch))
+        self._in_turn(lsn, lambda: self._apply_upsert(batch))
+        self._count_applied(len(batch))
+        return len(batch)
+
+    def delete(self, labels: NDArray[np.uint64] | Sequence[int]) -> int:
+        """Returns how many of the labels were live (and are now deleted)."""
+        self._check_open()
+        arr = as_labels(labels)
+        if not len(arr):
+            return 0
+        lsn = self._log(lambda: oplog.encode_delete(arr))
+        deleted = self._in_turn(lsn, lambda: self._apply_delete(arr))
+        self._count_applied(len(arr))
+        return deleted
+
+    def _log(self, encode: Callable[[], bytes]) -> int:
+        if self._wal is None:
+            with self._turn:
+                lsn = self._next_memory_lsn
+                self._next_memory_lsn += 1
+                return lsn
+        try:
+            return self._wal.append([encode()])
+        except WALError as exc:
+            raise ShardError(
+                f"shard {self.shard_id}: write-ahead log failed: {exc}", ErrorKind.UNAVAILABLE
+            ) from exc
+
+    def _in_turn(self, lsn: int, apply: Callable[[], int]) -> int:
+        with self._turn:
+            while self._applied_lsn != lsn - 1:
+                self._turn.wait()
+        try:
+            return apply()
+        finally:
+            # Advance even on failure, or every later writer would wait forever.
+            with self._turn:
+                self._applied_lsn = lsn
+                self._turn.notify_all()
+
+    def _apply_upsert(self, batch: RecordBatch) -> int:
+        for start in range(0, len(batch), self._add_chunk):
+            part = batch.take(slice(start, start + self._add_chunk))
+            with self._lock.write():
+                self._apply_upsert_locked(part)
+        return len(batch)
+
+    def _apply_upsert_locked(self, part: RecordBatch) -> None:
+        labels = part.labels.tolist()
+        new = sum(1 for label in labels if label not in self._records and label not in self._deleted)
+        self._ensure_capacity(len(self._records) + len(self._deleted) + new)
+        for label in labels:
+            if label in self._deleted:
+                self._index.unmark_deleted(label)
+                self._deleted.discard(label)
+        # An existing label is replaced in place (replace_deleted=False: slots of deleted labels are
+        # never reused for other labels, so a label's slot is stable).
+        self._index.add_items(
+            part.vectors, part.labels, num_threads=self.params.add_threads, replace_deleted=False
+        )
+        for label, item_id, payload in zip(labels, part.item_ids, part.payloads, strict=True):
+            self._records[label] = (item_id, payload)
+
+    def _ensure_capacity(self, needed: int) -> None:
+        capacity = self._index.get_max_elements()
+        if needed <= capacity:
+            return
+        while capacity < needed:
+            capacity *= 2
+        self._index.resize_index(capacity)
+
+    def _apply_delete(self, labels: NDArray[np.uint64]) -> int:
+        deleted = 0
+        with self._lock.write():
+            for label in labels.tolist():
+                if self._records.pop(label, None) is not None:
+                    self._index.mark_deleted(label)
+                    self._deleted.add(label)
+                    deleted += 1
+        return deleted
+
+    # ------------------------------------------------------------------ reads
+    def search(
+        self,
+        queries: NDArray[np.float32],
+        k: int,
+        ef: int = 0,
+        exclude: Sequence[NDArray[np.uint64]] | None = None,
+    ) -> ShardHits:
+        """Top-k by inner product for each query row; `ef=0` means the configured ef_search. `exclude[i]`
+        lists labels query i must not return (over-fetched, then filtered)."""
+        self._check_open()
+        q = check_queries(queries, self.params.dim)
+        check_k(k)
+        check_ef(ef)
+        excluded = check_exclude(exclude, len(q))
+        hits = ShardHits.empty(len(q), k)
+        if not len(q):
+            return hits
+        extra = max(len(e) for e in excluded) if excluded else 0
+        self._acquire_read_at_ef(max(ef or self.params.ef_search, k))
+        try:
+            fetch_k = min(k + extra, len(self._records))
+            if fetch_k == 0:
+                return hits
+            labels, distances = self._knn(q, fetch_k)
+        finally:
+            self._lock.release_read()
+        scores = (-distances if self.params.space == "l2" else 1.0 - distances).astype(np.float32)
+        if excluded is None:
+            hits.labels[:, :fetch_k] = labels
+            hits.scores[:, :fetch_k] = scores
+            return hits
+        for row, banned in enumerate(excluded):
+            keep = labels[row] != NO_LABEL
+            if len(banned):
+                keep &= ~np.isin(labels[row], banned)
+            kept_labels = labels[row][keep][:k]
+            hits.labels[row, : len(kept_labels)] = kept_labels
+            hits.scores[row, : len(kept_labels)] = scores[row][keep][:k]
+        return hits
+
+    def _acquire_read_at_ef(self, ef: int) -> None:
+        """Returns holding the read lock with the index's ef equal to `ef`."""
+        self._lock.acquire_read()
+        if self._ef == ef:
+            return
+        self._lock.release_read()
+        self._lock.acquire_write()
+        try:
+            if self._ef != ef:
+                self._index.set_ef(ef)
+                self._ef = ef
+        except BaseException:
+            self._lock.release_write()
+            raise
+        self._lock.downgrade()
+
+    def _knn(self, q: NDArray[np.float32], k: int) -> tuple[NDArray[np.uint64], NDArray[np.float32]]:
+        # One batched call; parallelism comes from searching many shards at once, hence one thread.
+        try:
+            labels, distances = self._index.knn_query(q, k=k, num_threads=1)
+            return labels.astype(np.uint64, copy=False), distances
+        except RuntimeError:
+            pass
+        # hnswlib refuses to return a row shorter than k (it can happen with many deletions); retry row by
+        # row with smaller k. Rare, so simplicity beats speed here.
+        labels = np.full((len(q), k), NO_LABEL, dtype=np.uint64)
+        distances = np.full((len(q), k), np.inf, dtype=np.float32)
+        for row in range(len(q)):
+            kk = k
+            while kk > 0:
+                try:
+                    got_labels, got_distances = self._index.knn_query(q[row : row + 1], k=kk, num_threads=1)
+                except RuntimeError:
+                    kk //= 2
+                    continue
+                labels[row, :kk] = got_labels[0]
+                distances[row, :kk] = got_distances[0]
+                break
+        return labels, distances
+
+    def fetch(self, labels: NDArray[np.uint64] | Sequence[int]) -> RecordBatch:
+        """The live items among `labels`, in request order, without duplicates."""
+        self._check_open()
+        wanted = list(dict.fromkeys(as_labels(labels).tolist()))
+        with self._lock.read():
+            found = [label for label in wanted if label in self._records]
+            if not found:
+                return RecordBatch.empty(self.params.dim)
+            vectors = np.asarray(self._index.get_items(found), dtype=np.float32)
+            meta = [self._records[label] for label in found]
+        return RecordBatch(
+            np.array(found, dtype=np.uint64),
+            [m[0] for m in meta],
+            vectors.reshape(len(found), self.params.dim),
+            [m[1] for m in meta],
+        )
+
+    def scan(self, batch_size: int = 1024) -> Iterator[RecordBatch]:
+        """Live items in batches. Not a point-in-time view: items written during the scan may or may not
+        appear, deleted ones are skipped. Arguments are checked now, not at the first iteration."""
+        if not 1 <= batch_size <= MAX_SCAN_BATCH:
+            raise invalid(f"batch_size: must be in 1..{MAX_SCAN_BATCH}, got {batch_size}")
+        self._check_open()
+        with self._lock.read():
+            labels = list(self._records)
+        return self._scan(labels, batch_size)
+
+    def _scan(self, labels: list[int], batch_size: int) -> Iterator[RecordBatch]:
+        for start in range(0, len(labels), batch_size):
+            batch = self.fetch(labels[start : start + batch_size])
+            if len(batch):
+                yield batch
+
+    def stats(self) -> ShardStats:
+        with self._lock.read():
+            items, deleted = len(self._records), len(self._deleted)
+            capacity = self._index.get_max_elements()
+        return ShardStats(self.shard_id, items, deleted, capacity, self._wal.size_bytes if self._wal else 0)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshot(self) -> int | None:
+        """Persist the state up to the last fully applied LSN; returns that LSN (None in memory mode).
+        Searches continue meanwhile; writes wait only while the index file is being saved."""
+        if self._wal is None or self._dir is None:
+            return None
+        with self._snapshot_mutex:
+            self._wal.rotate()
+            temp = None
+            self._lock.acquire_read()
+            try:
+                with self._turn:
+                    lsn = self._applied_lsn
+                if lsn == self._snapshot_lsn:
+                    return lsn
+                with self._background_lock:
+                    self._unsnapshotted = 0
+                temp = snapshot.new_temp_dir(self._dir)
+                self._index.save_index(str(temp / snapshot.INDEX_FILE))
+                records, deleted = dict(self._records), set(self._deleted)
+                capacity = self._index.get_max_elements()
+            except BaseException:
+                if temp is not None:
+                    snapshot.remove_temp_dirs(self._dir)
+                raise
+            finally:
+                self._lock.release_read()
+            snapshot.finish(temp, self._dir, lsn, self.params, capacity, records, deleted)
+            self._snapshot_lsn = lsn
+            # Segments holding only LSNs <= lsn are now redundant; newer ones (even rotated) stay.
+            self._wal.drop_before(lsn + 1)
+            snapshot.remove_older(self._dir, lsn)
+            return lsn
+
+    def _count_applied(self, items: int) -> None:
+        if self._wal is None:
+            return
+        with self._background_lock:
+            self._unsnapshotted += items
+            if self._unsnapshotted < self._snapshot_every or self._closed:
+                return
+            if self._background is None or not self._background.is_alive():
+                # In the background so the writer that crossed the threshold is not the one who waits.
+                self._background = threading.Thread(
+                    target=self._snapshot_in_background, name=f"shard-{self.shard_id}-snapshot", daemon=True
+                )
+                self._background.start()
+
+    def _snapshot_in_background(self) -> None:
+        try:
+            self.snapshot()
+        except Exception:
+            log.exception("shard %d: background snapshot failed", self.shard_id)
+
+    # ------------------------------------------------------------------ lifecycle
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ShardError(f"shard {self.shard_id} is closed", ErrorKind.UNAVAILABLE)
+
+    def close(self) -> None:
+        """Takes a final snapshot (so the next open replays nothing) and closes the WAL."""
+        if self._closed:
+            return
+        with self._background_lock:
+            self._closed = True
+            background = self._background
+        if background is not None:
+            background.join()
+        if self._wal is not None:
+            try:
+                self.snapshot()
+            finally:
+                self._wal.close()
