@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from server.backends import memory_graph
 from server.backends.memory_graph import SNAPSHOT_FILE, WAL_DIR, InMemoryItemGraph
 from server.domain import Edge
 from server.errors import BackendError
@@ -52,7 +53,10 @@ async def test_everything_acknowledged_survives_a_crash(tmp_path: Path) -> None:
     await reopened.close()
 
 
-async def test_close_writes_a_snapshot_and_reopening_uses_it(tmp_path: Path) -> None:
+async def test_close_writes_a_snapshot_and_reopening_uses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memory_graph, "SNAPSHOT_BATCH_SOURCES", 2)  # several record batches
     graph = open_graph(tmp_path)
     await fill(graph, 20)
     before = await state(graph)

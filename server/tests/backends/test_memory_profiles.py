@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from server.backends import memory_profiles
 from server.backends.memory_profiles import SNAPSHOT_FILE, WAL_DIR, InMemoryProfileStore
 from server.domain import Interaction, UserProfile
 from server.errors import BackendError
@@ -65,7 +66,10 @@ async def test_everything_acknowledged_survives_a_crash(tmp_path: Path) -> None:
     await reopened.close()
 
 
-async def test_close_writes_a_snapshot_and_reopening_uses_it(tmp_path: Path) -> None:
+async def test_close_writes_a_snapshot_and_reopening_uses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memory_profiles, "SNAPSHOT_BATCH_USERS", 3)  # several record batches
     store = open_store(tmp_path)
     await fill(store)
     before = await state(store)

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import numpy as np
+
+from server import _core
+from server.catalog.item_store import ItemStore
+from server.catalog.payload import ItemMetadata, decode_metadata, encode_metadata
+
+
+def make_store() -> ItemStore:
+    store = ItemStore(2, capacity=2)  # tiny capacity: upserts must grow every column
+    ids = [f"i{n}" for n in range(6)]
+    vectors = np.tile(np.array([[1.0, 0.0]], dtype=np.float32), (6, 1))
+    meta = [ItemMetadata({"lang": ("en", "de")[n % 2], "tier": "x"}, float(10**n), 1000 * n) for n in range(6)]
+    meta[5] = ItemMetadata({"lang": "de"}, 1e5, 5000)  # no "tier"
+    store.upsert(ids, _core.stable_hash64(ids), vectors, meta)
+    return store
+
+
+def test_filters_use_attribute_codes() -> None:
+    store = make_store()
+    rows = store.rows_of([f"i{n}" for n in range(6)])
+    assert store.filter_mask(rows, {"lang": frozenset({"de"})}).tolist() == [False, True, False, True, False, True]
+    assert store.filter_mask(rows, {"tier": frozenset({"x"})}).tolist() == [True] * 5 + [False]
+    assert not store.filter_mask(rows, {"lang": frozenset({"fr"})}).any()
+    assert not store.filter_mask(rows, {"colour": frozenset({"red"})}).any()
+
+
+def test_popular_is_ordered_filtered_and_forgets_deleted_items() -> None:
+    store = make_store()
+    assert [store.item_id(r) for r in store.popular(3)] == ["i5", "i4", "i3"]
+    assert [store.item_id(r) for r in store.popular(2, {"lang": frozenset({"en"})})] == ["i4", "i2"]
+    store.delete(["i5"])
+    assert [store.item_id(r) for r in store.popular(2)] == ["i4", "i3"]
+    assert store.row_of("i5") is None and len(store) == 5
+
+
+def test_reupsert_keeps_the_row_and_replaces_attributes() -> None:
+    store = make_store()
+    row = store.row_of("i1")
+    store.upsert(["i1"], _core.stable_hash64(["i1"]), np.array([[0.0, 1.0]], np.float32), [ItemMetadata({"lang": "fr"}, 1.0, 0)])
+    assert store.row_of("i1") == row
+    assert store.metadata(row).attributes == {"lang": "fr"}
+    assert not store.filter_mask(np.array([row]), {"tier": frozenset({"x"})}).any()
+    np.testing.assert_allclose(store.vectors(np.array([row])), [[0.0, 1.0]], atol=1e-3)
+
+
+def test_popularity_feature_is_unit_free_and_bounded() -> None:
+    store = make_store()
+    rows = store.rows_of([f"i{n}" for n in range(6)])
+    feature = store.popularity_feature(rows)
+    assert feature.max() == np.float32(1.0) and (np.diff(feature) > 0).all()
+    # the same catalogue with popularity in other units gets the same feature
+    scaled = ItemStore(2)
+    ids = [f"i{n}" for n in range(6)]
+    scaled.upsert(ids, _core.stable_hash64(ids), np.ones((6, 2), np.float32),
+                  [ItemMetadata({}, float(10**n) * 1e-6, 0) for n in range(6)])
+    np.testing.assert_allclose(scaled.popularity_feature(scaled.rows_of(ids)), feature, rtol=1e-4)
+
+
+def test_labels_resolve_to_rows() -> None:
+    store = make_store()
+    labels = _core.stable_hash64(["i2", "nope", "i0"])
+    assert store.lookup_labels(labels.tolist()).tolist() == [store.row_of("i2"), -1, store.row_of("i0")]
+
+
+def test_metadata_payload_round_trip() -> None:
+    meta = ItemMetadata({"lang": "日本語", "x": "1"}, 2.5, 1234)
+    assert decode_metadata(encode_metadata(meta)) == meta

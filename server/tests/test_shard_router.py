@@ -1,0 +1,85 @@
+"""Sharded search through the router: recall against exact search, and partial answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from server import _core
+from server.shard_router import NO_LABEL, ShardNode, ShardRouter
+from shards.client import InProcessShardClient
+from shards.host import ShardHost
+from shards.records import ErrorKind, IndexParams, RecordBatch, ShardError
+
+DIM = 32
+
+
+def clustered(n: int, clusters: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, DIM))
+    x = centres[rng.integers(0, clusters, n)] + 0.35 * rng.normal(size=(n, DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def loaded() -> tuple[ShardRouter, list[str], np.ndarray]:
+    vectors = clustered(20_000, 40, seed=1)
+    ids = [f"item-{i}" for i in range(len(vectors))]
+    host = ShardHost(IndexParams(dim=DIM, initial_capacity=2048), None, range(20))
+    router = ShardRouter(DIM, 20, 1024, [ShardNode("local", InProcessShardClient(host, owns_host=True), tuple(range(20)))])
+    import asyncio
+
+    asyncio.run(router.upsert(RecordBatch(_core.stable_hash64(ids), ids, vectors, [b""] * len(ids)), 60))
+    return router, ids, vectors
+
+
+async def test_sharded_recall_at_10_against_exact_search(loaded: tuple[ShardRouter, list[str], np.ndarray]) -> None:
+    router, ids, vectors = loaded
+    rng = np.random.default_rng(9)
+    queries = vectors[rng.integers(0, len(vectors), 300)] + 0.2 * rng.normal(size=(300, DIM)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    labels = _core.stable_hash64(ids)
+    result = await router.search(queries, 10, router.per_shard_k(10, 2.0), 100, None, 30)
+    assert result.shards_ok == result.shards_total == 20
+    recall = np.mean([len(set(result.labels[i].tolist()) & set(labels[truth[i]].tolist())) / 10 for i in range(300)])
+    assert recall >= 0.95
+
+
+def test_items_spread_over_all_shards(loaded: tuple[ShardRouter, list[str], np.ndarray]) -> None:
+    router, ids, _ = loaded
+    counts = np.bincount(router.shard_of(ids), minlength=20)
+    assert counts.min() > 0.7 * counts.mean() and counts.max() < 1.3 * counts.mean()
+
+
+def test_per_shard_k_is_a_share_of_k_not_k() -> None:
+    router = ShardRouter(DIM, 20, 64, [ShardNode("n", object(), tuple(range(20)))])  # type: ignore[arg-type]
+    assert router.per_shard_k(200, 2.0) == 20
+    assert router.per_shard_k(10, 2.0) == 10  # never below 10, never above k
+    assert router.per_shard_k(1000, 2.0) == 100
+
+
+class HalfBrokenClient:
+    """Shards >= 10 fail: the router must answer from the rest and say so."""
+
+    def __init__(self, inner: InProcessShardClient) -> None:
+        self.inner = inner
+
+    async def search(self, queries, shard_ids, k, ef=0, exclude=None, timeout_s=None):  # type: ignore[no-untyped-def]
+        out = await self.inner.search(queries, [s for s in shard_ids if s < 10], k, ef, exclude, timeout_s)
+        for s in shard_ids:
+            if s >= 10:
+                out[s] = ShardError("node down", ErrorKind.UNAVAILABLE)
+        return out
+
+
+async def test_partial_answer_reports_coverage(loaded: tuple[ShardRouter, list[str], np.ndarray]) -> None:
+    router, ids, vectors = loaded
+    inner = router.nodes[0].client
+    broken = ShardRouter(DIM, 20, 1024, [ShardNode("local", HalfBrokenClient(inner), tuple(range(20)))])  # type: ignore[arg-type]
+    result = await broken.search(vectors[:5], 10, 10, 100, None, 30)
+    assert (result.shards_total, result.shards_ok) == (20, 10)
+    assert len(result.errors) == 10
+    live = result.labels[result.labels != NO_LABEL]
+    owners = broken.shard_of([ids[i] for i in np.flatnonzero(np.isin(_core.stable_hash64(ids), live))])
+    assert (owners < 10).all()

@@ -1,0 +1,78 @@
+"""The user's vector: stored profile, history mean with recency weights, and the cached encoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from server.backends.memory_cache import InMemoryCache
+from server.backends.memory_profiles import InMemoryProfileStore
+from server.catalog.item_store import ItemStore
+from server.catalog.payload import ItemMetadata
+from server import _core
+from server.domain import Interaction, UserProfile
+from server.users import UserState, UserStates, decode_state, encode_state
+
+DAY_MS = 86_400_000
+
+
+@pytest.fixture
+def items() -> ItemStore:
+    store = ItemStore(4)
+    ids = ["a", "b", "c"]
+    vectors = np.eye(4, dtype=np.float32)[:3]
+    store.upsert(ids, _core.stable_hash64(ids), vectors, [ItemMetadata({}, 1.0, 0)] * 3)
+    return store
+
+
+def states(items: ItemStore, half_life_days: float = 1.0) -> UserStates:
+    return UserStates(InMemoryProfileStore(None), InMemoryCache(1 << 20), items, 50, half_life_days * 86400, 60)
+
+
+def test_history_mean_weights_recent_and_strong_interactions_more(items: ItemStore) -> None:
+    now = 100 * DAY_MS
+    history = [
+        Interaction("u", "a", "view", 1.0, now),  # fresh
+        Interaction("u", "b", "view", 1.0, now - DAY_MS),  # one half-life old: half the weight
+        Interaction("u", "c", "buy", 0.0, now),  # weight 0 contributes nothing
+    ]
+    state = states(items).compute("u", None, history, now_ms=now)
+    assert state.vector is not None
+    expected = np.array([1.0, 0.5, 0.0, 0.0]) / np.linalg.norm([1.0, 0.5])
+    np.testing.assert_allclose(state.vector, expected, atol=2e-3)
+    assert state.recent_item_ids == ("a", "b", "c")
+
+
+def test_stored_embedding_is_blended_with_history(items: ItemStore) -> None:
+    profile = UserProfile("u", np.array([0, 0, 0, 1], dtype=np.float32))
+    only_profile = states(items).compute("u", profile, [], now_ms=0)
+    np.testing.assert_allclose(only_profile.vector, [0, 0, 0, 1])
+    blended = states(items).compute("u", profile, [Interaction("u", "a", "view", 1.0, 0)], now_ms=0)
+    assert blended.vector is not None and blended.vector[0] > 0 and blended.vector[3] > blended.vector[0]
+
+
+def test_unknown_items_and_empty_history_mean_cold_start(items: ItemStore) -> None:
+    s = states(items)
+    assert s.compute("u", None, [], now_ms=0).cold
+    assert s.compute("u", None, [Interaction("u", "zzz", "view", 1.0, 0)], now_ms=0).cold
+
+
+@pytest.mark.parametrize("vector", [None, np.array([0.6, 0.8, 0.0, 0.0], dtype=np.float32)])
+def test_cached_state_round_trips(vector: np.ndarray | None) -> None:
+    state = UserState("u", vector, ("x", "y"))
+    back = decode_state("u", encode_state(state))
+    assert back.recent_item_ids == ("x", "y")
+    if vector is None:
+        assert back.vector is None
+    else:
+        np.testing.assert_allclose(back.vector, vector, atol=1e-3)  # stored as f16
+
+
+async def test_interactions_invalidate_the_cached_state(items: ItemStore) -> None:
+    s = states(items)
+    await s._profiles.append_interactions([Interaction("u", "a", "view", 1.0, 0)])
+    first = await s.get("u", 1.0)
+    await s._profiles.append_interactions([Interaction("u", "b", "view", 50.0, 0)])
+    assert (await s.get("u", 1.0)).recent_item_ids == first.recent_item_ids  # still cached
+    await s.invalidate(["u"])
+    assert (await s.get("u", 1.0)).recent_item_ids[0] == "b"
