@@ -36,7 +36,7 @@ from server.domain import (
 )
 from server.errors import invalid
 from server.pipeline.context import RequestContext
-from server.pipeline.runner import Pipeline
+from server.pipeline.runner import Pipeline, Step
 from server.pipeline.steps.candidates import GatherCandidates
 from server.pipeline.steps.filter import FilterCandidates
 from server.pipeline.steps.hydrate import HydrateSeedItem, HydrateUser
@@ -105,7 +105,7 @@ class Recd:
             graph, items, c.graph_seeds, c.graph_hops, c.graph_limit_per_hop, c.graph_min_score
         )
         popular = PopularSource(items, k_cold=c.popular_k, k_warm=max(10, c.popular_k // 4))
-        shared_tail = [
+        shared_tail: list[Step] = [
             FilterCandidates(items),
             RankCandidates(rank_service, items, model, pc.mmr_pool),
             SelectItems(items, model),

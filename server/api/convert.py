@@ -12,9 +12,13 @@ from server.domain import (
     RecommendQuery,
     ScoredItem,
     SimilarQuery,
+    Source,
     UserProfile,
 )
 from server.gen.recd.v1 import catalog_pb2, common_pb2, recommender_pb2
+
+# Enum values by proto name: typed stubs accept the names, and the wire carries the numbers.
+_SOURCE_NAMES = {s: common_pb2.Source.Name(int(s)) for s in Source}
 
 
 def _filter(raw: object) -> dict[str, frozenset[str]]:
@@ -71,7 +75,7 @@ def scored_items(items: list[ScoredItem]) -> list[common_pb2.ScoredItem]:
             common_pb2.ScoredItem(
                 item_id=item.item_id,
                 score=item.score,
-                sources=[int(s) for s in item.sources],
+                sources=[_SOURCE_NAMES[s] for s in item.sources],
                 components=common_pb2.ScoreComponents(
                     similarity=c.similarity, graph=c.graph, popularity=c.popularity, freshness=c.freshness
                 ),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +29,7 @@ class _Column:
 
     def __init__(self, dtype: type, fill: float | int | bool, capacity: int) -> None:
         self.fill = fill
-        self.data = np.full(capacity, fill, dtype=dtype)
+        self.data: npt.NDArray[Any] = np.full(capacity, fill, dtype=dtype)
 
     def ensure(self, size: int) -> None:
         if size > len(self.data):

@@ -7,6 +7,7 @@ the runner decides what a failure or an overrun means (a degraded answer, or a f
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -87,7 +88,7 @@ class Pipeline:
                 step.name,
                 self._policies[step.name],
                 ctx.deadline,
-                lambda s=step: s.run(ctx),
+                functools.partial(step.run, ctx),
                 step.awaits_io,
             )
             if failure is not None:

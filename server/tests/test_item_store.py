@@ -11,7 +11,9 @@ def make_store() -> ItemStore:
     store = ItemStore(2, capacity=2)  # tiny capacity: upserts must grow every column
     ids = [f"i{n}" for n in range(6)]
     vectors = np.tile(np.array([[1.0, 0.0]], dtype=np.float32), (6, 1))
-    meta = [ItemMetadata({"lang": ("en", "de")[n % 2], "tier": "x"}, float(10**n), 1000 * n) for n in range(6)]
+    meta = [
+        ItemMetadata({"lang": ("en", "de")[n % 2], "tier": "x"}, float(10**n), 1000 * n) for n in range(6)
+    ]
     meta[5] = ItemMetadata({"lang": "de"}, 1e5, 5000)  # no "tier"
     store.upsert(ids, _core.stable_hash64(ids), vectors, meta)
     return store
@@ -20,7 +22,14 @@ def make_store() -> ItemStore:
 def test_filters_use_attribute_codes() -> None:
     store = make_store()
     rows = store.rows_of([f"i{n}" for n in range(6)])
-    assert store.filter_mask(rows, {"lang": frozenset({"de"})}).tolist() == [False, True, False, True, False, True]
+    assert store.filter_mask(rows, {"lang": frozenset({"de"})}).tolist() == [
+        False,
+        True,
+        False,
+        True,
+        False,
+        True,
+    ]
     assert store.filter_mask(rows, {"tier": frozenset({"x"})}).tolist() == [True] * 5 + [False]
     assert not store.filter_mask(rows, {"lang": frozenset({"fr"})}).any()
     assert not store.filter_mask(rows, {"colour": frozenset({"red"})}).any()
@@ -38,7 +47,12 @@ def test_popular_is_ordered_filtered_and_forgets_deleted_items() -> None:
 def test_reupsert_keeps_the_row_and_replaces_attributes() -> None:
     store = make_store()
     row = store.row_of("i1")
-    store.upsert(["i1"], _core.stable_hash64(["i1"]), np.array([[0.0, 1.0]], np.float32), [ItemMetadata({"lang": "fr"}, 1.0, 0)])
+    store.upsert(
+        ["i1"],
+        _core.stable_hash64(["i1"]),
+        np.array([[0.0, 1.0]], np.float32),
+        [ItemMetadata({"lang": "fr"}, 1.0, 0)],
+    )
     assert store.row_of("i1") == row
     assert store.metadata(row).attributes == {"lang": "fr"}
     assert not store.filter_mask(np.array([row]), {"tier": frozenset({"x"})}).any()
@@ -53,8 +67,12 @@ def test_popularity_feature_is_unit_free_and_bounded() -> None:
     # the same catalogue with popularity in other units gets the same feature
     scaled = ItemStore(2)
     ids = [f"i{n}" for n in range(6)]
-    scaled.upsert(ids, _core.stable_hash64(ids), np.ones((6, 2), np.float32),
-                  [ItemMetadata({}, float(10**n) * 1e-6, 0) for n in range(6)])
+    scaled.upsert(
+        ids,
+        _core.stable_hash64(ids),
+        np.ones((6, 2), np.float32),
+        [ItemMetadata({}, float(10**n) * 1e-6, 0) for n in range(6)],
+    )
     np.testing.assert_allclose(scaled.popularity_feature(scaled.rows_of(ids)), feature, rtol=1e-4)
 
 

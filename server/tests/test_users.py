@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from server import _core
 from server.backends.memory_cache import InMemoryCache
 from server.backends.memory_profiles import InMemoryProfileStore
 from server.catalog.item_store import ItemStore
 from server.catalog.payload import ItemMetadata
-from server import _core
 from server.domain import Interaction, UserProfile
 from server.users import UserState, UserStates, decode_state, encode_state
 
@@ -26,7 +26,9 @@ def items() -> ItemStore:
 
 
 def states(items: ItemStore, half_life_days: float = 1.0) -> UserStates:
-    return UserStates(InMemoryProfileStore(None), InMemoryCache(1 << 20), items, 50, half_life_days * 86400, 60)
+    return UserStates(
+        InMemoryProfileStore(None), InMemoryCache(1 << 20), items, 50, half_life_days * 86400, 60
+    )
 
 
 def test_history_mean_weights_recent_and_strong_interactions_more(items: ItemStore) -> None:

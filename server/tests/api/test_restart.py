@@ -44,7 +44,8 @@ async def write_until_killed(address: str, proc: subprocess.Popen[bytes], vector
     try:
         for n, start_at in enumerate(range(0, len(vectors), batch)):
             records = [
-                ItemRecord(f"it-{i}", vectors[i], {"n": str(i)}, 1.0, 0) for i in range(start_at, start_at + batch)
+                ItemRecord(f"it-{i}", vectors[i], {"n": str(i)}, 1.0, 0)
+                for i in range(start_at, start_at + batch)
             ]
             call = asyncio.ensure_future(client.upsert_items(records))
             if n == 6:
