@@ -68,6 +68,9 @@ class LoadSummary:
     def rows_per_s(self) -> float:
         return self.total_rows / self.seconds if self.seconds > 0 else 0.0
 
+    def __str__(self) -> str:
+        return self.describe()
+
     def describe(self) -> str:
         counts = ", ".join(f"{kind} {self.rows[kind]}" for kind in KINDS)
         lines = [
