@@ -98,6 +98,19 @@ def _wall(fn: Any, batches: list[RankBatch], iterations: int) -> list[float]:
     return times
 
 
+def _threaded_throughput(fn: Any, batches: list[RankBatch], threads: int, iterations: int) -> float:
+    """Candidates/s with `threads` callers at once (the rank service runs two), over the wall clock."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cands = sum(b.rows.size for b in batches) / len(batches)
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(fn, batches[:threads]))
+        started = time.perf_counter()
+        list(pool.map(fn, [batches[i % len(batches)] for i in range(iterations)]))
+        elapsed = time.perf_counter() - started
+    return cands * iterations / elapsed
+
+
 def _agreement(got: RankResult, want: RankResult) -> tuple[float, float]:
     """(fraction of identical positions, max |score difference|) between two rankings."""
     finite = np.isfinite(want.scores)
@@ -130,16 +143,24 @@ def run_rank_bench(quick: bool = False) -> dict[str, Any]:
         table16 = _table(rng, dim)
         ranker = gpu.GpuRanker(_Items(table16, dim), model)
         ranker.warm_up()
+        default_variant = (ranker._tpc, ranker._max_iters)
         cpu = CpuRanker(table16, model)
         batches = [_batch(rng, THROUGHPUT_BATCH, THROUGHPUT_CANDS, dim) for _ in range(4)]
         same, max_diff = _agreement(ranker.rank(batches[0]), cpu.rank(batches[0]))
         device = ranker.time_device(batches[0], iterations=20 if quick else 100)
         e2e = _wall(ranker.rank, batches, 20 if quick else 100)
+        e2e_threads = _threaded_throughput(ranker.rank, batches, 2, 20 if quick else 100)
+        variants = {}
+        for tpc in (4, 8, 16, 32):
+            for iters in (2, 8):
+                ranker.use_score_variant(tpc, iters)
+                variants[f"tpc{tpc}_iters{iters}"] = ranker.time_device(batches[1], iterations=30)["score"]
+        ranker.use_score_variant(*default_variant)
         cpu_times = _wall(cpu.rank, batches, 3 if quick else 8)
         cands = THROUGHPUT_BATCH * THROUGHPUT_CANDS
         kernel_s = device["kernels"] / 1e3
         limit = bandwidth / (2 * dim)  # candidates/s if every row byte came at copy bandwidth
-        row = {
+        row: dict[str, Any] = {
             "dim": dim,
             "score_ms": device["score"],
             "topk_ms": device["topk"],
@@ -150,6 +171,10 @@ def run_rank_bench(quick: bool = False) -> dict[str, Any]:
             "kernel_row_bytes_gb_s": cands * 2 * dim / kernel_s / 1e9,
             "e2e_ms_p50": float(np.median(e2e)) * 1e3,
             "e2e_cands_s": cands / float(np.median(e2e)),
+            "e2e_2threads_cands_s": e2e_threads,
+            "score_variant": f"tpc{default_variant[0]}_iters{default_variant[1]}",
+            "score_ms_by_variant": variants,
+            "registers": ranker.kernel_registers(),
             "cpu_ms_p50": float(np.median(cpu_times)) * 1e3,
             "cpu_cands_s": cands / float(np.median(cpu_times)),
             "limit_cands_s": limit,

@@ -16,6 +16,7 @@ and the server ranks on the CPU.
 
 from __future__ import annotations
 
+import itertools
 import math
 import queue
 import threading
@@ -30,7 +31,7 @@ from server.ranking.base import RankBatch, RankResult
 from server.ranking.model import RankingModel
 
 try:
-    import cupy as cp
+    import cupy as cp  # type: ignore[no-redef,unused-ignore]
 
     _IMPORT_ERROR: Exception | None = None
 except Exception as exc:  # ImportError, or CuPy failing to load its CUDA libraries
@@ -86,7 +87,10 @@ class _Kernels:
 
     def __init__(self) -> None:
         options = ("--std=c++17",)
-        self.fn = {name: cp.RawKernel(gpu_kernels.SOURCE, name, options=options) for name in gpu_kernels.KERNEL_NAMES}
+        self.fn = {
+            name: cp.RawKernel(gpu_kernels.SOURCE, name, options=options) for name in gpu_kernels.KERNEL_NAMES
+        }
+        self.load_all()  # compile errors surface here, at start
         self.sort_max = gpu_kernels.SORT_MAX
         try:
             for name in ("topk_scores", "topk_scores_to_keys", "topk_keys", "topk_keys_to_keys"):
@@ -122,7 +126,7 @@ class _DeviceTable:
         self._piece_rows = max(1, _STAGING_BYTES // (2 * dim + 8))
         self._staging_bytes = _align(8 * self._piece_rows) + 2 * dim * self._piece_rows
         self._host_staging = cp.cuda.alloc_pinned_memory(self._staging_bytes)
-        self._host_view = np.frombuffer(self._host_staging, np.uint8, self._staging_bytes)
+        self._host_view = np.ndarray((self._staging_bytes,), np.uint8, buffer=self._host_staging)
         self._dev_staging = cp.cuda.alloc(self._staging_bytes)
         self._staging_done = cp.cuda.Event(disable_timing=True)
         self._staging_done.record(stream)
@@ -153,7 +157,10 @@ class _DeviceTable:
             chunk = cp.cuda.alloc(chunk_bytes)
             cp.cuda.runtime.memsetAsync(chunk.ptr, 0, chunk_bytes, self._stream.ptr)
             self._k.fn["set_pointer"](
-                (1,), (1,), (_ptr(self.pointers), np.int64(len(self._chunks)), _ptr(chunk.ptr)), stream=self._stream
+                (1,),
+                (1,),
+                (_ptr(self.pointers), np.int64(len(self._chunks)), _ptr(chunk.ptr)),
+                stream=self._stream,
             )
             self._chunks.append(chunk)
 
@@ -243,7 +250,7 @@ class _Slot:
             self._mem.pop(name, None)  # the slot's previous batch has finished (its event was waited on)
             if name.startswith("host"):
                 mem = cp.cuda.alloc_pinned_memory(size)
-                setattr(self, name, np.frombuffer(mem, np.uint8, size))
+                setattr(self, name, np.ndarray((size,), np.uint8, buffer=mem))
             else:
                 mem = cp.cuda.alloc(size)
             self._mem[name] = mem
@@ -275,6 +282,7 @@ class GpuRanker:
         )
         self._device = cp.cuda.Device(device)
         self._lock = threading.Lock()
+        self._last_sort: tuple[Any, ...] = ()
         with self._device:
             self._sms = int(self._device.attributes["MultiProcessorCount"])
             self._stream = cp.cuda.Stream(non_blocking=True)
@@ -285,8 +293,11 @@ class GpuRanker:
             self._slots: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
             for _ in range(max(1, slots)):
                 self._slots.put(_Slot())
-            self._tpc = min(32, max(4, _next_pow2(math.ceil(self.dim / 8) // 4)))
-            self._score_fn = self._k.fn[f"score_tpc{self._tpc}_{'vec' if self.dim % 8 == 0 else 'scalar'}"]
+            # Threads per candidate: each reads about sixteen 16-byte pieces of the row, four at a time
+            # (measured on an H200: 4 threads at d = 64 and 128, 8 at d = 1024 beat wider groups), and
+            # long rows in short per-block runs (more blocks in flight).
+            per_candidate = min(32, max(4, _next_pow2(math.ceil(self.dim / 8 / 16))))
+            self.use_score_variant(per_candidate, 2 if self.dim >= 512 else 8)
             self._load(items)
 
     # --- the catalogue ----------------------------------------------------------------------------
@@ -361,9 +372,13 @@ class GpuRanker:
         lay = _Layout(B, C, k, self.dim)
         slot.reserve(lay.in_bytes, lay.out_bytes, lay.work_bytes + self._key_scratch_bytes(B, C, k))
         h = slot.host_in
-        np.copyto(h[lay.queries : lay.queries + 4 * B * self.dim].view(np.float32).reshape(B, self.dim), queries)
+        np.copyto(
+            h[lay.queries : lay.queries + 4 * B * self.dim].view(np.float32).reshape(B, self.dim), queries
+        )
         np.copyto(h[lay.rows : lay.rows + 8 * B * C].view(np.int64).reshape(B, C), rows, casting="same_kind")
-        np.copyto(h[lay.side : lay.side + 12 * B * C].view(np.float32).reshape(B, C, 3), side, casting="same_kind")
+        np.copyto(
+            h[lay.side : lay.side + 12 * B * C].view(np.float32).reshape(B, C, 3), side, casting="same_kind"
+        )
         return lay
 
     def _rank_in(self, slot: _Slot, queries: Any, rows: Any, side: Any, k: int) -> RankResult:
@@ -389,7 +404,7 @@ class GpuRanker:
         groups = gpu_kernels.SCORE_THREADS // self._tpc
         # Enough blocks for a few waves, each block reading its staged query for several candidates.
         tiles = B * math.ceil(C / groups)
-        per_block = groups * min(8, max(1, math.ceil(tiles / (16 * self._sms))))
+        per_block = groups * min(self._max_iters, max(1, math.ceil(tiles / (16 * self._sms))))
         din, work = slot.ptr("dev_in"), slot.ptr("work")
         w_sim, w0, w1, w2 = self._weights
         self._score_fn(
@@ -397,14 +412,15 @@ class GpuRanker:
             (gpu_kernels.SCORE_THREADS,),
             (_ptr(self._table.pointers), np.int32(self._table.shift), np.int64(self._table.n_rows),
              np.int32(self.dim), _ptr(din + lay.queries), _ptr(din + lay.rows), _ptr(din + lay.side),
-             w_sim, w0, w1, w2, np.int32(C), np.int32(per_block), _ptr(work + lay.total), _ptr(work + lay.sim)),
+             w_sim, w0, w1, w2, np.int32(C), np.int32(per_block),
+             _ptr(work + lay.total), _ptr(work + lay.sim)),
             shared_mem=4 * self.dim,
             stream=self._stream,
         )  # fmt: skip
 
     def _key_scratch_bytes(self, B: int, C: int, k: int) -> int:
         sort_max = self._k.sort_max
-        if C <= sort_max or k > sort_max // 2:
+        if sort_max >= C or k > sort_max // 2:
             return 0
         return 2 * _align(8 * B * math.ceil(C / sort_max) * k)
 
@@ -415,7 +431,7 @@ class GpuRanker:
         total, sim = _ptr(work + lay.total), _ptr(work + lay.sim)
         outs = (_ptr(dout + lay.positions), _ptr(dout + lay.scores), _ptr(dout + lay.similarity))
         none = (_ptr(0), _ptr(0), _ptr(0))
-        if C > sort_max and k > sort_max // 2:
+        if sort_max < C and k > sort_max // 2:
             self._topk_by_sort(lay, total, sim, outs)
             return
         width, src, from_keys = C, 0, False
@@ -433,7 +449,15 @@ class GpuRanker:
                 shared_mem=8 * sort_max, stream=self._stream,
             )  # fmt: skip
             width, src, from_keys, passes = tiles * k, dst, True, passes + 1
-        sort_n = max(2, _next_pow2(width))
+        if width <= gpu_kernels.SORT_SMALL_MAX:
+            fn = self._k.fn["topk_small_keys" if from_keys else "topk_small_scores"]
+            fn(
+                (1, B), (max(32, _next_pow2(width)),),
+                (total, sim, _ptr(src), np.int32(C), np.int32(width), np.int32(k), *outs),
+                stream=self._stream,
+            )  # fmt: skip
+            return
+        sort_n = _next_pow2(width)
         fn = self._k.fn["topk_keys" if from_keys else "topk_scores"]
         fn(
             (1, B), (min(1024, max(32, sort_n // 2)),),
@@ -442,7 +466,9 @@ class GpuRanker:
             shared_mem=8 * sort_n, stream=self._stream,
         )  # fmt: skip
 
-    def _topk_by_sort(self, lay: _Layout, total: np.uint64, sim: np.uint64, outs: tuple[np.uint64, ...]) -> None:
+    def _topk_by_sort(
+        self, lay: _Layout, total: np.uint64, sim: np.uint64, outs: tuple[np.uint64, ...]
+    ) -> None:
         """k too large for tile passes over a very wide batch (rare): a full library sort of the keys."""
         B, C, k = lay.batch, lay.candidates, lay.k
         with self._stream:
@@ -458,7 +484,7 @@ class GpuRanker:
                 (ordered, total, sim, np.int32(C), np.int32(k), np.int64(B * k), *outs),
                 stream=self._stream,
             )  # fmt: skip
-            self._retired_sort = (keys, ordered)  # freed by the next call, after this one was waited on
+            self._last_sort = (keys, ordered)  # (the pool reuses blocks in stream order anyway)
 
     def warm_up(self) -> None:
         """Compiles every kernel and ranks a typical batch, so the first request pays for neither."""
@@ -487,6 +513,16 @@ class GpuRanker:
     def table_rows(self) -> int:
         return self._table.n_rows
 
+    def use_score_variant(self, threads_per_candidate: int, max_iters: int = 8) -> None:
+        """The scoring kernel's shape: threads per candidate (4, 8, 16 or 32) and at most how many
+        candidates each group scores per block. Set at start; the benchmark also sweeps it."""
+        if threads_per_candidate not in gpu_kernels.SCORE_TPCS:
+            raise ValueError(f"threads_per_candidate must be one of {gpu_kernels.SCORE_TPCS}")
+        kind = "vec" if self.dim % 8 == 0 else "scalar"
+        self._tpc = threads_per_candidate
+        self._max_iters = max(1, max_iters)
+        self._score_fn = self._k.fn[f"score_tpc{threads_per_candidate}_{kind}"]
+
     def kernel_registers(self) -> dict[str, int]:
         with self._device:
             return self._k.load_all()
@@ -503,10 +539,15 @@ class GpuRanker:
                     cp.cuda.runtime.memcpyAsync(
                         slot.ptr("dev_in"), slot.ptr("host_in"), lay.in_bytes, _H2D, self._stream.ptr
                     )
+
+                    def both() -> None:
+                        self._launch_score(slot, lay)
+                        self._launch_topk(slot, lay)
+
                     runs = {
                         "score": lambda: self._launch_score(slot, lay),
                         "topk": lambda: self._launch_topk(slot, lay),
-                        "kernels": lambda: (self._launch_score(slot, lay), self._launch_topk(slot, lay)),
+                        "kernels": both,
                     }
                     out = {}
                     for label, run in runs.items():
@@ -518,7 +559,7 @@ class GpuRanker:
                             run()
                             events[i + 1].record(self._stream)
                         events[-1].synchronize()
-                        times = [cp.cuda.get_elapsed_time(a, b) for a, b in zip(events, events[1:], strict=False)]
+                        times = [cp.cuda.get_elapsed_time(a, b) for a, b in itertools.pairwise(events)]
                         out[label] = float(np.median(times))
                     self._stream.synchronize()
                 return out

@@ -9,10 +9,12 @@ Kernels:
   request (blockIdx.y) and a tile of its candidates; the query is staged in shared memory as f32; a
   group of TPC threads owns one candidate at a time and reads its FP16 row with 16-byte loads (four in
   flight per thread), accumulating in f32, then reduces across the group with warp shuffles.
-- topk_scores / topk_keys_*: block-per-request (or per tile) bitonic sort of 64-bit keys in shared
-  memory. A key is (order-preserving bits of the score) << 32 | (~column), so the sort is by score
-  descending with ties to the lower column, exactly like the CPU top-k; NaN and -inf become key 0 and
-  are never selected. Rows wider than one sort are reduced tile by tile (each tile keeps its top k).
+- topk_small_*: block-per-request bitonic sort of up to 1024 64-bit keys, one per thread in a register,
+  exchanging through warp shuffles (partners < 32 apart) or shared memory (farther). A key is
+  (order-preserving bits of the score) << 32 | (~column), so the sort is by score descending with ties
+  to the lower column, exactly like the CPU top-k; NaN and -inf become key 0 and are never selected.
+- topk_scores / topk_keys_*: the same for wider rows, sorted in shared memory; rows wider than one sort
+  are reduced tile by tile (each tile keeps its top k).
 - make_keys / decode_keys: the same keys for a library sort, for the rare k too large for the tiles.
 - scatter_rows / set_pointer: catalogue writes, enqueued on the ranker's stream.
 - spin: keeps the GPU busy while a benchmark queues work, so event timings carry no launch gaps.
@@ -22,6 +24,8 @@ from __future__ import annotations
 
 # Largest row of keys one block sorts in shared memory (8 bytes each: 64 KiB, above the 48 KiB default).
 SORT_MAX = 8192
+# Largest row of keys sorted one key per thread, in registers (the usual case).
+SORT_SMALL_MAX = 1024
 
 SCORE_THREADS = 256
 SCORE_TPCS = (4, 8, 16, 32)
@@ -36,7 +40,7 @@ __device__ __forceinline__ float h2f(f16bits h) {
     return f;
 }
 
-__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+__device__ __forceinline__ float neg_inf() { return __int_as_float((int)0xff800000u); }
 
 // acc += dot(8 halves packed in u, q[0..8))
 __device__ __forceinline__ float dot8(const uint4 u, const float* q, float acc) {
@@ -74,11 +78,14 @@ __device__ __forceinline__ void score_impl(
     const long long chunk_mask = (1LL << chunk_shift) - 1;
     const long long* brows = rows + (long long)b * C;
 
-    // The trip count is uniform across the block, so every lane reaches the shuffles.
+    // The trip count is uniform across the block, so every lane reaches the shuffles. Each group
+    // fetches its next candidate's row index one iteration ahead, off the critical path.
+    long long row_next = c0 + group < c_end ? brows[c0 + group] : -1;
     for (int base = c0; base < c_end; base += groups) {
         const int c = base + group;
         const bool in_tile = c < c_end;
-        const long long row = in_tile ? brows[c] : -1;
+        const long long row = row_next;
+        row_next = c + groups < c_end ? brows[c + groups] : -1;
         const bool valid = row >= 0 && row < n_rows;
         float acc = 0.f;
         if (valid) {
@@ -111,7 +118,8 @@ __device__ __forceinline__ void score_impl(
             // then -inf wherever the row is padding. Rounded step by step (no contraction) like NumPy.
             const float s = valid ? acc : neg_inf();
             const float* f = side + o * 3;
-            const float sd = __fadd_rn(__fadd_rn(__fmul_rn(f[0], w0), __fmul_rn(f[1], w1)), __fmul_rn(f[2], w2));
+            const float sd =
+                __fadd_rn(__fadd_rn(__fmul_rn(f[0], w0), __fmul_rn(f[1], w1)), __fmul_rn(f[2], w2));
             sim[o] = s;
             total[o] = row < 0 ? neg_inf() : __fadd_rn(__fmul_rn(s, w_sim), sd);
         }
@@ -177,6 +185,57 @@ __device__ __forceinline__ void decode(u64 key, const float* total, const float*
     }
 }
 
+// Top-k of rows of at most 1024 keys (the usual case): one block per request, one key per thread, held in
+// a register. Compare-exchange partners within a warp swap keys by shuffle; farther ones go through
+// shared memory (two buffers, so one barrier per such step). Sorted descending, thread i holds rank i.
+template <bool FROM_KEYS>
+__device__ __forceinline__ void topk_small_impl(
+    const float* __restrict__ total, const float* __restrict__ sim, const u64* __restrict__ keys_in,
+    int C, int width, int k, long long* __restrict__ out_pos, float* __restrict__ out_score,
+    float* __restrict__ out_sim)
+{
+    __shared__ u64 exchange[2][1024];
+    const int b = blockIdx.y;
+    const int i = threadIdx.x;
+    const int n = blockDim.x;  // a power of two, 32..1024
+    u64 key = 0ull;
+    if (i < width) {
+        const long long src = (long long)b * width + i;
+        key = FROM_KEYS ? keys_in[src] : make_key(total[src], (unsigned)i);
+    }
+    int buf = 0;
+    for (int size = 2; size <= n; size <<= 1) {
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            u64 other;
+            if (stride >= 32) {
+                exchange[buf][i] = key;
+                __syncthreads();
+                other = exchange[buf][i ^ stride];
+                buf ^= 1;
+            } else {
+                other = __shfl_xor_sync(0xffffffffu, key, stride);
+            }
+            // In a descending run the lower index keeps the larger key; in an ascending one, the smaller.
+            const bool keep_max = ((i & stride) == 0) == ((i & size) == 0);
+            key = keep_max ? (key > other ? key : other) : (key < other ? key : other);
+        }
+    }
+    const long long row_base = (long long)b * C;
+    if (i < k) decode(key, total, sim, row_base, (long long)b * k + i, out_pos, out_score, out_sim);
+    for (int j = n + i; j < k; j += n)
+        decode(0ull, total, sim, row_base, (long long)b * k + j, out_pos, out_score, out_sim);
+}
+
+#define TOPK_SMALL_KERNEL(FROM_KEYS, NAME)                                                           \
+extern "C" __global__ void __launch_bounds__(1024) NAME(                                           \
+    const float* __restrict__ total, const float* __restrict__ sim, const u64* __restrict__ keys_in, \
+    int C, int width, int k, long long* __restrict__ out_pos, float* __restrict__ out_score,        \
+    float* __restrict__ out_sim) {                                                                 \
+    topk_small_impl<FROM_KEYS>(total, sim, keys_in, C, width, k, out_pos, out_score, out_sim);     \
+}
+TOPK_SMALL_KERNEL(false, topk_small_scores)
+TOPK_SMALL_KERNEL(true, topk_small_keys)
+
 // One block per (tile, request): loads the tile's keys, sorts them, and either decodes the top k into
 // the outputs (FINAL) or writes them to keys_out[b, tile * k ...] for the next pass.
 template <bool FROM_KEYS, bool FINAL>
@@ -222,8 +281,10 @@ TOPK_KERNEL(false, false, topk_scores_to_keys)
 TOPK_KERNEL(true, true, topk_keys)
 TOPK_KERNEL(true, false, topk_keys_to_keys)
 
-extern "C" __global__ void make_keys(const float* __restrict__ total, int C, long long n, u64* __restrict__ keys) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+extern "C" __global__ void make_keys(const float* __restrict__ total, int C, long long n,
+                                     u64* __restrict__ keys) {
+    const long long step = (long long)gridDim.x * blockDim.x;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += step)
         keys[i] = make_key(total[i], (unsigned)(i % C));
 }
 
@@ -232,7 +293,8 @@ extern "C" __global__ void decode_keys(const u64* __restrict__ sorted, const flo
                                        const float* __restrict__ sim, int C, int k, long long n,
                                        long long* __restrict__ out_pos, float* __restrict__ out_score,
                                        float* __restrict__ out_sim) {
-    for (long long o = blockIdx.x * (long long)blockDim.x + threadIdx.x; o < n; o += (long long)gridDim.x * blockDim.x) {
+    const long long step = (long long)gridDim.x * blockDim.x;
+    for (long long o = blockIdx.x * (long long)blockDim.x + threadIdx.x; o < n; o += step) {
         const long long b = o / k;
         const int j = (int)(o % k);
         const u64 key = j < C ? sorted[b * C + (C - 1 - j)] : 0ull;
@@ -273,6 +335,8 @@ extern "C" __global__ void spin(long long cycles) {
 
 KERNEL_NAMES = (
     *(f"score_tpc{t}_{kind}" for t in SCORE_TPCS for kind in ("vec", "scalar")),
+    "topk_small_scores",
+    "topk_small_keys",
     "topk_scores",
     "topk_scores_to_keys",
     "topk_keys",

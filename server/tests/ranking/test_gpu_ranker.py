@@ -100,6 +100,7 @@ CASES = [
     ("dim 1024", 20_000, 1024, 16, 1000, 10),
     ("k equals candidates", 100, 32, 2, 40, 40),
     ("k beyond candidates pads", 100, 32, 2, 10, 25),
+    ("sort in shared memory", 5000, 32, 4, 1500, 200),
     ("one full-width sort", 5000, 32, 2, 8192, 300),
     ("wide: top-k in tile passes", 5000, 32, 3, 20_000, 64),
     ("wide with a large k: library sort", 5000, 32, 2, 9000, 5000),
