@@ -38,7 +38,7 @@ class ServerConfig:
 class IndexConfig:
     m: int = 16
     ef_construction: int = 200
-    ef_search: int = 100
+    ef_search: int = 50
     initial_capacity: int = 16_384
 
 
@@ -128,6 +128,20 @@ class ProfilesConfig:
         default_factory=lambda: {"class": "SimpleStrategy", "replication_factor": 1}
     )
     request_timeout_ms: float = 20.0
+    # Writes (RecordInteractions, loads) are not on the request path's budget, so they get longer.
+    write_timeout_ms: float = 2000.0
+    # A read not answered after this long is also sent to the next replica (idempotent reads only).
+    speculative_delay_ms: float = 5.0
+    speculative_attempts: int = 1
+    connect_timeout_s: float = 5.0
+    # CQL native protocol: ScyllaDB speaks v4, Cassandra 5 v4 and v5; fixed, it spares a negotiation.
+    protocol_version: int = 4
+    # Ceiling of the driver's exponential reconnection delay once a node is down.
+    reconnect_max_s: float = 5.0
+    # Statements one write call keeps in flight at once (concurrent single-partition writes).
+    write_concurrency: int = 64
+    # default_time_to_live of user_interactions (TWCS then drops whole expired SSTables); 0 keeps all.
+    interactions_ttl_s: int = 0
 
 
 @dataclass
@@ -137,6 +151,17 @@ class GraphConfig:
     user: str = "neo4j"
     password: str = ""
     database: str = "neo4j"
+    # Node label of items: a second label gives a second, independent graph in one database (tests).
+    item_label: str = "Item"
+    connect_timeout_s: float = 2.0
+    # Ceiling of a neighbour query's time, whatever the caller's budget.
+    query_timeout_ms: float = 100.0
+    write_timeout_s: float = 60.0
+    # Edges per UNWIND write transaction.
+    write_batch: int = 5000
+    max_connections: int = 32
+    # Concurrent neighbour queries that arrive together are sent as one UNWIND query.
+    neighbour_batch: MicroBatchConfig = field(default_factory=MicroBatchConfig)
 
 
 @dataclass
@@ -146,12 +171,94 @@ class CacheConfig:
     url: str = "redis://127.0.0.1:6379/0"
     timeout_ms: float = 5.0
     user_vector_ttl_s: float = 300.0
+    # Prepended to every key, so several deployments (or tests) can share one Redis.
+    key_prefix: str = ""
+    # After this many consecutive failures Redis is skipped for breaker_open_s, then probed again.
+    breaker_failures: int = 5
+    breaker_open_s: float = 1.0
+    max_connections: int = 256
 
 
 @dataclass
 class ResponseConfig:
     # How long the edge tier may serve a Recommend answer from its cache.
     cache_ttl_seconds: int = 30
+
+
+@dataclass
+class EdgeConfig:
+    """`recd edge`: a cache tier in front of one or more frontends (origins), same Recommender API."""
+
+    address: str = "127.0.0.1:50052"
+    metrics_address: str = "127.0.0.1:9465"
+    origins: list[str] = field(default_factory=lambda: ["127.0.0.1:50051"])
+    # least_outstanding steers away from a slow origin; round_robin is the simple, even spread.
+    balancing: Literal["round_robin", "least_outstanding"] = "least_outstanding"
+    # Ceiling of one origin call (a caller's shorter deadline wins); shared fills use the ceiling.
+    origin_timeout_ms: float = 1000.0
+    # UNAVAILABLE is retried on another origin, up to max_attempts in all, while the retry budget
+    # allows: retries in the last retry_budget_window_s <= ratio * requests + min_per_s * window.
+    max_attempts: int = 3
+    retry_budget_ratio: float = 0.1
+    retry_budget_min_per_s: float = 5.0
+    retry_budget_window_s: float = 10.0
+    # backend "embedded": the in-process LRU (bounded by max_bytes) only; "redis" adds Redis as a second
+    # level shared by edge replicas, which fails open (Redis down = L1 only).
+    cache: CacheConfig = field(default_factory=lambda: CacheConfig(max_bytes=256 * 1024 * 1024))
+    # Part of every key: changing it drops every cached answer at once (a format change, a bad deploy).
+    key_version: str = "e1"
+    # The origin's cache_ttl_seconds is honoured up to this; 0 from the origin means "do not cache".
+    max_ttl_s: float = 300.0
+    # Degraded answers (a source missing) are kept briefly: long enough to shield a struggling origin
+    # from a stampede, short enough that recovery shows quickly.
+    degraded_ttl_s: float = 2.0
+    # Stale-while-revalidate: an expired entry is still served this long while one refresh runs.
+    stale_grace_s: float = 30.0
+    # Answers depend on time (freshness, context): keys roll over every bucket, at a per-user phase.
+    time_bucket_s: float = 3600.0
+    # With Redis, a user's version (bumped by RecordInteractions) is re-read this often, so a bump on
+    # another replica is seen within this time.
+    user_version_refresh_s: float = 1.0
+    # Users whose version the in-process level remembers.
+    max_users: int = 500_000
+    # Background refreshes in flight at once; past it stale entries are served without one.
+    max_refreshes: int = 64
+    max_concurrent_rpcs: int = 4096
+    grace_s: float = 5.0
+
+
+@dataclass
+class ClusterConfig:
+    """Shard nodes as processes (`recd shard --node-id N`); empty `nodes` = every shard in the frontend."""
+
+    # One entry per node: "host:port" (node id = position in the list) or "<id>=host:port". A host may be
+    # a DNS name (e.g. a StatefulSet pod under a headless service): resolved at start and every
+    # resolve_interval_s, so a rescheduled pod is followed without a restart.
+    nodes: list[str] = field(default_factory=list)
+    # Copies of each logical shard on distinct nodes (capped by the node count); 0: 2 with >= 2 nodes.
+    replication: int = 0
+    # Replicas that must have a write in their WAL before it is acknowledged; 0: all of them, so any
+    # replica can serve any read after a failover without a repair step.
+    write_acks: int = 0
+    # Hedged reads: a second request to the next replica once the first node is late. "p95": later than
+    # that node's recent p95 (at least hedge_min_ms); "fixed": after hedge_after_ms; "off": never.
+    hedge: Literal["off", "fixed", "p95"] = "p95"
+    hedge_after_ms: float = 20.0
+    hedge_min_ms: float = 5.0
+    # Hedges per search call at most, over time (a token bucket): a slow cluster is not sent twice the load.
+    hedge_budget: float = 0.1
+    # A node call gets this fraction of what is left of the caller's deadline (time to merge remains).
+    node_deadline_fraction: float = 0.9
+    # Consecutive failed calls that open a node's circuit: it is skipped until a background probe (or,
+    # after breaker_open_s, a trial call) succeeds.
+    breaker_failures: int = 3
+    breaker_open_s: float = 1.0
+    # Probes (Stats) of every node: health, and the layout epoch nodes follow (rebalancing).
+    probe_interval_ms: float = 500.0
+    probe_timeout_ms: float = 1000.0
+    resolve_interval_s: float = 30.0
+    # Ceiling of gRPC's reconnect backoff, so a restarted node is used again within about this long.
+    max_reconnect_backoff_ms: int = 1000
 
 
 @dataclass
@@ -167,6 +274,8 @@ class Config:
     graph: GraphConfig = field(default_factory=GraphConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     response: ResponseConfig = field(default_factory=ResponseConfig)
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def validate(self) -> None:
         problems = []

@@ -7,6 +7,8 @@ Behaviour shared by both (checked by one contract test suite):
 - Every other method raises ShardError; `error.transient` says whether retrying (or asking another
   replica) may help. Upserts and deletes are idempotent, so retrying them is safe.
 - `timeout_s=None` means no deadline. A call that times out may still complete on the node.
+- Writes carry the writer's cluster layout epoch (0: not fenced); a node on another epoch refuses them
+  (see shards/service.py). The in-process client has no layout and ignores it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,15 @@ from server.gen.recd.v1 import shard_pb2 as pb
 from server.gen.recd.v1 import shard_pb2_grpc
 from shards import convert
 from shards.host import ShardHost, search_outcome
-from shards.records import ErrorKind, NodeStats, RecordBatch, ShardError, ShardHits, as_labels
+from shards.records import (
+    ErrorKind,
+    NodeLayout,
+    NodeStats,
+    RecordBatch,
+    ShardError,
+    ShardHits,
+    as_labels,
+)
 
 T = TypeVar("T")
 
@@ -45,12 +55,25 @@ class ShardClient(Protocol):
         """queries (Q, dim) float32; ef=0 means the node's default; exclude: one label array per query."""
         ...
 
-    async def upsert(self, batches: Mapping[int, RecordBatch], timeout_s: float | None = None) -> int:
-        """Batches keyed by shard id; returns the number of records, once fsynced on the node."""
+    async def upsert(
+        self,
+        batches: Mapping[int, RecordBatch],
+        timeout_s: float | None = None,
+        *,
+        layout_epoch: int = 0,
+        backfill: bool = False,
+    ) -> int:
+        """Batches keyed by shard id; returns the number of records, once fsynced on the node.
+        `backfill`: a rebalancing copy that yields to live writes (ShardIndex.upsert)."""
         ...
 
     async def delete(
-        self, shard_id: int, labels: NDArray[np.uint64] | Sequence[int], timeout_s: float | None = None
+        self,
+        shard_id: int,
+        labels: NDArray[np.uint64] | Sequence[int],
+        timeout_s: float | None = None,
+        *,
+        layout_epoch: int = 0,
     ) -> int:
         """Returns how many of the labels were live."""
         ...
@@ -66,6 +89,14 @@ class ShardClient(Protocol):
         ...
 
     async def stats(self, timeout_s: float | None = None) -> NodeStats: ...
+
+    async def get_layout(self, timeout_s: float | None = None) -> NodeLayout:
+        """The cluster layout the node follows (epoch 0 and no document for a node without one)."""
+        ...
+
+    async def set_layout(
+        self, layout_json: str, drop_unplaced: bool = False, timeout_s: float | None = None
+    ) -> NodeLayout: ...
 
     async def close(self) -> None: ...
 
@@ -117,15 +148,32 @@ class InProcessShardClient:
         exclude: Sequence[NDArray[np.uint64]] | None = None,
         timeout_s: float | None = None,
     ) -> dict[int, ShardHits | ShardError]:
-        # The shard searches already run on the host's pool: wait on them here instead of parking a thread.
-        started = self.host.start_search(queries, shard_ids, k, ef, exclude)
-        return await gather_search(started, timeout_s)
+        # One thread waits for all the shard searches and wakes the event loop once, instead of every
+        # shard's completion waking it (a cross-thread wake-up costs about as much as a small search).
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, functools.partial(self.host.search, queries, shard_ids, k, ef, exclude, timeout_s)
+        )
 
-    async def upsert(self, batches: Mapping[int, RecordBatch], timeout_s: float | None = None) -> int:
-        return await self._call("upsert", timeout_s, functools.partial(self.host.upsert, batches))
+    async def upsert(
+        self,
+        batches: Mapping[int, RecordBatch],
+        timeout_s: float | None = None,
+        *,
+        layout_epoch: int = 0,
+        backfill: bool = False,
+    ) -> int:
+        return await self._call(
+            "upsert", timeout_s, functools.partial(self.host.upsert, batches, backfill=backfill)
+        )
 
     async def delete(
-        self, shard_id: int, labels: NDArray[np.uint64] | Sequence[int], timeout_s: float | None = None
+        self,
+        shard_id: int,
+        labels: NDArray[np.uint64] | Sequence[int],
+        timeout_s: float | None = None,
+        *,
+        layout_epoch: int = 0,
     ) -> int:
         return await self._call("delete", timeout_s, functools.partial(self.host.delete, shard_id, labels))
 
@@ -145,6 +193,14 @@ class InProcessShardClient:
     async def stats(self, timeout_s: float | None = None) -> NodeStats:
         return await self._call("stats", timeout_s, self.host.stats)
 
+    async def get_layout(self, timeout_s: float | None = None) -> NodeLayout:
+        return NodeLayout(0, "", self.host.shard_ids, "")
+
+    async def set_layout(
+        self, layout_json: str, drop_unplaced: bool = False, timeout_s: float | None = None
+    ) -> NodeLayout:
+        raise ShardError("an in-process shard host has no cluster layout", ErrorKind.INVALID_ARGUMENT)
+
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self._owns_host:
@@ -160,15 +216,21 @@ class GrpcShardClient:
         *,
         channel: grpc.aio.Channel | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_reconnect_backoff_ms: int | None = None,
     ) -> None:
         self.address = address
-        self._channel = channel or grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
-            ],
-        )
+        options: list[tuple[str, int]] = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        if max_reconnect_backoff_ms is not None:
+            # gRPC's default backoff grows to 2 minutes: a restarted node would sit unused that long.
+            options += [
+                ("grpc.initial_reconnect_backoff_ms", min(100, max_reconnect_backoff_ms)),
+                ("grpc.min_reconnect_backoff_ms", min(100, max_reconnect_backoff_ms)),
+                ("grpc.max_reconnect_backoff_ms", max_reconnect_backoff_ms),
+            ]
+        self._channel = channel or grpc.aio.insecure_channel(address, options=options)
         self._stub = shard_pb2_grpc.ShardStub(self._channel)
         self._dim: int | None = None  # learned lazily: an empty fetch must still have shape (0, dim)
 
@@ -196,17 +258,33 @@ class GrpcShardClient:
         missing = ShardError("node returned no result for this shard", ErrorKind.INTERNAL)
         return {shard_id: got.get(shard_id, missing) for shard_id in dict.fromkeys(shard_ids)}
 
-    async def upsert(self, batches: Mapping[int, RecordBatch], timeout_s: float | None = None) -> int:
+    async def upsert(
+        self,
+        batches: Mapping[int, RecordBatch],
+        timeout_s: float | None = None,
+        *,
+        layout_epoch: int = 0,
+        backfill: bool = False,
+    ) -> int:
         request = pb.ShardUpsertRequest(
-            batches=[convert.batch_to_proto(shard_id, batch) for shard_id, batch in batches.items()]
+            batches=[convert.batch_to_proto(shard_id, batch) for shard_id, batch in batches.items()],
+            layout_epoch=layout_epoch,
+            backfill=backfill,
         )
         response = await self._unary(self._stub.Upsert, request, timeout_s)
         return int(response.upserted)
 
     async def delete(
-        self, shard_id: int, labels: NDArray[np.uint64] | Sequence[int], timeout_s: float | None = None
+        self,
+        shard_id: int,
+        labels: NDArray[np.uint64] | Sequence[int],
+        timeout_s: float | None = None,
+        *,
+        layout_epoch: int = 0,
     ) -> int:
-        request = pb.ShardDeleteRequest(shard_id=shard_id, labels=as_labels(labels).tolist())
+        request = pb.ShardDeleteRequest(
+            shard_id=shard_id, labels=as_labels(labels).tolist(), layout_epoch=layout_epoch
+        )
         response = await self._unary(self._stub.Delete, request, timeout_s)
         return int(response.deleted)
 
@@ -234,6 +312,17 @@ class GrpcShardClient:
         stats = convert.stats_from_proto(response)
         self._dim = stats.dim
         return stats
+
+    async def get_layout(self, timeout_s: float | None = None) -> NodeLayout:
+        response = await self._unary(self._stub.GetLayout, pb.ShardGetLayoutRequest(), timeout_s)
+        return convert.layout_from_proto(response)
+
+    async def set_layout(
+        self, layout_json: str, drop_unplaced: bool = False, timeout_s: float | None = None
+    ) -> NodeLayout:
+        request = pb.ShardSetLayoutRequest(layout_json=layout_json, drop_unplaced=drop_unplaced)
+        response = await self._unary(self._stub.SetLayout, request, timeout_s)
+        return convert.layout_from_proto(response)
 
     async def close(self) -> None:
         await self._channel.close()

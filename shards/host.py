@@ -8,7 +8,10 @@ every core), writes on one worker per shard (they mostly wait on disk).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import os
+import shutil
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -44,24 +47,66 @@ class ShardHost:
     ) -> None:
         self.params = params
         ids = sorted(set(shard_ids))
-        self._search_pool = cf.ThreadPoolExecutor(search_threads or os.cpu_count() or 2, "shard-search")
+        self._search_threads = search_threads or os.cpu_count() or 2
+        self._search_pool = cf.ThreadPoolExecutor(self._search_threads, "shard-search")
         # Twice the shards: concurrent writers to one shard must overlap to share its fsync.
         self._write_pool = cf.ThreadPoolExecutor(max(4, 2 * len(ids)), "shard-write")
-        root = Path(data_dir) if data_dir is not None else None
+        self._root = Path(data_dir) if data_dir is not None else None
+        self._snapshot_every = snapshot_every_records
+        self._group_commit_window_s = group_commit_window_s
+        # Replaced, never mutated, when shards come and go (rebalancing), so readers need no lock.
+        self._shards: dict[int, ShardIndex] = {}
+        self._membership = threading.Lock()
+        self.add_shards(ids)
 
-        def open_shard(shard_id: int) -> ShardIndex:
-            return ShardIndex(
-                shard_id,
-                params,
-                root / f"shard-{shard_id:05d}" if root is not None else None,
-                snapshot_every_records=snapshot_every_records,
-                group_commit_window_s=group_commit_window_s,
-            )
-
-        # Opening means loading a snapshot and replaying a WAL: do the shards side by side.
-        self._shards: dict[int, ShardIndex] = dict(
-            zip(ids, self._write_pool.map(open_shard, ids), strict=True)
+    def _open_shard(self, shard_id: int) -> ShardIndex:
+        return ShardIndex(
+            shard_id,
+            self.params,
+            self._shard_dir(shard_id),
+            snapshot_every_records=self._snapshot_every,
+            group_commit_window_s=self._group_commit_window_s,
         )
+
+    def _shard_dir(self, shard_id: int) -> Path | None:
+        return self._root / f"shard-{shard_id:05d}" if self._root is not None else None
+
+    def add_shards(self, shard_ids: Iterable[int], *, fresh: bool = False) -> list[int]:
+        """Opens the listed shards this host does not have yet; returns those it opened. `fresh=True`
+        first deletes what an earlier stint of the shard here left on disk: a shard that comes back to a
+        node after moving away must not resurrect items deleted elsewhere meanwhile."""
+        with self._membership:
+            new = [i for i in dict.fromkeys(shard_ids) if i not in self._shards]
+            if fresh:
+                for shard_id in new:
+                    path = self._shard_dir(shard_id)
+                    if path is not None:
+                        shutil.rmtree(path, ignore_errors=True)
+            # Opening means loading a snapshot and replaying a WAL: do the shards side by side.
+            opened = dict(zip(new, self._write_pool.map(self._open_shard, new), strict=True))
+            self._shards = dict(sorted({**self._shards, **opened}.items()))
+        return new
+
+    def drop_shards(self, shard_ids: Iterable[int]) -> list[int]:
+        """Stops hosting the listed shards and deletes their files; returns those it dropped. Searches
+        already running on them finish; later ones get UNAVAILABLE for those shards."""
+        with self._membership:
+            gone = [i for i in dict.fromkeys(shard_ids) if i in self._shards]
+            remaining = {i: shard for i, shard in self._shards.items() if i not in gone}
+            dropped = [self._shards[i] for i in gone]
+            self._shards = remaining
+        for shard in dropped:
+            shard.destroy()
+        return gone
+
+    def set_receiving(self, shard_ids: Iterable[int]) -> None:
+        """Exactly the listed shards take rebalancing copies (see ShardIndex.start_receiving)."""
+        wanted = set(shard_ids)
+        for shard_id, shard in self._shards.items():
+            if shard_id in wanted:
+                shard.start_receiving()
+            else:
+                shard.stop_receiving()
 
     @property
     def dim(self) -> int:
@@ -92,12 +137,21 @@ class ShardHost:
         check_ef(ef)
         excluded = check_exclude(exclude, len(q))
         started: dict[int, cf.Future[ShardHits] | ShardError] = {}
+        work: list[tuple[ShardIndex, cf.Future[ShardHits]]] = []
         for shard_id in dict.fromkeys(shard_ids):
             shard = self._shards.get(shard_id)
             if shard is None:
                 started[shard_id] = unknown_shard(shard_id)
             else:
-                started[shard_id] = self._search_pool.submit(shard.search, q, k, ef, excluded)
+                future: cf.Future[ShardHits] = cf.Future()
+                started[shard_id] = future
+                work.append((shard, future))
+        # One task per pool thread, each searching its share of the shards in turn: a task per shard
+        # would hand the GIL between threads (and wake waiters) once per shard, which costs more than a
+        # small shard's search itself.
+        groups = min(len(work), self._search_threads)
+        for g in range(groups):
+            self._search_pool.submit(_search_in_turn, work[g::groups], q, k, ef, excluded)
         return started
 
     def search(
@@ -117,16 +171,19 @@ class ShardHost:
         cf.wait(futures, timeout=timeout_s)
         return {shard_id: search_outcome(shard_id, f, timeout_s) for shard_id, f in started.items()}
 
-    def upsert(self, batches: Mapping[int, RecordBatch]) -> int:
+    def upsert(self, batches: Mapping[int, RecordBatch], *, backfill: bool = False) -> int:
         """Writes every shard's batch concurrently (their fsyncs overlap); returns the number of records.
         Everything is validated before anything is written; if one shard fails after that, the others'
-        writes stand and the first error is raised (upserts are idempotent: retrying is safe)."""
+        writes stand and the first error is raised (upserts are idempotent: retrying is safe).
+        `backfill`: a rebalancing copy (ShardIndex.upsert); the count excludes skipped records."""
         checked: dict[int, tuple[ShardIndex, RecordBatch]] = {}
         for shard_id, batch in batches.items():
             shard = self.shard(shard_id)
             checked[shard_id] = (shard, batch.validated(self.dim, f"batches[shard {shard_id}]"))
         futures = [
-            self._write_pool.submit(shard.upsert, batch) for shard, batch in checked.values() if len(batch)
+            self._write_pool.submit(functools.partial(shard.upsert, batch, backfill=backfill))
+            for shard, batch in checked.values()
+            if len(batch)
         ]
         total = 0
         errors: list[BaseException] = []
@@ -166,6 +223,22 @@ class ShardHost:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _search_in_turn(
+    work: Sequence[tuple[ShardIndex, cf.Future[ShardHits]]],
+    queries: NDArray[np.float32],
+    k: int,
+    ef: int,
+    exclude: Sequence[NDArray[np.uint64]] | None,
+) -> None:
+    for shard, future in work:
+        if not future.set_running_or_notify_cancel():
+            continue  # the caller stopped waiting (deadline): skip the work
+        try:
+            future.set_result(shard.search(queries, k, ef, exclude))
+        except BaseException as exc:
+            future.set_exception(exc)
 
 
 def search_outcome(

@@ -12,12 +12,18 @@ Concurrency, in one place:
 - Large upserts are applied in chunks, releasing the write lock in between so searches are not blocked
   for the whole batch. A snapshot may therefore catch a record half applied; that is harmless because
   the snapshot claims only `_applied_lsn`, and re-applying an upsert or delete is idempotent.
+- While a shard receives a rebalancing copy (`start_receiving`), live writes record the labels they touch
+  and a backfill upsert skips those labels, so a copy scanned before a live write can never overwrite it
+  or bring back an item it deleted. `_touch_lock` orders the two: a backfill filters and takes its LSN
+  under it, a live write registers its labels under it before taking its LSN, so either the backfill
+  sees the label as touched or it is logged (and applied) before the live write.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -82,6 +88,8 @@ class ShardIndex:
         self._unsnapshotted = 0  # items applied since the last snapshot started
         self._background: threading.Thread | None = None
         self._background_lock = threading.Lock()
+        self._touch_lock = threading.Lock()
+        self._touched: set[int] | None = None  # labels written live while receiving a rebalancing copy
         self._dir = Path(data_dir) if data_dir is not None else None
         self._wal: WriteAheadLog | None = None
         if self._dir is None:
@@ -141,16 +149,33 @@ class ShardIndex:
         return index
 
     # ------------------------------------------------------------------ writes
-    def upsert(self, batch: RecordBatch) -> int:
-        """Insert or replace items; returns how many. Durable (fsynced) before it returns."""
+    def upsert(self, batch: RecordBatch, *, backfill: bool = False) -> int:
+        """Insert or replace items; returns how many. Durable (fsynced) before it returns.
+
+        `backfill=True` marks a rebalancing copy: while the shard is receiving, records whose labels a
+        live write touched since `start_receiving` are skipped (the live write is newer); the count
+        returned is what was written."""
         self._check_open()
         batch = batch.validated(self.params.dim)
         if not len(batch):
             return 0
-        lsn = self._log(lambda: oplog.encode_upsert(batch))
-        self._in_turn(lsn, lambda: self._apply_upsert(batch))
-        self._count_applied(len(batch))
-        return len(batch)
+        if backfill:
+            with self._touch_lock:
+                if self._touched:
+                    touched = self._touched
+                    keep = [i for i, label in enumerate(batch.labels.tolist()) if label not in touched]
+                    batch = batch.take(keep)
+                    if not len(batch):
+                        return 0
+                final = batch
+                lsn = self._log(lambda: oplog.encode_upsert(final))
+        else:
+            self._touch(batch.labels)
+            final = batch
+            lsn = self._log(lambda: oplog.encode_upsert(final))
+        self._in_turn(lsn, lambda: self._apply_upsert(final))
+        self._count_applied(len(final))
+        return len(final)
 
     def delete(self, labels: NDArray[np.uint64] | Sequence[int]) -> int:
         """Returns how many of the labels were live (and are now deleted)."""
@@ -158,10 +183,35 @@ class ShardIndex:
         arr = as_labels(labels)
         if not len(arr):
             return 0
+        self._touch(arr)
         lsn = self._log(lambda: oplog.encode_delete(arr))
         deleted = self._in_turn(lsn, lambda: self._apply_delete(arr))
         self._count_applied(len(arr))
         return deleted
+
+    def _touch(self, labels: NDArray[np.uint64]) -> None:
+        # Unlocked test for the common case (not receiving). Receiving starts only while the node holds
+        # back all writes (a layout change), so no live write can race past this test unregistered.
+        if self._touched is None:
+            return
+        with self._touch_lock:
+            if self._touched is not None:
+                self._touched.update(labels.tolist())
+
+    # ------------------------------------------------------------------ rebalancing
+    def start_receiving(self) -> None:
+        """Live writes from now on win over backfill copies of the same labels (see the module doc)."""
+        with self._touch_lock:
+            if self._touched is None:
+                self._touched = set()
+
+    def stop_receiving(self) -> None:
+        with self._touch_lock:
+            self._touched = None
+
+    @property
+    def receiving(self) -> bool:
+        return self._touched is not None
 
     def _log(self, encode: Callable[[], bytes]) -> int:
         if self._wal is None:
@@ -247,24 +297,33 @@ class ShardIndex:
         hits = ShardHits.empty(len(q), k)
         if not len(q):
             return hits
-        extra = max(len(e) for e in excluded) if excluded else 0
+        # Only the excluded labels this shard holds matter: the frontend sends one exclusion list for all
+        # shards and most of it lives elsewhere. Over-fetch by those, and filter with a set: np.isin sorts
+        # its inputs, which costs more than the search itself at these sizes.
+        records = self._records
+        banned = [{label for label in e.tolist() if label in records} for e in excluded] if excluded else []
+        extra = max((len(b) for b in banned), default=0)
         self._acquire_read_at_ef(max(ef or self.params.ef_search, k))
         try:
-            fetch_k = min(k + extra, len(self._records))
+            fetch_k = min(k + extra, len(records))
             if fetch_k == 0:
                 return hits
             labels, distances = self._knn(q, fetch_k)
         finally:
             self._lock.release_read()
         scores = (-distances if self.params.space == "l2" else 1.0 - distances).astype(np.float32)
-        if excluded is None:
-            hits.labels[:, :fetch_k] = labels
-            hits.scores[:, :fetch_k] = scores
+        if extra == 0:
+            width = min(k, fetch_k)
+            hits.labels[:, :width] = labels[:, :width]
+            hits.scores[:, :width] = scores[:, :width]
             return hits
-        for row, banned in enumerate(excluded):
-            keep = labels[row] != NO_LABEL
-            if len(banned):
-                keep &= ~np.isin(labels[row], banned)
+        for row, drop in enumerate(banned):
+            if not drop:
+                width = min(k, fetch_k)
+                hits.labels[row, :width] = labels[row, :width]
+                hits.scores[row, :width] = scores[row, :width]
+                continue
+            keep = np.fromiter((label not in drop for label in labels[row].tolist()), bool, fetch_k)
             kept_labels = labels[row][keep][:k]
             hits.labels[row, : len(kept_labels)] = kept_labels
             hits.scores[row, : len(kept_labels)] = scores[row][keep][:k]
@@ -410,6 +469,20 @@ class ShardIndex:
     def _check_open(self) -> None:
         if self._closed:
             raise ShardError(f"shard {self.shard_id} is closed", ErrorKind.UNAVAILABLE)
+
+    def destroy(self) -> None:
+        """Closes the shard without a final snapshot and deletes its files: the shard moved elsewhere."""
+        with self._background_lock:
+            self._closed = True
+            background = self._background
+        if background is not None:
+            background.join()
+        # Searches still running hold the read lock; wait for them before the files go.
+        with self._lock.write():
+            if self._wal is not None:
+                self._wal.close()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
     def close(self) -> None:
         """Takes a final snapshot (so the next open replays nothing) and closes the WAL."""

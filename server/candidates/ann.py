@@ -42,7 +42,7 @@ class AnnSearcher:
         self._router = router
         self._shard_k_factor = shard_k_factor
         self._batcher: MicroBatcher[AnnQuery, AnnAnswer] = MicroBatcher(
-            self._search_batch, max_batch=max_batch, max_wait_s=max_wait_s, max_in_flight=8
+            self._search_batch, max_batch=max_batch, max_wait_s=max_wait_s, max_in_flight=1
         )
 
     async def search(self, query: AnnQuery) -> AnnAnswer:
@@ -104,7 +104,9 @@ class AnnSource:
                 ctx.query_vector,
                 exclude,
                 self._k,
-                max(self._ef, self._k),
+                # ef bounds each shard's search, which returns only its share of k (the router raises
+                # ef to at least that share), so the global k must not inflate it.
+                self._ef,
                 min(ctx.deadline, time.monotonic() + timeout_s),
             )
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 
 from server.backends.base import ItemGraph
@@ -14,7 +16,14 @@ class GraphSource:
     name = "graph"
 
     def __init__(
-        self, graph: ItemGraph, items: ItemStore, seeds: int, hops: int, limit_per_hop: int, min_score: float
+        self,
+        graph: ItemGraph,
+        items: ItemStore,
+        seeds: int,
+        hops: int,
+        limit_per_hop: int,
+        min_score: float,
+        max_results: int = 200,
     ) -> None:
         self._graph = graph
         self._items = items
@@ -22,6 +31,8 @@ class GraphSource:
         self._hops = hops
         self._limit_per_hop = limit_per_hop
         self._min_score = min_score
+        # Two hops fan out to thousands of paths; the best few hundred are all ranking can use.
+        self._max_results = max_results
 
     def applies(self, ctx: RequestContext) -> bool:
         return bool(ctx.graph_seed_ids)
@@ -30,6 +41,8 @@ class GraphSource:
         neighbours = await self._graph.neighbours(
             ctx.graph_seed_ids[: self._seeds], self._hops, self._limit_per_hop, self._min_score, timeout_s
         )
+        if len(neighbours) > self._max_results:
+            neighbours = dict(heapq.nlargest(self._max_results, neighbours.items(), key=lambda kv: kv[1]))
         rows, scores = [], []
         for item_id, score in neighbours.items():
             row = self._items.row_of(item_id)

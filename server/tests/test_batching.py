@@ -58,3 +58,22 @@ async def test_wrong_result_count_is_an_error_not_a_mixup() -> None:
     batcher: MicroBatcher[int, int] = MicroBatcher(process, max_batch=4, max_wait_s=0.001)
     with pytest.raises(RuntimeError, match="returned 1 results for 2 items"):
         await asyncio.gather(batcher.submit(1), batcher.submit(2))
+
+
+async def test_batches_grow_while_every_slot_is_busy() -> None:
+    release = asyncio.Event()
+    sizes: list[int] = []
+
+    async def process(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        await release.wait()
+        return items
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(process, max_batch=64, max_wait_s=0.0005, max_in_flight=1)
+    first = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.01)  # the first batch is now running and holds the only slot
+    rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 31)]
+    await asyncio.sleep(0.02)  # far past max_wait: they still wait for the slot, together
+    release.set()
+    await asyncio.gather(first, *rest)
+    assert sizes == [1, 30]
