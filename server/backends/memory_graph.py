@@ -13,7 +13,6 @@ traversals read far more often than edges change.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -24,15 +23,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from server.backends.journal import Journal
 from server.domain import Edge
 from server.errors import BackendError
-from shards.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
 
 _BACKEND = "graph"
 SNAPSHOT_FILE = "graph.snapshot"
-WAL_DIR = "wal"
 _SNAPSHOT_FORMAT = "recd-graph-1"
 
 # Record: kind, format version, length of the JSON part; then the JSON part; then float64 scores.
@@ -53,21 +51,19 @@ class InMemoryItemGraph:
         compact_after_records: int = 10_000,
         group_commit_window_s: float = 0.002,
     ) -> None:
-        self.compact_after_records = compact_after_records
         self._adjacency: dict[str, Adjacency] = {}
         self._ranked: dict[str, list[tuple[str, float]]] = {}
         self._edge_count = 0
-        self._closed = False
-        self._data_dir = data_dir
-        self._wal: WriteAheadLog | None = None
-        self._pending: list[tuple[bytes, Callable[[], None], asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
-        self._compaction: asyncio.Task[None] | None = None
-        self._compact_lock = asyncio.Lock()
-        self._applied_lsn = 0
-        self._snapshot_lsn = 0
-        if data_dir is not None:
-            self._open(Path(data_dir), group_commit_window_s)
+        self._journal = Journal(
+            _BACKEND,
+            data_dir,
+            SNAPSHOT_FILE,
+            apply_record=lambda record, lsn: self._apply_edges(_decode_edges(record, lsn)),
+            load_snapshot=self._load_snapshot,
+            capture_snapshot=self._capture_snapshot,
+            compact_after_records=compact_after_records,
+            group_commit_window_s=group_commit_window_s,
+        )
 
     # --- reads ----------------------------------------------------------------------------------------
     async def neighbours(
@@ -121,7 +117,7 @@ class InMemoryItemGraph:
         if not edges:
             return
         batch = [Edge(e.src_item_id, e.dst_item_id, float(e.score)) for e in edges]
-        await self._write(_encode_edges(batch), lambda: self._apply_edges(batch))
+        await self._journal.write(_encode_edges(batch), lambda: self._apply_edges(batch))
 
     def _apply_edges(self, edges: Sequence[Edge]) -> None:
         by_src: dict[str, list[Edge]] = {}
@@ -136,91 +132,15 @@ class InMemoryItemGraph:
             self._adjacency[src] = adjacency
             self._ranked.pop(src, None)
 
-    async def _write(self, record: bytes, apply: Callable[[], None]) -> None:
-        if self._closed:
-            raise BackendError(_BACKEND, "the graph is closed", transient=False)
-        if self._wal is None:
-            apply()
-            return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((record, apply, done))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._drain())
-        await done
-
-    async def _drain(self) -> None:
-        """The single writer: one log append for everything pending, then apply in LSN order."""
-        assert self._wal is not None
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                last_lsn = await asyncio.to_thread(self._wal.append, [record for record, _, _ in batch])
-            except Exception as exc:
-                error = BackendError(_BACKEND, f"write-ahead log append failed: {exc}", transient=False)
-                for _, _, done in batch:
-                    if not done.done():
-                        done.set_exception(error)
-                continue
-            for _, apply, done in batch:
-                try:
-                    apply()
-                except Exception as exc:  # a bug, not bad input (validated before logging): stay alive
-                    log.exception("applying a logged write failed")
-                    if not done.done():
-                        done.set_exception(exc)
-                    continue
-                if not done.done():
-                    done.set_result(None)
-            self._applied_lsn = last_lsn
-            if (
-                self._applied_lsn - self._snapshot_lsn >= self.compact_after_records
-                and (self._compaction is None or self._compaction.done())
-                and not self._closed
-            ):
-                self._compaction = asyncio.create_task(self._background_compact())
-
-    # --- durability -----------------------------------------------------------------------------------
-    def _open(self, data_dir: Path, group_commit_window_s: float) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        snapshot = data_dir / SNAPSHOT_FILE
-        if snapshot.exists():
-            self._snapshot_lsn = self._load_snapshot(snapshot)
-        self._applied_lsn = self._snapshot_lsn
-        wal = WriteAheadLog(data_dir / WAL_DIR, group_commit_window_s, first_lsn=self._snapshot_lsn + 1)
-        if wal.first_lsn > self._snapshot_lsn + 1:
-            raise BackendError(
-                _BACKEND,
-                f"{data_dir}: the log starts at LSN {wal.first_lsn} but the snapshot covers only up to "
-                f"{self._snapshot_lsn}; records in between are missing",
-                transient=False,
-            )
-        for lsn, record in wal.replay(after_lsn=self._snapshot_lsn):
-            self._apply_edges(_decode_edges(record, lsn))
-            self._applied_lsn = lsn
-        self._wal = wal
-
+    # --- durability (see server.backends.journal) ------------------------------------------------------
     async def compact(self) -> None:
         """Write a snapshot of the current edges and drop the log it makes redundant."""
-        if self._wal is None or self._data_dir is None:
-            return
-        async with self._compact_lock:
-            lsn = self._applied_lsn
-            if lsn == self._snapshot_lsn:
-                return
-            # A shallow copy suffices: adjacency maps are replaced on write, never mutated.
-            adjacency = dict(self._adjacency)
-            path = Path(self._data_dir) / SNAPSHOT_FILE
-            await asyncio.to_thread(_write_snapshot, path, lsn, adjacency)
-            self._snapshot_lsn = lsn
-            await asyncio.to_thread(self._wal.rotate)
-            await asyncio.to_thread(self._wal.drop_before, lsn + 1)
+        await self._journal.compact()
 
-    async def _background_compact(self) -> None:
-        try:
-            await self.compact()
-        except Exception:
-            # The log still holds everything, so a failed snapshot costs only replay time at the next start.
-            log.exception("item graph snapshot failed; will retry after more writes")
+    def _capture_snapshot(self) -> Callable[[Path, int], None]:
+        # A shallow copy suffices: adjacency maps are replaced on write, never mutated.
+        adjacency = dict(self._adjacency)
+        return lambda path, lsn: _write_snapshot(path, lsn, adjacency)
 
     def _load_snapshot(self, path: Path) -> int:
         with pa.memory_map(str(path)) as source:
@@ -244,18 +164,7 @@ class InMemoryItemGraph:
         return int(metadata[b"lsn"])
 
     async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._writer is not None:
-            await self._writer
-        if self._compaction is not None:
-            await self._compaction
-        if self._wal is not None:
-            try:
-                await self.compact()
-            finally:
-                await asyncio.to_thread(self._wal.close)
+        await self._journal.close()
 
 
 def _encode_edges(edges: Sequence[Edge]) -> bytes:

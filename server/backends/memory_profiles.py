@@ -23,7 +23,6 @@ which also lets a snapshot capture the state with a shallow copy instead of a lo
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import logging
@@ -36,15 +35,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from server.backends.journal import Journal
 from server.domain import Interaction, UserProfile
 from server.errors import BackendError
-from shards.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
 
 _BACKEND = "profiles"
 SNAPSHOT_FILE = "profiles.snapshot"
-WAL_DIR = "wal"
 _SNAPSHOT_FORMAT = "recd-profiles-1"
 
 # Record: kind, format version, length of the JSON part; then the JSON part; then little-endian numbers.
@@ -74,22 +72,20 @@ class InMemoryProfileStore:
         if history_limit < 1:
             raise ValueError(f"history_limit must be at least 1, got {history_limit}")
         self.history_limit = history_limit
-        self.compact_after_records = compact_after_records
         self._profiles: dict[str, UserProfile] = {}
         # Oldest first, at most history_limit long, replaced (never mutated) on every change.
         self._histories: dict[str, History] = {}
         self._known: set[str] = set()
-        self._closed = False
-        self._data_dir = data_dir
-        self._wal: WriteAheadLog | None = None
-        self._pending: list[tuple[bytes, Callable[[], None], asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
-        self._compaction: asyncio.Task[None] | None = None
-        self._compact_lock = asyncio.Lock()
-        self._applied_lsn = 0
-        self._snapshot_lsn = 0
-        if data_dir is not None:
-            self._open(Path(data_dir), group_commit_window_s)
+        self._journal = Journal(
+            _BACKEND,
+            data_dir,
+            SNAPSHOT_FILE,
+            apply_record=self._apply_record,
+            load_snapshot=self._load_snapshot,
+            capture_snapshot=self._capture_snapshot,
+            compact_after_records=compact_after_records,
+            group_commit_window_s=group_commit_window_s,
+        )
 
     # --- reads ----------------------------------------------------------------------------------------
     async def get_profile(self, user_id: str, timeout_s: float) -> UserProfile | None:
@@ -118,13 +114,13 @@ class InMemoryProfileStore:
         if not profiles:
             return
         stored = [_frozen_profile(p) for p in profiles]
-        await self._write(_encode_profiles(stored), lambda: self._apply_profiles(stored))
+        await self._journal.write(_encode_profiles(stored), lambda: self._apply_profiles(stored))
 
     async def append_interactions(self, interactions: Sequence[Interaction]) -> None:
         if not interactions:
             return
         batch = list(interactions)
-        await self._write(_encode_interactions(batch), lambda: self._apply_interactions(batch))
+        await self._journal.write(_encode_interactions(batch), lambda: self._apply_interactions(batch))
 
     def _apply_profiles(self, profiles: Sequence[UserProfile]) -> None:
         for profile in profiles:
@@ -138,69 +134,6 @@ class InMemoryProfileStore:
         for user_id, new in by_user.items():
             self._histories[user_id] = _merge(self._histories.get(user_id, ()), new, self.history_limit)
             self._known.add(user_id)
-
-    async def _write(self, record: bytes, apply: Callable[[], None]) -> None:
-        if self._closed:
-            raise BackendError(_BACKEND, "the store is closed", transient=False)
-        if self._wal is None:
-            apply()
-            return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((record, apply, done))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._drain())
-        await done
-
-    async def _drain(self) -> None:
-        """The single writer: one log append for everything pending, then apply in LSN order."""
-        assert self._wal is not None
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                last_lsn = await asyncio.to_thread(self._wal.append, [record for record, _, _ in batch])
-            except Exception as exc:
-                error = BackendError(_BACKEND, f"write-ahead log append failed: {exc}", transient=False)
-                for _, _, done in batch:
-                    if not done.done():
-                        done.set_exception(error)
-                continue
-            for _, apply, done in batch:
-                try:
-                    apply()
-                except Exception as exc:  # a bug, not bad input (validated before logging): stay alive
-                    log.exception("applying a logged write failed")
-                    if not done.done():
-                        done.set_exception(exc)
-                    continue
-                if not done.done():
-                    done.set_result(None)
-            self._applied_lsn = last_lsn
-            if (
-                self._applied_lsn - self._snapshot_lsn >= self.compact_after_records
-                and (self._compaction is None or self._compaction.done())
-                and not self._closed
-            ):
-                self._compaction = asyncio.create_task(self._background_compact())
-
-    # --- durability -----------------------------------------------------------------------------------
-    def _open(self, data_dir: Path, group_commit_window_s: float) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        snapshot = data_dir / SNAPSHOT_FILE
-        if snapshot.exists():
-            self._snapshot_lsn = self._load_snapshot(snapshot)
-        self._applied_lsn = self._snapshot_lsn
-        wal = WriteAheadLog(data_dir / WAL_DIR, group_commit_window_s, first_lsn=self._snapshot_lsn + 1)
-        if wal.first_lsn > self._snapshot_lsn + 1:
-            raise BackendError(
-                _BACKEND,
-                f"{data_dir}: the log starts at LSN {wal.first_lsn} but the snapshot covers only up to "
-                f"{self._snapshot_lsn}; records in between are missing",
-                transient=False,
-            )
-        for lsn, record in wal.replay(after_lsn=self._snapshot_lsn):
-            self._apply_record(record, lsn)
-            self._applied_lsn = lsn
-        self._wal = wal
 
     def _apply_record(self, record: bytes, lsn: int) -> None:
         kind, version, json_len = _RECORD_HEADER.unpack_from(record)
@@ -217,28 +150,14 @@ class InMemoryProfileStore:
 
     async def compact(self) -> None:
         """Write a snapshot of the current state and drop the log it makes redundant."""
-        if self._wal is None or self._data_dir is None:
-            return
-        async with self._compact_lock:
-            lsn = self._applied_lsn
-            if lsn == self._snapshot_lsn:
-                return
-            # Shallow copies suffice: the per-user values are replaced on write, never mutated.
-            profiles = dict(self._profiles)
-            histories = dict(self._histories)
-            known = list(self._known)
-            path = Path(self._data_dir) / SNAPSHOT_FILE
-            await asyncio.to_thread(_write_snapshot, path, lsn, known, profiles, histories)
-            self._snapshot_lsn = lsn
-            await asyncio.to_thread(self._wal.rotate)
-            await asyncio.to_thread(self._wal.drop_before, lsn + 1)
+        await self._journal.compact()
 
-    async def _background_compact(self) -> None:
-        try:
-            await self.compact()
-        except Exception:
-            # The log still holds everything, so a failed snapshot costs only replay time at the next start.
-            log.exception("profile store snapshot failed; will retry after more writes")
+    def _capture_snapshot(self) -> Callable[[Path, int], None]:
+        # Shallow copies suffice: the per-user values are replaced on write, never mutated.
+        profiles = dict(self._profiles)
+        histories = dict(self._histories)
+        known = list(self._known)
+        return lambda path, lsn: _write_snapshot(path, lsn, known, profiles, histories)
 
     def _load_snapshot(self, path: Path) -> int:
         with pa.memory_map(str(path)) as source:
@@ -279,18 +198,7 @@ class InMemoryProfileStore:
         return int(metadata[b"lsn"])
 
     async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._writer is not None:
-            await self._writer
-        if self._compaction is not None:
-            await self._compaction
-        if self._wal is not None:
-            try:
-                await self.compact()
-            finally:
-                await asyncio.to_thread(self._wal.close)
+        await self._journal.close()
 
 
 def _frozen_profile(profile: UserProfile) -> UserProfile:

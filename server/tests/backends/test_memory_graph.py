@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from server.backends import memory_graph
-from server.backends.memory_graph import SNAPSHOT_FILE, WAL_DIR, InMemoryItemGraph
+from server.backends.journal import WAL_DIR
+from server.backends.memory_graph import SNAPSHOT_FILE, InMemoryItemGraph
 from server.domain import Edge
 from server.errors import BackendError
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from server.backends import memory_profiles
-from server.backends.memory_profiles import SNAPSHOT_FILE, WAL_DIR, InMemoryProfileStore
+from server.backends.journal import WAL_DIR
+from server.backends.memory_profiles import SNAPSHOT_FILE, InMemoryProfileStore
 from server.domain import Interaction, UserProfile
 from server.errors import BackendError
 
