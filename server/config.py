@@ -87,9 +87,9 @@ class CandidatesConfig:
     # Per-shard k = ceil(ann_k * shard_k_factor / shards), at least 10: the true top-k is spread over
     # shards, so each shard needs only its share plus slack, not the global k.
     shard_k_factor: float = 2.0
-    graph_seeds: int = 10
+    graph_seeds: int = 5
     graph_hops: int = 2
-    graph_limit_per_hop: int = 20
+    graph_limit_per_hop: int = 10
     graph_min_score: float = 0.05
     popular_k: int = 200
     history_limit: int = 50

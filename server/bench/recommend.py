@@ -131,3 +131,24 @@ def run_recommend_bench(
     body += "\n\nWhere a Recommend's time goes (server side, mean per request over the run):\n\n"
     body += table(["step", "mean ms", "count"], _step_profile(before, after))
     return body, result
+
+
+def run_ranker_comparison(quick: bool = False) -> tuple[str, dict[str, float]]:
+    """The same Recommend run with `ranking.ranker: gpu` and then `cpu`, on the same machine and data."""
+    results = {}
+    for ranker in ("gpu", "cpu"):
+        _, results[ranker] = run_recommend_bench(quick, {"RECD_RANKING__RANKER": ranker}, ranker)
+    rows = [
+        [f"Recommend, ranker {r}", v["recommend_qps"], v["recommend_p50_ms"], v["recommend_p99_ms"],
+         v["empty_qps"], v["ratio"], v["rank_batch"], int(v["errors"])]
+        for r, v in results.items()
+    ]  # fmt: skip
+    body = table(
+        ["run", "QPS", "p50 ms", "p99 ms", "empty RPC QPS", "ratio", "mean rank batch", "errors"], rows
+    )
+    body += (
+        "\n\nEach row is a full `recd bench recommend` run (closed loop, 16 callers, Zipf users of the demo"
+        " dataset) against `recd serve` with `RECD_RANKING__RANKER` set; the empty RPC is measured against"
+        " the same server in the same run."
+    )
+    return body, {f"{r}_{k}": v for r, d in results.items() for k, v in d.items()}

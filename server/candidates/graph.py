@@ -23,7 +23,7 @@ class GraphSource:
         hops: int,
         limit_per_hop: int,
         min_score: float,
-        max_results: int = 200,
+        max_results: int = 100,
     ) -> None:
         self._graph = graph
         self._items = items
