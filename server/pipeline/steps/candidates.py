@@ -14,7 +14,9 @@ from server.pipeline.runner import run_with_policy
 
 class GatherCandidates:
     name = "candidates"
-    awaits_io = True
+    # Every source runs under its own budget and keeps what it found; a timeout around the whole step
+    # would throw away the sources that did answer, so the runner does not cut this step off.
+    awaits_io = False
 
     def __init__(self, sources: Sequence[CandidateSource], policies: Mapping[str, StepConfig], pipeline: str):
         self._sources = list(sources)
