@@ -26,12 +26,15 @@ cassandra_start() {
   require_java17
   local dir native storage jamm opts=()
   dir="$(svc_dir cassandra)"
-  native=$(free_port)
-  storage=$(free_port "$native")
-  mkdir -p "$dir/logs"
-  render "$DEPLOY_DIR/cassandra/cassandra.yaml.in" "$dir/cassandra.yaml" \
-    RUN_DIR "$dir" NATIVE_PORT "$native" STORAGE_PORT "$storage"
-  printf '%s' "$native" >"$dir/port"
+  # RESTART=1 (stack.sh start): the rendered config, hence the ports, and the data are reused.
+  if [[ "${RESTART:-0}" != 1 ]]; then
+    native=$(free_port)
+    storage=$(free_port "$native")
+    mkdir -p "$dir/logs"
+    render "$DEPLOY_DIR/cassandra/cassandra.yaml.in" "$dir/cassandra.yaml" \
+      RUN_DIR "$dir" NATIVE_PORT "$native" STORAGE_PORT "$storage"
+    printf '%s' "$native" >"$dir/port"
+  fi
 
   mapfile -t opts < <(grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$DEPLOY_DIR/cassandra/jvm17.options")
   # jamm measures object sizes for memtable accounting; as an agent it avoids a slower fallback.

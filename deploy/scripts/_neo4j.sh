@@ -32,8 +32,13 @@ neo4j_start() {
   require_java17
   local dir port
   dir="$(svc_dir neo4j)"
-  port=$(free_port)
-  printf '%s' "$port" >"$dir/port"
+  # RESTART=1 (stack.sh start): same port, same database directory.
+  if [[ "${RESTART:-0}" == 1 ]]; then
+    port=$(<"$dir/port")
+  else
+    port=$(free_port)
+    printf '%s' "$port" >"$dir/port"
+  fi
   # The --add-opens are those of Neo4j's own server launcher on JDK 17 (page cache and Netty
   # use direct buffers and NIO internals).
   spawn neo4j "$JAVA" \

@@ -17,6 +17,10 @@ redis_install() {
 redis_start() {
   local dir port
   dir="$(svc_dir redis)"
+  if [[ "${RESTART:-0}" == 1 ]]; then
+    spawn redis redis-server "$dir/redis.conf"   # same port; no data to keep (a cache restarts empty)
+    return
+  fi
   port=$(free_port)
   # No persistence (save "", no AOF): the tests own the data and throw it away.
   # allkeys-lru under a cap, as a cache should behave when full.

@@ -7,6 +7,9 @@
 #   stack.sh env     [SERVER...]   print `export RECD_TEST_...` lines for the running servers
 #   stack.sh status  [SERVER...]   one line per server
 #   stack.sh down    [SERVER...]   stop (TERM, then KILL) and delete run dirs
+#   stack.sh stop    [SERVER...]   stop (TERM, then KILL), keeping port and data for `start`
+#   stack.sh start   [SERVER...]   restart stopped servers on their old ports with their data; wait
+#   stack.sh recd-env [SERVER...]  `export RECD_...` lines pointing recd's config at the servers
 #
 # SERVER is redis, cassandra or neo4j; none means all three. See deploy/scripts/README.md.
 # shellcheck source-path=SCRIPTDIR
@@ -142,11 +145,69 @@ cmd_down() {
   log "down: ${SERVERS[*]} in $(since "$t0")s"
 }
 
+# Stop servers as an operator would (SIGTERM, SIGKILL after the grace period), keeping the run dir
+# (port, config, data) for `start`: clients see closed connections and refused reconnects. Not SIGKILL:
+# the test Cassandra keeps its system tables, schema included, in memory (cassandra.unsafesystem, for
+# fast DDL) and writes them out only on a clean shutdown; a killed one would forget recent keyspaces.
+cmd_stop() {
+  select_servers "$@"
+  take_lock
+  local s
+  for s in "${SERVERS[@]}"; do
+    if is_running "$s"; then
+      kill_server "$s" "$(marker_of "$s")"
+    else
+      log "$s: not running"
+    fi
+  done
+}
+
+# Restart servers that `stop` killed, on the same ports with the same data (as a restarted server
+# would come back), and wait until each answers its query.
+cmd_start() {
+  select_servers "$@"
+  take_lock
+  local s t0 failed=0 starting=()
+  t0=$(now)
+  for s in "${SERVERS[@]}"; do
+    if is_running "$s"; then
+      log "$s: already running"
+      continue
+    fi
+    [[ -f "$(svc_dir "$s")/port" ]] || die "$s: no run dir to restart from; use 'up'"
+    RESTART=1 "${s}_start"
+    log "$s: restarting on port $(<"$(svc_dir "$s")/port") (pid $(<"$(svc_dir "$s")/pid"))"
+    starting+=("$s")
+  done
+  for s in "${starting[@]}"; do
+    if "${s}_wait"; then log "$s: ready after $(since "$t0")s"; else failed=1; fi
+  done
+  ((failed == 0)) || die "some servers did not restart; see the logs above"
+}
+
+# recd's own config keys (RECD_<SECTION>__<KEY>) for the running servers, so that
+# `recd serve --config deploy/config/real.yaml` talks to them. Kept apart from `env`: exported in a
+# test shell, they would change the defaults that config tests check.
+cmd_recd_env() {
+  select_servers "$@"
+  local s port
+  for s in "${SERVERS[@]}"; do
+    is_running "$s" || { log "$s: not running"; continue; }
+    port=$(<"$(svc_dir "$s")/port")
+    case $s in
+      redis) printf 'export RECD_CACHE__URL=redis://127.0.0.1:%s/0\n' "$port" ;;
+      cassandra) printf 'export RECD_PROFILES__HOSTS="[127.0.0.1]"\nexport RECD_PROFILES__PORT=%s\n' "$port" ;;
+      neo4j) printf 'export RECD_GRAPH__URI=bolt://127.0.0.1:%s\n' "$port" ;;
+    esac
+  done
+}
+
 main() {
   (($#)) || usage
   local cmd=$1; shift
   case $cmd in
-    install | up | env | status | down) "cmd_$cmd" "$@" ;;
+    install | up | env | status | down | stop | start) "cmd_$cmd" "$@" ;;
+    recd-env) cmd_recd_env "$@" ;;
     -h | --help | help) usage ;;
     *) usage ;;
   esac

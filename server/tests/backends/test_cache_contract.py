@@ -14,6 +14,7 @@ import pytest
 
 from server.backends.base import Cache
 from server.backends.memory_cache import InMemoryCache
+from server.tests.backends.real_backends import redis_cache
 
 CacheFactory = Callable[[Path], Awaitable[Cache]]
 
@@ -24,6 +25,7 @@ async def memory_cache(tmp_path: Path) -> Cache:
 
 FACTORIES = [
     pytest.param(memory_cache, id="memory"),
+    pytest.param(redis_cache, id="redis", marks=pytest.mark.real),
 ]
 
 

@@ -14,6 +14,7 @@ import pytest
 from server.backends.base import ItemGraph
 from server.backends.memory_graph import InMemoryItemGraph
 from server.domain import Edge
+from server.tests.backends.real_backends import neo4j_graph
 
 GraphFactory = Callable[[Path], Awaitable[ItemGraph]]
 
@@ -29,6 +30,7 @@ async def durable_memory_graph(tmp_path: Path) -> ItemGraph:
 FACTORIES = [
     pytest.param(memory_graph, id="memory"),
     pytest.param(durable_memory_graph, id="memory-durable"),
+    pytest.param(neo4j_graph, id="neo4j", marks=pytest.mark.real),
 ]
 
 T = 1.0  # timeout_s for reads

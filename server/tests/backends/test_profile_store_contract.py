@@ -16,6 +16,7 @@ import pytest
 from server.backends.base import ProfileStore
 from server.backends.memory_profiles import InMemoryProfileStore
 from server.domain import Interaction, UserProfile
+from server.tests.backends.real_backends import scylla_store
 
 StoreFactory = Callable[[Path], Awaitable[ProfileStore]]
 
@@ -31,6 +32,7 @@ async def durable_memory_store(tmp_path: Path) -> ProfileStore:
 FACTORIES = [
     pytest.param(memory_store, id="memory"),
     pytest.param(durable_memory_store, id="memory-durable"),
+    pytest.param(scylla_store, id="scylla", marks=pytest.mark.real),
 ]
 
 T = 1.0  # timeout_s for reads

@@ -1,0 +1,556 @@
+"""The profile and interaction store on ScyllaDB (or Apache Cassandra) through the CQL driver.
+
+- Prepared statements only, routed token-aware (the replica that owns the partition coordinates it),
+  at the configured consistency (LOCAL_QUORUM by default; a one-node test cluster with RF=1 meets it).
+- Reads on the request path touch one partition each (`WHERE user_id = ?`), never a multi-partition
+  IN: concurrent users become concurrent queries that the token-aware policy spreads over the replicas.
+  They are idempotent, so a slow replica is raced by a speculative copy to the next one.
+- Each read's timeout is what the caller's budget has left, capped by `request_timeout_ms`; the driver
+  enforces it, so a slow or dead cluster costs a request its budget and no more.
+- The driver's futures are bridged to asyncio with a callback that hops onto the event loop
+  (`call_soon_threadsafe`): no thread is held per call. Only connecting, which blocks, runs in a thread.
+- Once connected, the driver itself reconnects when nodes come back; until then calls fail fast with
+  BackendError (all hosts down -> NoHostAvailable at once, not a timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from cassandra import ConsistencyLevel, InvalidRequest, Unauthorized
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+from cassandra.policies import (
+    ConstantSpeculativeExecutionPolicy,
+    DCAwareRoundRobinPolicy,
+    ExponentialReconnectionPolicy,
+    TokenAwarePolicy,
+)
+from cassandra.protocol import SyntaxException
+from cassandra.query import BatchStatement, BatchType, tuple_factory
+
+from server import metrics
+from server.config import ProfilesConfig
+from server.domain import Interaction, UserProfile
+from server.errors import BackendError
+
+log = logging.getLogger(__name__)
+
+_BACKEND = "profiles"
+_METRIC = "scylla"
+_READ_PROFILE = "recd-read"
+# The driver enforces each timeout; this slack only keeps an asyncio caller from waiting forever should
+# a driver callback never come.
+_GUARD_S = 0.25
+# Rows per single-partition UNLOGGED batch: well under the server's batch_size_warn_threshold (5 KiB).
+_BATCH_ROWS = 50
+_SCAN_PAGE = 5000
+# After a failed connect, callers fail fast for this long instead of each retrying the connection.
+_CONNECT_RETRY_S = 1.0
+_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
+
+
+def _check_identifier(name: str, what: str) -> str:
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"{what} {name!r} is not a valid CQL identifier (letters, digits, _; 48 at most)")
+    return name
+
+
+# --- schema ---------------------------------------------------------------------------------------------
+def schema_statements(config: ProfilesConfig) -> list[str]:
+    """The DDL of DESIGN.md's data model, idempotent (IF NOT EXISTS)."""
+    ks = _check_identifier(config.keyspace, "profiles.keyspace")
+    replication = ", ".join(f"'{k}': '{_cql_escape(str(v))}'" for k, v in config.replication.items())
+    ttl = f" AND default_time_to_live = {int(config.interactions_ttl_s)}" if config.interactions_ttl_s else ""
+    return [
+        f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {{{replication}}}",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.user_profiles (
+    user_id text PRIMARY KEY,
+    embedding blob,
+    attributes map<text, text>,
+    updated_at timestamp
+)""",
+        # Newest first on disk, so "the recent N" is the head of the partition; time-windowed compaction
+        # because interactions are append-only time series that age out together.
+        f"""CREATE TABLE IF NOT EXISTS {ks}.user_interactions (
+    user_id text,
+    ts timestamp,
+    item_id text,
+    action text,
+    weight double,
+    PRIMARY KEY ((user_id), ts, item_id)
+) WITH CLUSTERING ORDER BY (ts DESC, item_id ASC)
+  AND compaction = {{'class': 'TimeWindowCompactionStrategy',
+                     'compaction_window_unit': 'DAYS', 'compaction_window_size': 1}}{ttl}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.items (
+    item_id text PRIMARY KEY,
+    embedding blob,
+    attributes map<text, text>,
+    popularity float,
+    created_at timestamp
+)""",
+    ]
+
+
+def _cql_escape(value: str) -> str:
+    return value.replace("'", "''")
+
+
+def apply_schema(config: ProfilesConfig, timeout_s: float = 60.0) -> list[str]:
+    """Creates the keyspace and tables if missing (blocking; for `recd schema apply` and tests).
+
+    Returns the statements run. An existing keyspace keeps its replication: changing it needs a repair
+    afterwards, which is an operator's decision, so a mismatch is only logged.
+    """
+    cluster = _new_cluster(config)
+    try:
+        session = cluster.connect()
+        statements = schema_statements(config)
+        for statement in statements:
+            session.execute(statement, timeout=timeout_s)
+        row = session.execute(
+            "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", [config.keyspace]
+        ).one()
+        existing = {k: str(v) for k, v in dict(row[0] if row else {}).items()}
+        wanted = {k: str(v) for k, v in config.replication.items()}
+        wanted_class = wanted.get("class", "")
+        if existing.get("class", "").split(".")[-1] == wanted_class.split(".")[-1]:
+            existing["class"] = wanted_class
+        if existing != wanted:
+            log.warning(
+                "keyspace %s exists with replication %s, not the configured %s; alter it by hand "
+                "(ALTER KEYSPACE, then repair)",
+                config.keyspace,
+                existing,
+                wanted,
+            )
+        if not cluster.control_connection.wait_for_schema_agreement(wait_time=timeout_s):
+            raise BackendError(_BACKEND, "schema versions did not agree across nodes", transient=True)
+        return statements
+    finally:
+        cluster.shutdown()
+
+
+def drop_keyspace(config: ProfilesConfig, timeout_s: float = 60.0) -> None:
+    """Drops the configured keyspace and everything in it (blocking; for tests)."""
+    cluster = _new_cluster(config)
+    try:
+        ks = _check_identifier(config.keyspace, "profiles.keyspace")
+        cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {ks}", timeout=timeout_s)
+    finally:
+        cluster.shutdown()
+
+
+# --- the driver -----------------------------------------------------------------------------------------
+def _consistency(name: str) -> int:
+    try:
+        return int(ConsistencyLevel.name_to_value[name.upper()])
+    except KeyError:
+        allowed = ", ".join(sorted(ConsistencyLevel.name_to_value))
+        raise ValueError(f"profiles.consistency {name!r} is not one of {allowed}") from None
+
+
+def _new_cluster(config: ProfilesConfig) -> Any:
+    """A driver Cluster (not yet connected) with recd's routing, consistency, timeouts and retries."""
+    consistency = _consistency(config.consistency)
+
+    def routing() -> Any:
+        # One policy object per profile: a policy tracks the cluster's hosts and must not be shared.
+        return TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=config.local_dc))
+
+    writes = ExecutionProfile(
+        load_balancing_policy=routing(),
+        consistency_level=consistency,
+        request_timeout=config.write_timeout_ms / 1000.0,
+        row_factory=tuple_factory,
+    )
+    reads = ExecutionProfile(
+        load_balancing_policy=routing(),
+        consistency_level=consistency,
+        request_timeout=config.request_timeout_ms / 1000.0,
+        row_factory=tuple_factory,
+        # Applies only to statements marked idempotent (the driver checks), i.e. our reads.
+        speculative_execution_policy=ConstantSpeculativeExecutionPolicy(
+            config.speculative_delay_ms / 1000.0, config.speculative_attempts
+        ),
+    )
+    return Cluster(
+        config.hosts,
+        port=config.port,
+        protocol_version=config.protocol_version,
+        execution_profiles={EXEC_PROFILE_DEFAULT: writes, _READ_PROFILE: reads},
+        connect_timeout=config.connect_timeout_s,
+        control_connection_timeout=config.connect_timeout_s,
+        # The driver's default backs off to 10 minutes and stops after 64 attempts; a request-path
+        # store must notice a returning node within seconds, forever.
+        reconnection_policy=ExponentialReconnectionPolicy(0.2, config.reconnect_max_s, max_attempts=None),
+        # Detects a silently dead node (no RST) between requests.
+        idle_heartbeat_interval=10,
+        idle_heartbeat_timeout=10,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    get_profile: Any
+    upsert_profile: Any
+    append_interaction: Any
+    recent_interactions: Any
+    profile_keys: Any
+    interaction_keys: Any
+    all_interactions: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _Connection:
+    cluster: Any
+    session: Any
+    statements: _Statements
+
+
+def _connect(config: ProfilesConfig) -> _Connection:
+    """Connects and prepares every statement (blocking: runs in a worker thread)."""
+    cluster = _new_cluster(config)
+    try:
+        session = cluster.connect()
+        ks = _check_identifier(config.keyspace, "profiles.keyspace")
+
+        def prepare(cql: str, idempotent: bool = True, fetch_size: int | None = None) -> Any:
+            statement = session.prepare(cql)
+            statement.is_idempotent = idempotent
+            if fetch_size is not None:
+                statement.fetch_size = fetch_size
+            return statement
+
+        statements = _Statements(
+            get_profile=prepare(f"SELECT embedding, attributes FROM {ks}.user_profiles WHERE user_id = ?"),
+            upsert_profile=prepare(
+                f"INSERT INTO {ks}.user_profiles (user_id, embedding, attributes, updated_at) "
+                "VALUES (?, ?, ?, ?)"
+            ),
+            append_interaction=prepare(
+                f"INSERT INTO {ks}.user_interactions (user_id, ts, item_id, action, weight) "
+                "VALUES (?, ?, ?, ?, ?)"
+            ),
+            # toUnixTimestamp: milliseconds as a bigint, sparing a datetime object per row.
+            recent_interactions=prepare(
+                f"SELECT toUnixTimestamp(ts), item_id, action, weight FROM {ks}.user_interactions "
+                "WHERE user_id = ? LIMIT ?"
+            ),
+            profile_keys=prepare(f"SELECT DISTINCT user_id FROM {ks}.user_profiles", fetch_size=_SCAN_PAGE),
+            interaction_keys=prepare(
+                f"SELECT DISTINCT user_id FROM {ks}.user_interactions", fetch_size=_SCAN_PAGE
+            ),
+            all_interactions=prepare(
+                f"SELECT user_id, toUnixTimestamp(ts), item_id, action, weight FROM {ks}.user_interactions",
+                fetch_size=_SCAN_PAGE,
+            ),
+        )
+    except Exception:
+        cluster.shutdown()
+        raise
+    return _Connection(cluster, session, statements)
+
+
+def _backend_error(exc: BaseException, op: str) -> BackendError:
+    if isinstance(exc, BackendError):
+        return exc
+    # A query the cluster rejects as wrong will fail the same way on retry.
+    transient = not isinstance(exc, InvalidRequest | SyntaxException | Unauthorized)
+    return BackendError(_BACKEND, f"{op}: {type(exc).__name__}: {exc}", transient=transient)
+
+
+# --- the store --------------------------------------------------------------------------------------------
+class ScyllaProfileStore:
+    """Implements the ProfileStore protocol over CQL. Connects on first use (or `connect()`)."""
+
+    def __init__(self, config: ProfilesConfig) -> None:
+        _check_identifier(config.keyspace, "profiles.keyspace")
+        _consistency(config.consistency)
+        if config.history_limit < 1:
+            raise ValueError(f"profiles.history_limit must be at least 1, got {config.history_limit}")
+        self.config = config
+        self._read_cap_s = config.request_timeout_ms / 1000.0
+        self._write_timeout_s = config.write_timeout_ms / 1000.0
+        self._conn: _Connection | None = None
+        self._connecting: asyncio.Future[_Connection] | None = None
+        self._retry_at = 0.0
+        self._closed = False
+        # Built inside a running loop (recd serve), start connecting at once, so that the first request
+        # finds the session ready instead of spending its budget on the connect.
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop()
+            self._start_connecting()
+
+    # --- connection -------------------------------------------------------------------------------------
+    async def connect(self, timeout_s: float | None = None) -> None:
+        """Connects now (otherwise the first call does); raises BackendError when the cluster is down."""
+        await self._connection(self.config.connect_timeout_s * 2 if timeout_s is None else timeout_s)
+
+    async def _connection(self, timeout_s: float) -> _Connection:
+        if self._conn is not None:
+            return self._conn
+        if self._closed:
+            raise BackendError(_BACKEND, "the store is closed", transient=False)
+        if self._connecting is None:
+            if time.monotonic() < self._retry_at:
+                raise BackendError(_BACKEND, "not connected to the cluster (the last attempt failed)")
+            self._start_connecting()
+        assert self._connecting is not None
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._connecting), max(timeout_s, 0.0))
+        except TimeoutError:
+            raise BackendError(_BACKEND, "still connecting to the cluster") from None
+        except Exception as exc:
+            raise _backend_error(exc, "connect") from exc
+
+    def _start_connecting(self) -> None:
+        # Connecting blocks (sockets, schema metadata), so it runs in a thread, once for all callers.
+        self._connecting = asyncio.ensure_future(asyncio.to_thread(_connect, self.config))
+        self._connecting.add_done_callback(self._on_connected)
+
+    def _on_connected(self, future: asyncio.Future[_Connection]) -> None:
+        self._connecting = None
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            self._retry_at = time.monotonic() + _CONNECT_RETRY_S
+            # A missing keyspace or table fails the statements' preparation, not the connect itself.
+            hint = " (has `recd schema apply` been run?)" if isinstance(exc, InvalidRequest) else ""
+            log.warning("cannot connect to %s:%s: %s%s", self.config.hosts, self.config.port, exc, hint)
+            return
+        # Kept even when close() is running: it waits for this connect and then shuts the session down.
+        self._conn = future.result()
+
+    async def _execute(
+        self,
+        op: str,
+        make: Callable[[_Statements], Any],
+        params: Sequence[Any] | None,
+        timeout_s: float,
+        *,
+        read: bool,
+        paging_state: bytes | None = None,
+    ) -> Any:
+        """One round trip of the statement `make` builds from the prepared ones; the driver's ResultSet
+        (this page's rows and the next page's state)."""
+        if timeout_s <= 0:
+            metrics.BACKEND_CALLS.labels(_METRIC, op, "error").inc()
+            raise BackendError(_BACKEND, f"{op}: no time left in the budget")
+        try:
+            conn = self._conn or await self._connection(timeout_s)
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[None] = loop.create_future()
+
+            def wake(_: object) -> None:  # runs on the driver's I/O thread (or here, if already done)
+                # A closed loop raises RuntimeError: nobody waits for this answer any more.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_resolve, done)
+
+            response = conn.session.execute_async(
+                make(conn.statements),
+                params,
+                timeout=timeout_s,
+                execution_profile=_READ_PROFILE if read else EXEC_PROFILE_DEFAULT,
+                paging_state=paging_state,
+            )
+            response.add_callbacks(wake, wake)
+            async with asyncio.timeout(timeout_s + _GUARD_S):
+                await done
+            # Done, so result() returns at once (or raises the driver's error).
+            result = response.result()
+        except Exception as exc:
+            metrics.BACKEND_CALLS.labels(_METRIC, op, "error").inc()
+            raise _backend_error(exc, op) from exc
+        metrics.BACKEND_CALLS.labels(_METRIC, op, "ok").inc()
+        return result
+
+    async def _scan(
+        self, op: str, make: Callable[[_Statements], Any]
+    ) -> AsyncIterator[list[tuple[Any, ...]]]:
+        """A whole-table query, page by page (each page one round trip, never the table in memory)."""
+        paging_state: bytes | None = None
+        while True:
+            result = await self._execute(
+                op, make, None, self._write_timeout_s, read=False, paging_state=paging_state
+            )
+            yield result.current_rows
+            paging_state = result.paging_state
+            if not paging_state:
+                return
+
+    # --- reads (request path) ---------------------------------------------------------------------------
+    async def get_profile(self, user_id: str, timeout_s: float) -> UserProfile | None:
+        result = await self._execute(
+            "get_profile", _get_profile, [user_id], min(timeout_s, self._read_cap_s), read=True
+        )
+        row = result.one()
+        if row is None:
+            return None
+        blob, attributes = row
+        embedding = None if blob is None else np.frombuffer(blob, dtype="<f2").astype(np.float32)
+        return UserProfile(user_id, embedding, dict(attributes or {}))
+
+    async def recent_interactions(self, user_id: str, limit: int, timeout_s: float) -> list[Interaction]:
+        # The configured limit bounds what one request can pull, whatever the caller asks for.
+        limit = min(limit, self.config.history_limit)
+        if limit <= 0:
+            return []
+        result = await self._execute(
+            "recent_interactions",
+            _recent_interactions,
+            [user_id, limit],
+            min(timeout_s, self._read_cap_s),
+            read=True,
+        )
+        return [
+            Interaction(user_id, item_id, action, weight, ts)
+            for ts, item_id, action, weight in result.current_rows
+        ]
+
+    # --- operator reads (full scans) --------------------------------------------------------------------
+    async def count_users(self) -> int:
+        """Users with a profile or any interaction: a scan of both tables' partition keys, O(users).
+
+        For the Stats RPC and operators, not for the request path. CQL has no exact cheap count.
+        """
+        users: set[str] = set()
+        for op, make in (("count_users", _profile_keys), ("count_users", _interaction_keys)):
+            async for page in self._scan(op, make):
+                users.update(row[0] for row in page)
+        return len(users)
+
+    async def iter_interactions(self) -> AsyncIterator[Interaction]:
+        """Every stored interaction, partition by partition (newest first within a user), paged."""
+        async for page in self._scan("iter_interactions", _all_interactions):
+            for user_id, ts, item_id, action, weight in page:
+                yield Interaction(user_id, item_id, action, weight, ts)
+
+    # --- writes ---------------------------------------------------------------------------------------
+    async def upsert_profiles(self, profiles: Sequence[UserProfile]) -> None:
+        """One INSERT per profile (each its own partition), replacing the whole row; concurrent."""
+        if not profiles:
+            return
+        now_ms = int(time.time() * 1000)
+        rows = [
+            [
+                p.user_id,
+                None if p.embedding is None else np.asarray(p.embedding, dtype="<f2").tobytes(),
+                dict(p.attributes) or None,
+                now_ms,
+            ]
+            for p in profiles
+        ]
+        await self._write_all("upsert_profiles", [(_upsert_profile, row) for row in rows])
+
+    async def append_interactions(self, interactions: Sequence[Interaction]) -> None:
+        """Single-partition UNLOGGED batches (one per user and up to _BATCH_ROWS rows), concurrent.
+
+        Acknowledged once the cluster has acknowledged every row at the configured consistency. The rows
+        are idempotent (same key, same values), so a caller may retry a failed call as a whole.
+        """
+        if not interactions:
+            return
+        by_user: dict[str, dict[tuple[int, str], Interaction]] = defaultdict(dict)
+        for it in interactions:
+            # One row per (ts, item) and the last one wins, as across calls; inside one batch the
+            # server would otherwise break the tie by comparing values, not by order.
+            by_user[it.user_id][(it.timestamp_ms, it.item_id)] = it
+        work: list[tuple[Callable[[_Statements], Any], list[Any] | None]] = []
+        for rows in by_user.values():
+            events = list(rows.values())
+            for start in range(0, len(events), _BATCH_ROWS):
+                chunk = events[start : start + _BATCH_ROWS]
+                if len(chunk) == 1:
+                    it = chunk[0]
+                    work.append(
+                        (_append_interaction, [it.user_id, it.timestamp_ms, it.item_id, it.action, it.weight])
+                    )
+                else:
+                    work.append((_batch_of(chunk), None))
+        await self._write_all("append_interactions", work)
+
+    async def _write_all(
+        self, op: str, work: Sequence[tuple[Callable[[_Statements], Any], list[Any] | None]]
+    ) -> None:
+        """Runs every write, at most `write_concurrency` in flight; raises after all have finished."""
+        window = asyncio.Semaphore(max(1, self.config.write_concurrency))
+
+        async def one(make: Callable[[_Statements], Any], params: list[Any] | None) -> None:
+            async with window:
+                await self._execute(op, make, params, self._write_timeout_s, read=False)
+
+        results = await asyncio.gather(*(one(make, params) for make, params in work), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            first = failures[0]
+            raise BackendError(
+                _BACKEND,
+                f"{op}: {len(failures)} of {len(work)} writes failed (safe to retry): {first}",
+                transient=getattr(first, "transient", True),
+            ) from first
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._connecting is not None:
+            await asyncio.gather(self._connecting, return_exceptions=True)
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await asyncio.to_thread(conn.cluster.shutdown)
+
+
+def _resolve(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
+
+
+# Statement builders: they pick a prepared statement once the connection exists.
+def _get_profile(s: _Statements) -> Any:
+    return s.get_profile
+
+
+def _recent_interactions(s: _Statements) -> Any:
+    return s.recent_interactions
+
+
+def _upsert_profile(s: _Statements) -> Any:
+    return s.upsert_profile
+
+
+def _append_interaction(s: _Statements) -> Any:
+    return s.append_interaction
+
+
+def _profile_keys(s: _Statements) -> Any:
+    return s.profile_keys
+
+
+def _interaction_keys(s: _Statements) -> Any:
+    return s.interaction_keys
+
+
+def _all_interactions(s: _Statements) -> Any:
+    return s.all_interactions
+
+
+def _batch_of(chunk: Sequence[Interaction]) -> Callable[[_Statements], Any]:
+    def make(s: _Statements) -> Any:
+        # UNLOGGED and single-partition: applied atomically by the replica, without the batch log.
+        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+        for it in chunk:
+            batch.add(s.append_interaction, (it.user_id, it.timestamp_ms, it.item_id, it.action, it.weight))
+        batch.is_idempotent = True
+        return batch
+
+    return make

@@ -1,0 +1,254 @@
+"""ScyllaProfileStore beyond the ProfileStore contract, against the Cassandra of deploy/scripts/stack.sh.
+
+What the driver is asked to do (prepared statements, one partition per read, LIMIT bounds, batching,
+idempotence, routing), what the schema is, and how the store behaves when the cluster is slow, gone,
+or back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pytest
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.query import BatchStatement
+
+from server.backends.scylla import ScyllaProfileStore, apply_schema, drop_keyspace
+from server.config import ProfilesConfig
+from server.domain import Interaction, UserProfile
+from server.errors import BackendError
+from server.tests.backends.real_backends import scylla_config, scylla_store
+from server.tests.backends.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.real
+
+
+class Spy:
+    """Records every statement the store hands to the driver."""
+
+    def __init__(self, store: Any) -> None:
+        self.calls: list[tuple[Any, Any, dict[str, Any]]] = []
+        session = store._conn.session
+        original = session.execute_async
+
+        def execute_async(statement: Any, parameters: Any = None, **kwargs: Any) -> Any:
+            self.calls.append((statement, parameters, kwargs))
+            return original(statement, parameters, **kwargs)
+
+        session.execute_async = execute_async
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[Any]:
+    instance = await scylla_store()
+    try:
+        yield instance
+    finally:
+        await instance.close()
+
+
+def events(user: str, n: int, start: int = 1_000) -> list[Interaction]:
+    return [Interaction(user, f"i{k}", "view", 1.0, start + k) for k in range(n)]
+
+
+async def test_only_prepared_statements_reach_the_driver(store: Any) -> None:
+    spy = Spy(store)
+    await store.upsert_profiles([UserProfile("u1", np.ones(4, np.float32), {"a": "b"})])
+    await store.append_interactions(events("u1", 3) + events("u2", 1))
+    await store.get_profile("u1", 1.0)
+    await store.recent_interactions("u1", 10, 1.0)
+    await store.count_users()
+    assert spy.calls
+    for statement, _, _ in spy.calls:
+        inner = statement._statements_and_parameters if isinstance(statement, BatchStatement) else [statement]
+        if isinstance(statement, BatchStatement):
+            assert all(is_prepared for is_prepared, _, _ in inner)
+        else:
+            # A PreparedStatement bound by the driver, never query text.
+            assert not isinstance(statement, str)
+            assert hasattr(statement, "query_id"), type(statement)
+
+
+async def test_reads_are_single_partition_idempotent_and_bounded_by_the_budget(store: Any) -> None:
+    await store.append_interactions(events("u1", 5))
+    spy = Spy(store)
+    await asyncio.gather(*(store.recent_interactions(f"u{k}", 10, 0.5) for k in range(20)))
+    await store.get_profile("u1", 0.25)
+    assert len(spy.calls) == 21  # one query per user: no multi-partition IN
+    for statement, _, kwargs in spy.calls:
+        cql = (
+            statement.query_string
+            if hasattr(statement, "query_string")
+            else statement.prepared_statement.query_string
+        )
+        assert "WHERE user_id = ?" in cql and " IN " not in cql
+        assert statement.is_idempotent  # so speculative execution may race a second replica
+        assert kwargs["execution_profile"] == "recd-read"
+        assert kwargs["timeout"] <= 0.5
+    assert spy.calls[-1][2]["timeout"] == pytest.approx(0.25)
+
+
+async def test_history_reads_are_limited_by_the_configured_history_limit(store: Any) -> None:
+    await store.append_interactions(events("u1", 80))
+    spy = Spy(store)
+    recent = await store.recent_interactions("u1", 1000, 1.0)
+    assert len(recent) == 50  # scylla_config() sets history_limit=50
+    assert [e.timestamp_ms for e in recent] == list(range(1079, 1029, -1))
+    assert spy.calls[0][1] == ["u1", 50]  # the LIMIT bound in the query
+    assert await store.recent_interactions("u1", 0, 1.0) == []
+
+
+async def test_interactions_are_written_in_single_partition_unlogged_batches(store: Any) -> None:
+    spy = Spy(store)
+    batch = events("u1", 120) + events("u2", 1) + [Interaction("u1", "i5", "buy", 9.0, 1_005)]
+    await store.append_interactions(batch)
+    batches = [s for s, _, _ in spy.calls if isinstance(s, BatchStatement)]
+    singles = [s for s, _, _ in spy.calls if not isinstance(s, BatchStatement)]
+    assert sorted(len(b._statements_and_parameters) for b in batches) == [20, 50, 50]
+    assert len(singles) == 1  # u2's single row needs no batch
+    assert all(b.batch_type.name == "UNLOGGED" and b.is_idempotent for b in batches)
+    assert len(await store.recent_interactions("u1", 200, 1.0)) == 50
+    # Within one call, the later row for the same (ts, item) wins.
+    all_u1 = [e async for e in store.iter_interactions() if e.user_id == "u1"]
+    assert len(all_u1) == 120
+    assert [(e.action, e.weight) for e in all_u1 if e.item_id == "i5"] == [("buy", 9.0)]
+
+
+async def test_embeddings_are_stored_as_float16_blobs(store: Any) -> None:
+    vector = np.linspace(-1, 1, 64, dtype=np.float32)
+    await store.upsert_profiles([UserProfile("u1", vector, {})])
+    conn = store._conn
+    row = conn.session.execute(
+        f"SELECT embedding FROM {store.config.keyspace}.user_profiles WHERE user_id = 'u1'"
+    ).one()
+    assert len(row[0]) == 2 * 64
+    profile = await store.get_profile("u1", 1.0)
+    np.testing.assert_array_equal(profile.embedding, vector.astype(np.float16).astype(np.float32))
+
+
+async def test_count_users_and_iter_interactions_cover_both_tables(store: Any) -> None:
+    await store.upsert_profiles([UserProfile(f"p{k}", None, {}) for k in range(3)])
+    await store.append_interactions(events("p0", 2) + events("h1", 3) + events("h2", 1))
+    assert await store.count_users() == 5
+    got = sorted([(e.user_id, e.item_id, e.timestamp_ms) async for e in store.iter_interactions()])
+    assert got == sorted(
+        (e.user_id, e.item_id, e.timestamp_ms) for e in events("p0", 2) + events("h1", 3) + events("h2", 1)
+    )
+
+
+async def test_schema_matches_the_design() -> None:
+    config = scylla_config(
+        replication={"class": "SimpleStrategy", "replication_factor": 1}, interactions_ttl_s=86400
+    )
+    await asyncio.to_thread(apply_schema, config)
+    await asyncio.to_thread(apply_schema, config)  # idempotent
+    store = ScyllaProfileStore(config)
+    try:
+        await store.connect()
+        assert store._conn is not None
+        session = store._conn.session
+        ks = config.keyspace
+        tables = {
+            r[0]: r
+            for r in session.execute(
+                "SELECT table_name, compaction, default_time_to_live FROM system_schema.tables WHERE keyspace_name = %s",
+                [ks],
+            )
+        }
+        assert set(tables) == {"user_profiles", "user_interactions", "items"}
+        assert tables["user_interactions"][1]["class"].endswith("TimeWindowCompactionStrategy")
+        assert tables["user_interactions"][2] == 86400
+        columns = {
+            (r[0], r[1]): (r[2], r[3])
+            for r in session.execute(
+                "SELECT table_name, column_name, kind, clustering_order FROM system_schema.columns WHERE keyspace_name = %s",
+                [ks],
+            )
+        }
+        assert columns[("user_interactions", "user_id")][0] == "partition_key"
+        assert columns[("user_interactions", "ts")] == ("clustering", "desc")
+        assert columns[("user_interactions", "item_id")][0] == "clustering"
+        assert columns[("items", "item_id")][0] == "partition_key"
+        replication = session.execute(
+            "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", [ks]
+        ).one()[0]
+        assert replication["class"].endswith("SimpleStrategy") and replication["replication_factor"] == "1"
+    finally:
+        await store.close()
+        await asyncio.to_thread(drop_keyspace, config)
+
+
+async def test_routing_consistency_and_speculation_come_from_config(store: Any) -> None:
+    from cassandra import ConsistencyLevel
+
+    profiles = store._conn.cluster.profile_manager.profiles
+    for name in (None, "recd-read"):
+        profile = profiles["recd-read"] if name else next(p for k, p in profiles.items() if k != "recd-read")
+        assert isinstance(profile.load_balancing_policy, TokenAwarePolicy)
+        assert isinstance(profile.load_balancing_policy._child_policy, DCAwareRoundRobinPolicy)
+        assert profile.consistency_level == ConsistencyLevel.LOCAL_QUORUM
+    assert profiles["recd-read"].speculative_execution_policy.max_attempts == 1
+    with pytest.raises(ValueError, match="consistency"):
+        ScyllaProfileStore(ProfilesConfig(backend="scylla", consistency="MOSTLY"))
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_an_unreachable_cluster_is_a_backend_error_and_fails_fast_afterwards() -> None:
+    store = ScyllaProfileStore(ProfilesConfig(backend="scylla", hosts=["127.0.0.1"], port=closed_port()))
+    try:
+        with pytest.raises(BackendError):
+            await store.get_profile("u1", 2.0)
+        started = time.monotonic()
+        with pytest.raises(BackendError, match="not connected"):
+            await store.recent_interactions("u1", 10, 2.0)
+        assert time.monotonic() - started < 0.05
+        with pytest.raises(BackendError, match="budget"):
+            await store.get_profile("u1", 0.0)
+    finally:
+        await store.close()
+
+
+async def test_a_hung_cluster_costs_the_budget_and_a_returning_one_is_used_again() -> None:
+    """Through a proxy: a hung node, then a dead one, then back; the driver reconnects by itself."""
+    base = scylla_config()
+    proxy = await TcpProxy(base.hosts[0], base.port).start()
+    store = await scylla_store(hosts=["127.0.0.1"], port=proxy.port, keyspace=base.keyspace)
+    try:
+        await store.append_interactions(events("u1", 3))
+        assert len(await store.recent_interactions("u1", 10, 1.0)) == 3
+
+        proxy.blackhole()
+        started = time.monotonic()
+        with pytest.raises(BackendError):
+            await store.recent_interactions("u1", 10, 0.2)
+        assert 0.15 < time.monotonic() - started < 0.6
+
+        await proxy.down()
+        started = time.monotonic()
+        for _ in range(5):
+            with pytest.raises(BackendError):
+                await store.get_profile("u1", 0.2)
+        assert time.monotonic() - started < 2.0
+
+        await proxy.up()
+        deadline = time.monotonic() + 15.0
+        while True:
+            try:
+                assert len(await store.recent_interactions("u1", 10, 0.5)) == 3
+                break
+            except BackendError:
+                assert time.monotonic() < deadline, "the driver did not reconnect"
+                await asyncio.sleep(0.2)
+    finally:
+        await store.close()
+        await proxy.close()
