@@ -29,7 +29,7 @@ import logging
 import os
 import struct
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +104,12 @@ class InMemoryProfileStore:
     async def count_users(self) -> int:
         """Users with a stored profile or any interaction."""
         return len(self._known)
+
+    async def iter_interactions(self) -> AsyncIterator[Interaction]:
+        """Every stored interaction (the newest `history_limit` per user), user by user, newest first."""
+        for user_id, history in list(self._histories.items()):
+            for ts, item_id, action, weight in reversed(history):
+                yield Interaction(user_id, item_id, action, weight, ts)
 
     def known_user_ids(self) -> Iterator[str]:
         """Every user with a profile or history, in no particular order (a copy: safe while writing)."""

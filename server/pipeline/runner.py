@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 class Step(Protocol):
     name: str
+    degraded_reason: str
     # Steps that wait on I/O are cancelled at their budget; pure compute steps run to the end and an
     # overrun is only counted (cancelling them would not free the CPU anyway).
     awaits_io: bool
@@ -94,7 +95,7 @@ class Pipeline:
                 step.awaits_io,
             )
             if failure is not None:
-                ctx.coverage.degrade(step.name)
+                ctx.coverage.degrade(step.degraded_reason)
                 step.on_failure(ctx)
         for reason in ctx.coverage.degraded:
             metrics.DEGRADED.labels(reason).inc()

@@ -14,6 +14,8 @@ from server.pipeline.runner import run_with_policy
 
 class GatherCandidates:
     name = "candidates"
+    # What coverage.degraded_reasons says when this step fails open.
+    degraded_reason = "candidates"
     # Every source runs under its own budget and keeps what it found; a timeout around the whole step
     # would throw away the sources that did answer, so the runner does not cut this step off.
     awaits_io = False

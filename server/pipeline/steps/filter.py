@@ -11,6 +11,8 @@ from server.pipeline.context import CandidateSet, RequestContext
 
 class FilterCandidates:
     name = "filter"
+    # What coverage.degraded_reasons says when this step fails open.
+    degraded_reason = "filter"
     awaits_io = False
 
     def __init__(self, items: ItemStore) -> None:

@@ -14,6 +14,8 @@ from server.users import UserStates
 
 class HydrateUser:
     name = "hydrate_user"
+    # What coverage.degraded_reasons says when this step fails open.
+    degraded_reason = "profile"
     awaits_io = True
 
     def __init__(self, users: UserStates) -> None:
@@ -36,6 +38,8 @@ class HydrateUser:
 
 class HydrateSeedItem:
     name = "hydrate_user"
+    # What coverage.degraded_reasons says when this step fails open.
+    degraded_reason = "item"
     awaits_io = False
 
     def __init__(self, items: ItemStore) -> None:

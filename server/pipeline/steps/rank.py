@@ -14,6 +14,8 @@ from server.ranking.service import RankRequest, RankService
 
 class RankCandidates:
     name = "rank"
+    # What coverage.degraded_reasons says when this step fails open.
+    degraded_reason = "rank"
     awaits_io = True
 
     def __init__(self, service: RankService, items: ItemStore, model: RankingModel, mmr_pool: int):

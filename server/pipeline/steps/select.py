@@ -15,6 +15,8 @@ _SOURCES = tuple(Source)
 
 class SelectItems:
     name = "select"
+    # What coverage.degraded_reasons says when this step fails open.
+    degraded_reason = "select"
     awaits_io = False
 
     def __init__(self, items: ItemStore, model: RankingModel) -> None:

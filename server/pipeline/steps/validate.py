@@ -9,6 +9,8 @@ from server.validation import Limits
 
 class ValidateRequest:
     name = "validate"
+    # What coverage.degraded_reasons says when this step fails open.
+    degraded_reason = "validate"
     awaits_io = False
 
     def __init__(self, limits: Limits) -> None:

@@ -162,3 +162,13 @@ async def test_a_torn_log_tail_loses_nothing_acknowledged(tmp_path: Path) -> Non
     reopened = open_store(tmp_path)
     assert await state(reopened) == before
     await reopened.close()
+
+
+async def test_iter_interactions_lists_every_stored_interaction() -> None:
+    store = InMemoryProfileStore(None, history_limit=3)
+    await store.append_interactions(
+        [Interaction("a", f"i{n}", "view", 1.0, n) for n in range(5)] + [Interaction("b", "x", "buy", 2.0, 7)]
+    )
+    got = [(i.user_id, i.item_id, i.timestamp_ms) async for i in store.iter_interactions()]
+    # the newest history_limit per user, newest first
+    assert sorted(got) == sorted([("a", "i4", 4), ("a", "i3", 3), ("a", "i2", 2), ("b", "x", 7)])

@@ -16,6 +16,7 @@ from server.pipeline.runner import Pipeline
 class FakeStep:
     def __init__(self, name: str, behaviour: str, awaits_io: bool = True) -> None:
         self.name = name
+        self.degraded_reason = f"{name}-reason"
         self.behaviour = behaviour
         self.awaits_io = awaits_io
         self.ran = False
@@ -63,7 +64,7 @@ async def test_policy_table(behaviour: str, fail_open: bool, outcome: object) ->
     else:
         await pipeline.run(c)
         assert after.ran
-        assert (c.coverage.degraded == ["s"]) == (outcome == "degraded")
+        assert (c.coverage.degraded == ["s-reason"]) == (outcome == "degraded")
         assert step.recovered == (outcome == "degraded")
     assert time.monotonic() - started < 0.9  # the slow step was cut at its 50 ms budget
 
@@ -75,7 +76,7 @@ async def test_the_request_deadline_caps_every_step() -> None:
     started = time.monotonic()
     await pipeline.run(c)
     assert time.monotonic() - started < 0.5
-    assert c.coverage.degraded == ["s"]
+    assert c.coverage.degraded == ["s-reason"]
 
 
 async def test_a_step_with_no_time_left_does_not_run() -> None:
@@ -83,7 +84,7 @@ async def test_a_step_with_no_time_left_does_not_run() -> None:
     pipeline = Pipeline("t", [step], {"s": StepConfig(10.0, True)})
     c = ctx(deadline_s=-1.0)
     await pipeline.run(c)
-    assert not step.ran and c.coverage.degraded == ["s"]
+    assert not step.ran and c.coverage.degraded == ["s-reason"]
 
 
 def test_every_step_needs_a_policy() -> None:
