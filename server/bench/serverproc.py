@@ -38,7 +38,9 @@ def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen[bytes]) 
 
 
 @contextmanager
-def recd_server(env_overrides: dict[str, str], timeout_s: float = 600.0) -> Iterator[tuple[str, str]]:
+def recd_server(
+    env_overrides: dict[str, str], timeout_s: float = 600.0, config: str | None = None
+) -> Iterator[tuple[str, str]]:
     """Yields (grpc address, metrics address) of a `recd serve` child; stops it (SIGTERM) afterwards."""
     address = f"127.0.0.1:{free_port()}"
     metrics = f"127.0.0.1:{free_port()}"
@@ -49,7 +51,8 @@ def recd_server(env_overrides: dict[str, str], timeout_s: float = 600.0) -> Iter
         "RECD_SERVER__LOG_LEVEL": "WARNING",
         **env_overrides,
     }
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], env=env)
+    args = [sys.executable, "-m", "server.cli", "serve"] + (["--config", config] if config else [])
+    proc = subprocess.Popen(args, env=env)
     try:
         wait_serving(address, timeout_s, proc)
         yield address, metrics

@@ -79,7 +79,7 @@ async def test_the_request_deadline_caps_every_step() -> None:
     assert c.coverage.degraded == ["s-reason"]
 
 
-async def test_a_step_with_no_time_left_does_not_run() -> None:
+async def test_an_io_step_with_no_time_left_does_not_run() -> None:
     step = FakeStep("s", "ok")
     pipeline = Pipeline("t", [step], {"s": StepConfig(10.0, True)})
     c = ctx(deadline_s=-1.0)
@@ -90,3 +90,16 @@ async def test_a_step_with_no_time_left_does_not_run() -> None:
 def test_every_step_needs_a_policy() -> None:
     with pytest.raises(ValueError, match="no policy configured for steps"):
         Pipeline("t", [FakeStep("unconfigured", "ok")], {})
+
+
+async def test_a_compute_step_over_budget_still_runs_and_is_counted() -> None:
+    from server import metrics
+
+    step = FakeStep("late", "ok", awaits_io=False)
+    pipeline = Pipeline("t", [step], {"late": StepConfig(10.0, fail_open=False)})
+    overruns = metrics.STEP_OVERRUNS.labels("t", "late")
+    before = overruns._value.get()
+    c = ctx(deadline_s=-1.0)
+    await pipeline.run(c)
+    assert step.ran and c.coverage.degraded == []
+    assert overruns._value.get() == before + 1
