@@ -84,3 +84,19 @@ stack-up: venv
 
 stack-down:
 	$(STACK) down
+
+# --- load test -----------------------------------------------------------------------------------------
+# make loadtest [P99_MS=100] [USERS=20] [SPAWN_RATE=10] [RUN_TIME=30s] [LOADTEST_TARGET=edge|frontend]
+#               [LOADTEST_SCENARIO=warm|cold]: recd on the demo data, Locust headless, CSVs + summary + PNG
+#               in loadtests/results/; fails when a request failed or an RPC's p99 exceeds P99_MS.
+USERS             ?= 20
+SPAWN_RATE        ?= 10
+RUN_TIME          ?= 30s
+P99_MS            ?=
+LOADTEST_TARGET   ?= edge
+LOADTEST_SCENARIO ?= warm
+
+.PHONY: loadtest
+loadtest: venv
+	$(PY) -m loadtests.run --target $(LOADTEST_TARGET) --scenario $(LOADTEST_SCENARIO) \
+	  --users $(USERS) --spawn-rate $(SPAWN_RATE) --run-time $(RUN_TIME) $(if $(P99_MS),--p99-ms $(P99_MS))

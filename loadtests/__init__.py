@@ -1,0 +1,1 @@
+"""Locust load tests of recd and their orchestration (`make loadtest`)."""

@@ -1,0 +1,219 @@
+"""The edge's Recommend path: two cache levels, stale-while-revalidate, and coalesced misses.
+
+    L1 (in-process LRU, bytes-bounded) -> fresh: answer; stale: answer, refresh in the background once
+      | miss
+    fill, one per key in flight (identical concurrent misses wait for it: "coalesced")
+      L2 (Redis, shared by replicas)   -> fresh: answer; stale: answer, refresh in the background
+        | miss
+      origin (a frontend)              -> answer; stored in L1 and L2 for the origin's TTL
+
+A hit returns the origin's serialised answer as it was stored, so the hit path parses the request,
+builds the key, and does one dictionary lookup: no protobuf encoding, no await on anything remote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+import grpc
+
+from server import metrics
+from server.backends.base import Cache
+from server.backends.single_flight import SingleFlight
+from server.config import EdgeConfig
+from server.edge.entry import Entry, entry_size
+from server.edge.keys import KeyParts, normalise, time_bucket
+from server.edge.lru import ByteLRU
+from server.edge.origin import Origin, OriginError
+from server.edge.versions import UserVersions
+from server.gen.recd.v1 import recommender_pb2
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+RECOMMEND_METHOD = "/recd.v1.Recommender/Recommend"
+
+
+class EdgeCache:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        origin: Origin,
+        shared: Cache | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self._config = config
+        self._origin = origin
+        self._shared = shared
+        # Wall clock: entry times are compared by every replica that reads them from Redis.
+        self._clock = clock
+        self.l1: ByteLRU[Entry] = ByteLRU(config.cache.max_bytes, entry_size)
+        # A version record must outlive every entry made under the version before it (see versions.py).
+        record_ttl_s = 2.0 * (config.max_ttl_s + config.stale_grace_s)
+        self.versions = UserVersions(
+            shared, config.max_users, config.user_version_refresh_s, record_ttl_s, clock=clock
+        )
+        # Learned from origin answers. While origins roll out a new model the learned version follows the
+        # latest answer; keys then differ between the two models, which costs hits, never correctness.
+        self.model_version = ""
+        self.origin_calls = 0
+        self._fills: SingleFlight[bytes] = SingleFlight()
+        self._refreshing: set[str] = set()
+        self._background: set[asyncio.Future[None]] = set()
+        # Label lookups cost about as much as the rest of a hit, so the children are bound once.
+        counter = metrics.EDGE_CACHE.labels
+        self._l1_hit, self._l1_stale, self._l1_miss = (counter("l1", o) for o in ("hit", "stale", "miss"))
+        self._l2_hit, self._l2_stale, self._l2_miss = (counter("l2", o) for o in ("hit", "stale", "miss"))
+        self._coalesced = counter("origin", "coalesced")
+
+    # --- the request path ---------------------------------------------------------------------------
+    async def lookup(self, request: recommender_pb2.RecommendRequest) -> KeyParts:
+        user = request.user_id
+        version = await self.versions.get(user)
+        bucket = time_bucket(self._clock(), user, self._config.time_bucket_s)
+        return KeyParts(
+            self._config.key_version, self.model_version, user, version, normalise(request), bucket
+        )
+
+    async def recommend(self, raw: bytes, timeout_s: float | None = None) -> bytes:
+        """The serialised RecommendResponse for the serialised RecommendRequest `raw`.
+
+        `timeout_s` bounds this caller's wait only: a fill other callers share runs on the edge's own
+        origin timeout, so one impatient caller cannot fail everyone waiting on the same key.
+        Raises OriginError (with the origin's status) when the answer had to come from an origin and
+        could not.
+        """
+        request = recommender_pb2.RecommendRequest.FromString(raw)
+        parts = await self.lookup(request)
+        key = parts.key()
+        now = self._clock()
+        entry = self.l1.get(key)
+        if entry is not None:
+            if entry.is_fresh(now):
+                self._l1_hit.inc()
+                return entry.response
+            if entry.is_usable(now):
+                self._l1_stale.inc()
+                self._refresh_soon(key, raw, parts, check_shared=True)
+                return entry.response
+            self.l1.pop(key)
+        self._l1_miss.inc()
+        if self._fills.in_flight(key):
+            self._coalesced.inc()
+        fill = self._fills.run(key, lambda: self._fill(key, raw, parts))
+        if timeout_s is None:
+            return await fill
+        try:
+            return await asyncio.wait_for(fill, timeout_s)
+        except TimeoutError:
+            raise OriginError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "the edge's origin did not answer in time"
+            ) from None
+
+    async def invalidate_users(self, user_ids: Iterable[str]) -> None:
+        """After a write about these users: their cached answers stop matching, nobody else's."""
+        await self.versions.bump(user_ids)
+
+    # --- fills and refreshes ------------------------------------------------------------------------
+    async def _fill(self, key: str, raw: bytes, parts: KeyParts) -> bytes:
+        if self._shared is not None:
+            entry = await self._shared_entry(key)
+            now = self._clock()
+            if entry is not None and entry.is_usable(now):
+                self._put_l1(key, entry)
+                if entry.is_fresh(now):
+                    self._l2_hit.inc()
+                else:
+                    self._l2_stale.inc()
+                    self._refresh_soon(key, raw, parts, check_shared=False)
+                return entry.response
+            self._l2_miss.inc()
+        return await self._from_origin(raw, parts)
+
+    async def _shared_entry(self, key: str) -> Entry | None:
+        assert self._shared is not None
+        blob = await self._shared.get(key)
+        return None if blob is None else Entry.decode(blob)
+
+    async def _from_origin(self, raw: bytes, parts: KeyParts) -> bytes:
+        self.origin_calls += 1
+        answer = await self._origin.call(
+            RECOMMEND_METHOD, raw, self._config.origin_timeout_ms / 1000.0, retryable=True
+        )
+        self._store(parts, answer)
+        return answer
+
+    def _store(self, parts: KeyParts, answer: bytes) -> None:
+        response = recommender_pb2.RecommendResponse.FromString(answer)
+        ttl = min(float(response.cache_ttl_seconds), self._config.max_ttl_s)
+        coverage = response.coverage
+        if coverage.partial or coverage.degraded_reasons:
+            ttl = min(ttl, self._config.degraded_ttl_s)
+        if response.model_version != self.model_version:
+            log.info("origin model version is now %r", response.model_version)
+            self.model_version = response.model_version
+        if ttl <= 0:
+            return
+        # Under the answer's own model version (it may differ from the lookup's); under the lookup's user
+        # version, so an answer computed before a write can never be stored where post-write lookups go.
+        key = parts.with_model(response.model_version).key()
+        now = self._clock()
+        entry = Entry(answer, now + ttl, now + ttl + self._config.stale_grace_s)
+        self._put_l1(key, entry)
+        if self._shared is not None:
+            # In the background: the caller has its answer; the shared level is a help, not a step.
+            self._spawn(self._shared.set(key, entry.encode(), ttl + self._config.stale_grace_s))
+
+    def _put_l1(self, key: str, entry: Entry) -> None:
+        self.l1.put(key, entry)
+        metrics.EDGE_L1_BYTES.set(self.l1.bytes_used)
+
+    def _refresh_soon(self, key: str, raw: bytes, parts: KeyParts, check_shared: bool) -> None:
+        """One background refresh per stale key; past max_refreshes the stale answer is served alone,
+        so a burst of expiries cannot become a burst of origin calls."""
+        if key in self._refreshing:
+            return
+        if len(self._refreshing) >= self._config.max_refreshes:
+            metrics.EDGE_REFRESHES.labels("skipped").inc()
+            return
+        self._refreshing.add(key)
+        self._spawn(self._refresh(key, raw, parts, check_shared))
+
+    async def _refresh(self, key: str, raw: bytes, parts: KeyParts, check_shared: bool) -> None:
+        try:
+            if check_shared and self._shared is not None:
+                # Another replica may have refreshed it already.
+                entry = await self._shared_entry(key)
+                if entry is not None and entry.is_fresh(self._clock()):
+                    self._put_l1(key, entry)
+                    metrics.EDGE_REFRESHES.labels("shared").inc()
+                    return
+            await self._from_origin(raw, parts)
+            metrics.EDGE_REFRESHES.labels("ok").inc()
+        except Exception as exc:
+            # The stale entry stays servable until its grace ends; the next stale hit tries again.
+            metrics.EDGE_REFRESHES.labels("failed").inc()
+            log.debug("refresh of %s failed: %s", key, exc)
+        finally:
+            self._refreshing.discard(key)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        # Held here: the event loop keeps only weak references to tasks.
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- life cycle ---------------------------------------------------------------------------------
+    async def drain(self) -> None:
+        """Waits for background work (refreshes, shared-level writes): for tests and benchmarks."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*list(self._background), return_exceptions=True)
+        self.l1.clear()

@@ -1,0 +1,80 @@
+"""Edge cache keys: what makes two Recommend answers interchangeable.
+
+A key covers the key version, the model version, the user id, the user's version, the normalised request
+and a time bucket. Normalising first (sorting maps and lists, dropping duplicate values, spelling out the
+default k) makes requests that mean the same thing share one entry whatever order the caller wrote them in.
+All components go through one digest as an unambiguous JSON list, so an id containing a separator can
+never make two different requests collide; the readable prefix is only there for operators.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from dataclasses import dataclass
+
+from server.gen.recd.v1 import recommender_pb2
+from server.validation import DEFAULT_K
+
+Normal = tuple[object, ...]
+
+
+def normalise(request: recommender_pb2.RecommendRequest) -> Normal:
+    """The request minus the user id, in a canonical form (the user id is a separate key component)."""
+    return (
+        request.k or DEFAULT_K,
+        sorted((name, sorted(set(allowed.values))) for name, allowed in request.filter.items()),
+        sorted(request.context.items()),
+        sorted(set(request.exclude_item_ids)),
+        # Float noise below what MMR can tell apart must not split entries.
+        round(request.diversity, 4),
+        request.include_seen,
+    )
+
+
+def time_bucket(now_s: float, user_id: str, width_s: float) -> int:
+    """The bucket `now_s` falls in for this user; 0 when bucketing is off.
+
+    Each user's buckets start at their own phase (a stable hash of the id), so the keys of all users do
+    not roll over in the same second and send a wave of misses to the origins.
+    """
+    if width_s <= 0:
+        return 0
+    phase = (zlib.crc32(user_id.encode()) / 2**32) * width_s
+    return int((now_s + phase) // width_s)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyParts:
+    key_version: str
+    model_version: str
+    user_id: str
+    user_version: str
+    request: Normal
+    bucket: int
+
+    def key(self) -> str:
+        blob = json.dumps(
+            [
+                self.key_version,
+                self.model_version,
+                self.user_id,
+                self.user_version,
+                self.bucket,
+                self.request,
+            ],
+            separators=(",", ":"),
+        ).encode()
+        digest = hashlib.blake2b(blob, digest_size=16).hexdigest()
+        return f"edge:{self.key_version}:{self.user_id}:{digest}"
+
+    def with_model(self, model_version: str) -> KeyParts:
+        """The same lookup under another model version: where an origin answer from that model belongs."""
+        return KeyParts(
+            self.key_version, model_version, self.user_id, self.user_version, self.request, self.bucket
+        )
+
+
+def user_version_key(user_id: str) -> str:
+    return f"edge:uv:{user_id}"
