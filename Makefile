@@ -20,6 +20,7 @@ help:
 	@echo "make lint   - ruff, mypy, cargo clippy"
 	@echo "make proto  - regenerate server/gen from proto/"
 	@echo "make stack-up / stack-down - local Redis, Cassandra and Neo4j on 127.0.0.1"
+	@echo "make loadtest [P99_MS=100] - Locust against recd on the demo data (see the Makefile for options)"
 
 # --- environment -------------------------------------------------------------------------------------
 # The virtualenv is rebuilt when the project's dependencies or the Rust core change.
