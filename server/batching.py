@@ -54,6 +54,7 @@ class MicroBatcher(Generic[T, R]):
         self._max_in_flight = max_in_flight
         self._pending: list[_Pending[T, R]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._flush_soon: asyncio.Handle | None = None
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -72,9 +73,11 @@ class MicroBatcher(Generic[T, R]):
             # Idle: go at the end of this loop turn, taking whatever else arrives in the same turn.
             if self._flush_soon is None:
                 self._flush_soon = loop.call_soon(self._flush)
-        elif self._timer is None or self._timer.when() > loop.time() + wait:
+        elif self._timer is None or self._timer_at > loop.time() + wait:
             if self._timer is not None:
                 self._timer.cancel()
+            # The due time is kept here: not every event loop's handles expose it (uvloop's do not).
+            self._timer_at = loop.time() + wait
             self._timer = loop.call_later(wait, self._flush)
         return await future
 

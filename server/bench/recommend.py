@@ -95,6 +95,12 @@ def run_recommend_bench(
         rec: LoadResult = asyncio.run(closed_loop(recommend, address, CONCURRENCY, duration))
         after = scrape(metrics_address)
         base: LoadResult = asyncio.run(closed_loop(empty, address, CONCURRENCY, duration))
+        after_empty = scrape(metrics_address)
+    # Server CPU per request is steadier than QPS on a shared machine (it does not depend on who else
+    # had the cores); the warm-up second is included in both, so it slightly overstates both.
+    cpu = "process_cpu_seconds_total"
+    rec_cpu_ms = (after[cpu] - before[cpu]) / max(1, rec.requests) * 1e3
+    base_cpu_ms = (after_empty[cpu] - after[cpu]) / max(1, base.requests) * 1e3
     ratio = rec.qps / base.qps
     result = {
         "recommend_qps": rec.qps,
@@ -107,25 +113,28 @@ def run_recommend_bench(
         "errors": rec.errors + base.errors,
         "ann_batch": _mean(before, after, "recd_ann_batch_size"),
         "rank_batch": _mean(before, after, "recd_rank_batch_size"),
+        "recommend_cpu_ms": rec_cpu_ms,
+        "empty_cpu_ms": base_cpu_ms,
     }
-    body = table(
-        ["RPC", "QPS", "p50 ms", "p99 ms", "errors"],
+    headers = ["RPC", "QPS", "p50 ms", "p99 ms", "errors", "server CPU ms / request"]
+    rows: list[list[object]] = [
+        [f"Recommend k=10 ({label})", rec.qps, rec.percentile_ms(50), rec.percentile_ms(99), rec.errors],
         [
-            [f"Recommend k=10 ({label})", rec.qps, rec.percentile_ms(50), rec.percentile_ms(99), rec.errors],
-            [
-                "empty RPC (grpc.health Check)",
-                base.qps,
-                base.percentile_ms(50),
-                base.percentile_ms(99),
-                base.errors,
-            ],
+            "empty RPC (grpc.health Check)",
+            base.qps,
+            base.percentile_ms(50),
+            base.percentile_ms(99),
+            base.errors,
         ],
-    )
+    ]
+    rows[0].append(f"{rec_cpu_ms:.2f}")
+    rows[1].append(f"{base_cpu_ms:.2f}")
+    body = table(headers, rows)
     body += f"\n\nRatio Recommend / empty RPC QPS: **{ratio:.2f}** (target >= 0.5)."
     body += (
         f"\n\nClosed loop, {CONCURRENCY} concurrent callers from one grpc.aio client process, {duration:.0f} s each"
         f" after 1 s warm-up; Zipf-distributed users of the demo dataset ({len(users):,} users); the server is"
-        " `recd serve` on the demo snapshot (20 shards, ef 100). Mean ANN micro-batch:"
+        " `recd serve` on the demo snapshot (20 shards, ef 50). Mean ANN micro-batch:"
         f" {result['ann_batch']:.1f} queries; mean rank batch: {result['rank_batch']:.1f} requests."
     )
     body += "\n\nWhere a Recommend's time goes (server side, mean per request over the run):\n\n"
