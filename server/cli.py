@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,21 @@ from server.config import Config, dump_config, load_config
 from server.logs import setup_logging
 
 log = logging.getLogger("recd")
+
+
+def run_server_loop(main: Coroutine[Any, Any, None], config: Config) -> None:
+    """Runs a server's main coroutine on uvloop when configured (or "auto" and installed), else asyncio."""
+    choice = config.server.event_loop
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise SystemExit("server.event_loop is 'uvloop' but uvloop is not installed") from None
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -38,7 +54,7 @@ async def _serve(config: Config, on_ready: Any = None) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args)
     setup_logging(config.server.log_level, config.server.log_format)
-    asyncio.run(_serve(config))
+    run_server_loop(_serve(config), config)
     return 0
 
 
@@ -48,18 +64,40 @@ def cmd_shard(args: argparse.Namespace) -> int:
 
     config = _config(args)
     setup_logging(config.server.log_level, config.server.log_format)
+    if args.node_id is not None:
+        # A cluster node: its shards come from the placement ring (server/cluster/node.py).
+        from server.cluster.node import run_node
+
+        if args.shards:
+            raise SystemExit("--node-id takes its shards from the cluster layout; drop --shards")
+        run_server_loop(run_node(config, args.node_id, args.address), config)
+        return 0
+    address = args.address or "127.0.0.1:50061"
     shard_ids = _parse_ranges(args.shards) if args.shards else None
     host = build_shard_host(config, shard_ids)
 
     async def run() -> None:
-        server = await serve_node(host, args.address)
-        log.info("shard node serving shards %s on %s", args.shards or "all", args.address)
+        server = await serve_node(host, address)
+        log.info("shard node serving shards %s on %s", args.shards or "all", address)
         try:
             await server.wait_for_termination()
         finally:
             host.close()
 
     asyncio.run(run())
+    return 0
+
+
+def cmd_edge(args: argparse.Namespace) -> int:
+    from server.edge.server import serve_edge
+
+    config = _config(args)
+    if args.origin:
+        config.edge.origins = list(args.origin)
+    if args.address:
+        config.edge.address = args.address
+    setup_logging(config.server.log_level, config.server.log_format)
+    run_server_loop(serve_edge(config.edge), config)
     return 0
 
 
@@ -118,7 +156,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         await stop.wait()
         await server.stop()
 
-    asyncio.run(run())
+    run_server_loop(run(), config)
     return 0
 
 
@@ -288,9 +326,21 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("serve", help="run the gRPC frontend")).set_defaults(func=cmd_serve)
 
     p = with_config(sub.add_parser("shard", help="run a shard node hosting logical shards"))
-    p.add_argument("--address", default="127.0.0.1:50061")
-    p.add_argument("--shards", help="shard ids to host, e.g. 0-9,15 (default: all)")
+    p.add_argument(
+        "--address", help="listen on host:port (default: its cluster.nodes entry, else 127.0.0.1:50061)"
+    )
+    p.add_argument("--node-id", type=int, help="cluster node N: host the shards the placement ring gives it")
+    p.add_argument("--shards", help="shard ids to host, e.g. 0-9,15 (default: all; without --node-id)")
     p.set_defaults(func=cmd_shard)
+
+    from server.cluster.commands import add_commands
+
+    add_commands(sub, with_config)
+
+    p = with_config(sub.add_parser("edge", help="run the edge cache tier in front of frontends"))
+    p.add_argument("--origin", action="append", default=[], help="frontend host:port (repeatable)")
+    p.add_argument("--address", help="listen on host:port (default: edge.address)")
+    p.set_defaults(func=cmd_edge)
 
     p = with_config(sub.add_parser("demo", help="the whole system on embedded defaults, with generated data"))
     p.add_argument("--dir", default="data/demo")
@@ -328,11 +378,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_config(sub.add_parser("bench", help="benchmarks; results go to BENCHMARKS.md"))
     p.add_argument(
-        "suite", nargs="?", default="all", choices=["all", "recommend", "ann", "score", "ingest", "rank"]
+        "suite",
+        nargs="?",
+        default="all",
+        choices=[
+            "all",
+            "recommend",
+            "ann",
+            "score",
+            "ingest",
+            "rank",
+            "rankers",
+            "backends",
+            "edge",
+            "cluster",
+        ],
     )
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     p.add_argument("--out", default="BENCHMARKS.md")
     p.set_defaults(func=cmd_bench)
+
+    from server.schema_cli import add_graph_build_arguments, cmd_graph_build, cmd_schema_apply
+
+    schema = sub.add_parser("schema", help="database schema of the real backends").add_subparsers(
+        dest="schema_command", required=True
+    )
+    with_config(
+        schema.add_parser("apply", help="create the CQL schema and the Neo4j constraint")
+    ).set_defaults(func=cmd_schema_apply)
+    graph = sub.add_parser("graph", help="the item graph").add_subparsers(dest="graph_command", required=True)
+    p = with_config(graph.add_parser("build", help="derive SIMILAR_TO edges from co-interactions"))
+    add_graph_build_arguments(p)
+    p.set_defaults(func=cmd_graph_build)
 
     config_parser = sub.add_parser("config", help="configuration")
     config_sub = config_parser.add_subparsers(dest="config_command", required=True)

@@ -32,6 +32,8 @@ class ServerConfig:
     max_id_bytes: int = 256
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
+    # uvloop cuts the event loop's own cost per RPC; "auto" uses it when it is installed.
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
 
 @dataclass
@@ -162,6 +164,8 @@ class GraphConfig:
     max_connections: int = 32
     # Concurrent neighbour queries that arrive together are sent as one UNWIND query.
     neighbour_batch: MicroBatchConfig = field(default_factory=MicroBatchConfig)
+    # Per-item neighbour lists of a remote graph are cached this long (0 = no cache).
+    neighbour_cache_ttl_s: float = 300.0
 
 
 @dataclass
@@ -245,7 +249,8 @@ class ClusterConfig:
     hedge: Literal["off", "fixed", "p95"] = "p95"
     hedge_after_ms: float = 20.0
     hedge_min_ms: float = 5.0
-    # Hedges per search call at most, over time (a token bucket): a slow cluster is not sent twice the load.
+    # Hedged RPCs as a fraction of Search RPCs at most (a token bucket): a slow cluster is not sent twice
+    # the load that makes it slow.
     hedge_budget: float = 0.1
     # A node call gets this fraction of what is left of the caller's deadline (time to merge remains).
     node_deadline_fraction: float = 0.9

@@ -90,3 +90,46 @@ def serve_metrics(address: str, registry: CollectorRegistry = REGISTRY) -> None:
     """Expose /metrics over HTTP on `address` (host:port) from a daemon thread."""
     host, _, port = address.rpartition(":")
     start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+
+
+# --- edge tier (`recd edge`) ---------------------------------------------------------------------------
+# level l1 (in-process) / l2 (Redis): outcome hit, stale (served while one refresh runs), miss, error;
+# level origin: outcome coalesced (a miss that joined an identical fill already in flight).
+EDGE_CACHE = Counter("recd_edge_cache_requests_total", "Edge cache lookups", ["level", "outcome"])
+EDGE_ORIGIN_LATENCY = Histogram(
+    "recd_edge_origin_latency_seconds",
+    "Latency of one call from the edge to an origin frontend (each attempt)",
+    ["method", "code"],
+    buckets=LATENCY_BUCKETS_S,
+)
+EDGE_ORIGIN_RETRIES = Counter(
+    "recd_edge_origin_retries_total", "UNAVAILABLE answers from an origin", ["outcome"]
+)
+EDGE_REFRESHES = Counter("recd_edge_refreshes_total", "Stale-while-revalidate refreshes", ["outcome"])
+EDGE_USER_VERSION_BUMPS = Counter(
+    "recd_edge_user_version_bumps_total", "Users whose cached answers were invalidated"
+)
+EDGE_L1_BYTES = Gauge("recd_edge_l1_bytes", "Bytes held by the edge's in-process cache")
+
+
+# --- shard nodes as a cluster (server/cluster, server/shard_router.py) -----------------------------------
+# Every Search sent to a node, hedges and failovers included, is also in recd_shard_calls_total{op=search}.
+SHARD_HEDGES = Counter(
+    "recd_shard_hedges_total", "Second requests sent because a node was late", ["node", "outcome"]
+)
+SHARD_FAILOVERS = Counter(
+    "recd_shard_failovers_total", "Shards asked of another replica after an error", ["op"]
+)
+SHARD_EXTRA_CALLS = Counter(
+    "recd_shard_extra_search_calls_total",
+    "Search RPCs beyond the first wave (at most one per node per batch): hedges and failovers",
+    ["kind"],
+)
+SHARD_PARTIAL = Counter(
+    "recd_shard_partial_searches_total", "Batched searches answered without every shard", ["reason"]
+)
+SHARD_NODE_UP = Gauge("recd_shard_node_up", "1 while a node's circuit is closed, 0 while open", ["node"])
+SHARD_BREAKER_OPENED = Counter("recd_shard_breaker_opened_total", "Node circuits opened", ["node"])
+SHARD_PROBES = Counter("recd_shard_probes_total", "Background probes of shard nodes", ["node", "outcome"])
+LAYOUT_EPOCH = Gauge("recd_cluster_layout_epoch", "Epoch of the cluster layout this frontend routes by")
+WRITE_RETRIES = Counter("recd_shard_write_retries_total", "Writes retried on the shard nodes", ["reason"])

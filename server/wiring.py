@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from server.backends.base import Cache, ItemGraph, ProfileStore
+from server.backends.cached_graph import CachedNeighbours
 from server.catalog.item_store import ItemStore
 from server.config import Config
 from server.ranking.base import Ranker
@@ -59,6 +60,10 @@ def build_profiles(config: Config) -> ProfileStore:
         return InMemoryProfileStore(
             _data_dir(config, "profiles"), history_limit=config.profiles.history_limit
         )
+    if config.profiles.backend == "scylla":
+        from server.backends.scylla import ScyllaProfileStore
+
+        return ScyllaProfileStore(config.profiles)
     raise NotImplementedError(f"profiles.backend {config.profiles.backend!r} is not available in this build")
 
 
@@ -67,6 +72,10 @@ def build_graph(config: Config) -> ItemGraph:
         from server.backends.memory_graph import InMemoryItemGraph
 
         return InMemoryItemGraph(_data_dir(config, "graph"))
+    if config.graph.backend == "neo4j":
+        from server.backends.neo4j_graph import Neo4jItemGraph
+
+        return Neo4jItemGraph(config.graph)
     raise NotImplementedError(f"graph.backend {config.graph.backend!r} is not available in this build")
 
 
@@ -75,6 +84,10 @@ def build_cache(config: Config) -> Cache:
         from server.backends.memory_cache import InMemoryCache
 
         return InMemoryCache(config.cache.max_bytes)
+    if config.cache.backend == "redis":
+        from server.backends.redis_cache import RedisCache
+
+        return RedisCache(config.cache)
     raise NotImplementedError(f"cache.backend {config.cache.backend!r} is not available in this build")
 
 
@@ -99,28 +112,41 @@ def build_rankers(config: Config, items: ItemStore, model: RankingModel) -> tupl
     return ranker, cpu
 
 
-def build_recd(config: Config, host: ShardHost | None = None) -> Recd:
-    """An embedded-mode frontend: every shard in this process, unless the config names shard nodes."""
+def build_router(config: Config, host: ShardHost | None = None) -> ShardRouter:
+    """Remote mode when cluster.nodes lists shard nodes (server/cluster), else every shard in-process."""
+    if config.cluster.nodes and host is None:
+        from server.cluster.manager import ClusterManager
+
+        return ClusterManager(config).router
     host = host or build_shard_host(config)
     client = InProcessShardClient(host, owns_host=True)
-    router = ShardRouter(
+    return ShardRouter(
         config.dim,
         config.shards.count,
         config.shards.vnodes,
         [ShardNode("local", client, tuple(range(config.shards.count)))],
     )
+
+
+def build_recd(config: Config, host: ShardHost | None = None) -> Recd:
+    """An embedded-mode frontend: every shard in this process, unless the config names shard nodes."""
+    router = build_router(config, host)
     items = ItemStore(config.dim, capacity=config.shards.index.initial_capacity)
     model = load_model(config.ranking.model_file)
     primary, fallback = build_rankers(config, items, model)
     batch = config.ranking.batch
     rank_service = RankService(primary, fallback, batch.max_batch, batch.max_wait_ms / 1000.0)
-    return Recd(
-        config,
-        router,
-        build_profiles(config),
-        build_graph(config),
-        build_cache(config),
-        items,
-        rank_service,
-        model,
-    )
+    cache = build_cache(config)
+    graph = build_graph(config)
+    if config.graph.backend != "embedded" and config.graph.neighbour_cache_ttl_s > 0:
+        # A remote graph costs a round trip per query: per-item neighbour lists go through the cache.
+        c = config.pipeline.candidates
+        graph = CachedNeighbours(
+            graph,
+            cache,
+            config.graph.neighbour_cache_ttl_s,
+            c.graph_hops,
+            c.graph_limit_per_hop,
+            c.graph_min_score,
+        )
+    return Recd(config, router, build_profiles(config), graph, cache, items, rank_service, model)

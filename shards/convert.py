@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from server.gen.recd.v1 import shard_pb2 as pb
 from shards.records import (
     ErrorKind,
+    NodeLayout,
     NodeStats,
     RecordBatch,
     ShardError,
@@ -31,6 +32,7 @@ _STATUS_OF_KIND = {
     ErrorKind.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
     ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
+    ErrorKind.STALE_LAYOUT: grpc.StatusCode.FAILED_PRECONDITION,
 }
 _KIND_OF_STATUS = {status: kind for kind, status in _STATUS_OF_KIND.items()}
 _KIND_OF_STATUS[grpc.StatusCode.CANCELLED] = ErrorKind.UNAVAILABLE
@@ -152,6 +154,8 @@ def hits_from_proto(msg: pb.ShardHits, n_queries: int, k: int) -> ShardHits | Sh
 def stats_to_proto(stats: NodeStats) -> pb.ShardStatsResponse:
     return pb.ShardStatsResponse(
         dim=stats.dim,
+        node_name=stats.node_name,
+        layout_epoch=stats.layout_epoch,
         shards=[
             pb.ShardStats(
                 shard_id=s.shard_id,
@@ -167,5 +171,22 @@ def stats_to_proto(stats: NodeStats) -> pb.ShardStatsResponse:
 
 def stats_from_proto(msg: pb.ShardStatsResponse) -> NodeStats:
     return NodeStats(
-        msg.dim, [ShardStats(s.shard_id, s.items, s.deleted, s.capacity, s.wal_bytes) for s in msg.shards]
+        msg.dim,
+        [ShardStats(s.shard_id, s.items, s.deleted, s.capacity, s.wal_bytes) for s in msg.shards],
+        msg.node_name,
+        msg.layout_epoch,
     )
+
+
+def layout_to_proto(layout: NodeLayout) -> pb.ShardLayout:
+    return pb.ShardLayout(
+        epoch=layout.epoch,
+        layout_json=layout.layout_json,
+        shard_ids=layout.shard_ids,
+        node_name=layout.node_name,
+        incarnation=layout.incarnation,
+    )
+
+
+def layout_from_proto(msg: pb.ShardLayout) -> NodeLayout:
+    return NodeLayout(msg.epoch, msg.layout_json, list(msg.shard_ids), msg.node_name, msg.incarnation)

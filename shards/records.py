@@ -28,11 +28,14 @@ class ErrorKind(enum.Enum):
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
+    # The write carried an older cluster layout epoch than the node follows: the data may have moved.
+    STALE_LAYOUT = "STALE_LAYOUT"
 
     @property
     def transient(self) -> bool:
-        # Only these may succeed if the caller simply retries (or asks another replica).
-        return self in (ErrorKind.DEADLINE_EXCEEDED, ErrorKind.UNAVAILABLE)
+        # Only these may succeed if the caller simply retries (or asks another replica); a stale layout
+        # succeeds once the caller has refreshed its layout.
+        return self in (ErrorKind.DEADLINE_EXCEEDED, ErrorKind.UNAVAILABLE, ErrorKind.STALE_LAYOUT)
 
 
 class ShardError(Exception):
@@ -251,3 +254,18 @@ class ShardStats:
 class NodeStats:
     dim: int
     shards: list[ShardStats] = field(default_factory=list)
+    # Set by a node that follows a cluster layout ("" and 0 otherwise).
+    node_name: str = ""
+    layout_epoch: int = 0
+
+
+@dataclass(frozen=True)
+class NodeLayout:
+    """The cluster layout a node follows: an opaque document (the frontend's cluster package reads it),
+    its epoch, and the shards the node hosts now."""
+
+    epoch: int
+    layout_json: str
+    shard_ids: list[int]
+    node_name: str
+    incarnation: int = 0

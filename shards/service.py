@@ -2,16 +2,23 @@
 
 Validation lives in the host (so the in-process client behaves the same); this layer only checks what
 exists on the wire alone (byte lengths) and maps ShardError kinds to status codes, once, in `_guard`.
+
+A node that follows a cluster layout (a LayoutKeeper, see server/cluster/node.py) also fences writes by
+layout epoch: a write carrying another epoch than the node's (older: the writer must refresh; newer: the
+node has not been moved yet) is refused with STALE_LAYOUT, and the writer retries. A layout
+change waits for the writes already past the check, so once SetLayout returns, every later write was
+routed by the new layout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,7 +28,7 @@ from server.gen.recd.v1 import shard_pb2_grpc
 from shards import convert
 from shards.client import DEFAULT_MAX_MESSAGE_BYTES, gather_search
 from shards.host import ShardHost
-from shards.records import RecordBatch, ShardError
+from shards.records import ErrorKind, NodeLayout, NodeStats, RecordBatch, ShardError
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +55,92 @@ async def _guard(context: grpc.aio.ServicerContext, handler: Callable[[], Awaita
     raise AssertionError("unreachable: abort raises")
 
 
+class LayoutKeeper(Protocol):
+    """A node's cluster layout: what it follows now, and how it moves to a newer one."""
+
+    @property
+    def epoch(self) -> int: ...
+
+    def current(self) -> NodeLayout: ...
+
+    def adopt(self, layout_json: str, drop_unplaced: bool) -> NodeLayout:
+        """Blocking: persists the layout, opens (or drops) shards. ShardError(INVALID_ARGUMENT) for a
+        malformed document or an older epoch."""
+        ...
+
+
+class _WriteFence:
+    """Writes pass together; a layout change passes alone, after the writes already admitted finish, and
+    holds back new ones until it is done (so they are checked against the new epoch)."""
+
+    def __init__(self) -> None:
+        self._writes = 0
+        self._changing = False
+        self._cond = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._changing)
+            self._writes += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._writes -= 1
+                self._cond.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def change(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._changing)
+            self._changing = True
+            await self._cond.wait_for(lambda: self._writes == 0)
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._changing = False
+                self._cond.notify_all()
+
+
 class ShardServicer(shard_pb2_grpc.ShardServicer):
-    def __init__(self, host: ShardHost, executor: cf.ThreadPoolExecutor | None = None) -> None:
+    def __init__(
+        self,
+        host: ShardHost,
+        executor: cf.ThreadPoolExecutor | None = None,
+        layout: LayoutKeeper | None = None,
+    ) -> None:
         self._host = host
         # Blocking host calls (fsync, locks) run here, never on the event loop.
         self._executor = executor or cf.ThreadPoolExecutor(8, "shard-service")
+        self._layout = layout
+        self._fence = _WriteFence()
 
     async def _blocking(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def _check_epoch(self, epoch: int) -> None:
+        if self._layout is None or epoch == 0:
+            return
+        mine = self._layout.epoch
+        if epoch < mine:
+            raise ShardError(
+                f"layout epoch {epoch} is stale: this node follows epoch {mine}; refresh the layout",
+                ErrorKind.STALE_LAYOUT,
+            )
+        if epoch > mine:
+            # The rebalancer is moving nodes to the writer's epoch and has not reached this one yet: the
+            # same answer, so the writer refreshes (nothing newer) and retries a moment later.
+            raise ShardError(
+                f"this node follows layout epoch {mine} and has not adopted epoch {epoch} yet",
+                ErrorKind.STALE_LAYOUT,
+            )
+
+    def _node_layout(self) -> NodeLayout:
+        if self._layout is None:
+            return NodeLayout(0, "", self._host.shard_ids, "")
+        return self._layout.current()
 
     async def Search(
         self, request: pb.ShardSearchRequest, context: grpc.aio.ServicerContext
@@ -82,7 +167,11 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
                 batch = convert.batch_from_proto(message.records, None, f"batches[{i}]")
                 parts.setdefault(message.shard_id, []).append(batch)
             batches = {shard_id: RecordBatch.concat(b, self._host.dim) for shard_id, b in parts.items()}
-            upserted = await self._blocking(functools.partial(self._host.upsert, batches))
+            async with self._fence.write():
+                self._check_epoch(request.layout_epoch)
+                upserted = await self._blocking(
+                    functools.partial(self._host.upsert, batches, backfill=request.backfill)
+                )
             return pb.ShardUpsertResponse(upserted=upserted)
 
         return await _guard(context, run)
@@ -92,7 +181,9 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
     ) -> pb.ShardDeleteResponse:
         async def run() -> pb.ShardDeleteResponse:
             labels = convert.labels_from(request.labels)
-            deleted = await self._blocking(functools.partial(self._host.delete, request.shard_id, labels))
+            async with self._fence.write():
+                self._check_epoch(request.layout_epoch)
+                deleted = await self._blocking(functools.partial(self._host.delete, request.shard_id, labels))
             return pb.ShardDeleteResponse(deleted=deleted)
 
         return await _guard(context, run)
@@ -123,9 +214,41 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
     async def Stats(
         self, request: pb.ShardStatsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ShardStatsResponse:
-        return await _guard(
-            context, lambda: self._blocking(lambda: convert.stats_to_proto(self._host.stats()))
-        )
+        def stats() -> pb.ShardStatsResponse:
+            node_stats = self._host.stats()
+            if self._layout is not None:
+                layout = self._layout.current()
+                node_stats = NodeStats(node_stats.dim, node_stats.shards, layout.node_name, layout.epoch)
+            return convert.stats_to_proto(node_stats)
+
+        return await _guard(context, lambda: self._blocking(stats))
+
+    async def GetLayout(
+        self, request: pb.ShardGetLayoutRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ShardLayout:
+        async def run() -> pb.ShardLayout:
+            return convert.layout_to_proto(self._node_layout())
+
+        return await _guard(context, run)
+
+    async def SetLayout(
+        self, request: pb.ShardSetLayoutRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ShardLayout:
+        async def run() -> pb.ShardLayout:
+            keeper = self._layout
+            if keeper is None:
+                raise ShardError(
+                    "this node was started without a cluster layout (recd shard --shards); "
+                    "start it with --node-id to rebalance it",
+                    ErrorKind.INVALID_ARGUMENT,
+                )
+            async with self._fence.change():
+                adopted = await self._blocking(
+                    functools.partial(keeper.adopt, request.layout_json, request.drop_unplaced)
+                )
+            return convert.layout_to_proto(adopted)
+
+        return await _guard(context, run)
 
 
 class ShardNodeServer:
@@ -154,17 +277,22 @@ class ShardNodeServer:
 
 
 async def serve_node(
-    host: ShardHost, address: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    host: ShardHost,
+    address: str,
+    *,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    layout: LayoutKeeper | None = None,
 ) -> ShardNodeServer:
     """Start serving `host` on `address` ("127.0.0.1:0" picks a free port: see `.port`). The caller owns
-    the host: stop the node first, then close the host (which takes final snapshots)."""
+    the host: stop the node first, then close the host (which takes final snapshots). `layout`: the
+    cluster layout this node follows, if any (enables GetLayout/SetLayout and write fencing)."""
     options = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
     ]
     server = grpc.aio.server(options=options)
     executor = cf.ThreadPoolExecutor(8, "shard-service")
-    shard_pb2_grpc.add_ShardServicer_to_server(ShardServicer(host, executor), server)
+    shard_pb2_grpc.add_ShardServicer_to_server(ShardServicer(host, executor, layout), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(address)

@@ -12,7 +12,16 @@ SUITES = {
     "ann": ("Sharded ANN: recall and QPS", "server.bench.ann", "run_ann_bench"),
     "ingest": ("Durable ingest", "server.bench.ingest", "run_ingest_bench"),
     "recommend": ("Recommend vs an empty RPC", "server.bench.recommend", "run_recommend_bench"),
-    "edge": ("Edge tier: cache hits vs an empty RPC, hit rate, coalescing", "server.bench.edge", "run_edge_bench"),
+    "edge": (
+        "Edge tier: cache hits vs an empty RPC, hit rate, coalescing",
+        "server.bench.edge",
+        "run_edge_bench",
+    ),
+    "cluster": (
+        "Shard nodes as processes: a local 4-node cluster",
+        "server.bench.cluster",
+        "run_cluster_bench",
+    ),
     "backends": ("Recommend with the real backends", "server.bench.backends", "run_backends_bench"),
     "rankers": (
         "Recommend end to end: GPU ranker vs CPU ranker",
@@ -25,7 +34,11 @@ SUITES = {
 def run_bench(args: argparse.Namespace) -> int:
     import importlib
 
-    names = [n for n in SUITES if n not in ("rankers", "backends", "edge")] if args.suite == "all" else [args.suite]
+    names = (
+        [n for n in SUITES if n not in ("rankers", "backends", "edge")]
+        if args.suite == "all"
+        else [args.suite]
+    )
     if args.suite == "rank":
         from server.bench.rank import main as rank_main
 

@@ -37,7 +37,9 @@ def run_score_bench(quick: bool = False) -> tuple[str, list[dict[str, float]]]:
         def numpy_fp32(q: np.ndarray = queries, v: np.ndarray = vectors, r: np.ndarray = rows) -> np.ndarray:
             return np.einsum("bd,bcd->bc", q, v[r])
 
-        def core_f16(t: _core.F16Table = table16, q: np.ndarray = queries, r: np.ndarray = rows) -> np.ndarray:
+        def core_f16(
+            t: _core.F16Table = table16, q: np.ndarray = queries, r: np.ndarray = rows
+        ) -> np.ndarray:
             return t.score(q, r)
 
         expected = numpy_fp32()

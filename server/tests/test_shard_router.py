@@ -26,23 +26,31 @@ def loaded() -> tuple[ShardRouter, list[str], np.ndarray]:
     vectors = clustered(20_000, 40, seed=1)
     ids = [f"item-{i}" for i in range(len(vectors))]
     host = ShardHost(IndexParams(dim=DIM, initial_capacity=2048), None, range(20))
-    router = ShardRouter(DIM, 20, 1024, [ShardNode("local", InProcessShardClient(host, owns_host=True), tuple(range(20)))])
+    router = ShardRouter(
+        DIM, 20, 1024, [ShardNode("local", InProcessShardClient(host, owns_host=True), tuple(range(20)))]
+    )
     import asyncio
 
     asyncio.run(router.upsert(RecordBatch(_core.stable_hash64(ids), ids, vectors, [b""] * len(ids)), 60))
     return router, ids, vectors
 
 
-async def test_sharded_recall_at_10_against_exact_search(loaded: tuple[ShardRouter, list[str], np.ndarray]) -> None:
+async def test_sharded_recall_at_10_against_exact_search(
+    loaded: tuple[ShardRouter, list[str], np.ndarray],
+) -> None:
     router, ids, vectors = loaded
     rng = np.random.default_rng(9)
-    queries = vectors[rng.integers(0, len(vectors), 300)] + 0.2 * rng.normal(size=(300, DIM)).astype(np.float32)
+    queries = vectors[rng.integers(0, len(vectors), 300)] + 0.2 * rng.normal(size=(300, DIM)).astype(
+        np.float32
+    )
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
     labels = _core.stable_hash64(ids)
     result = await router.search(queries, 10, router.per_shard_k(10, 2.0), 100, None, 30)
     assert result.shards_ok == result.shards_total == 20
-    recall = np.mean([len(set(result.labels[i].tolist()) & set(labels[truth[i]].tolist())) / 10 for i in range(300)])
+    recall = np.mean(
+        [len(set(result.labels[i].tolist()) & set(labels[truth[i]].tolist())) / 10 for i in range(300)]
+    )
     assert recall >= 0.95
 
 

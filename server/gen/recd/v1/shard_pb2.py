@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13recd/v1/shard.proto\x12\x07recd.v1\"N\n\x0bShardRecord\x12\r\n\x05label\x18\x01 \x01(\x04\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x0e\n\x06vector\x18\x03 \x01(\x0c\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\"G\n\x0cShardRecords\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12%\n\x07records\x18\x02 \x03(\x0b\x32\x14.recd.v1.ShardRecord\"\x94\x01\n\x12ShardSearchRequest\x12\x0f\n\x07queries\x18\x01 \x01(\x0c\x12\x11\n\tn_queries\x18\x02 \x01(\r\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\x11\n\tshard_ids\x18\x04 \x03(\r\x12\t\n\x01k\x18\x05 \x01(\r\x12\n\n\x02\x65\x66\x18\x06 \x01(\r\x12#\n\x07\x65xclude\x18\x07 \x03(\x0b\x32\x12.recd.v1.LabelList\"\x1b\n\tLabelList\x12\x0e\n\x06labels\x18\x01 \x03(\x04\"9\n\x13ShardSearchResponse\x12\"\n\x06shards\x18\x01 \x03(\x0b\x32\x12.recd.v1.ShardHits\"`\n\tShardHits\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x12\n\x06labels\x18\x04 \x03(\x04\x42\x02\x10\x01\x12\x12\n\x06scores\x18\x05 \x03(\x02\x42\x02\x10\x01\"<\n\x12ShardUpsertRequest\x12&\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32\x15.recd.v1.ShardRecords\"\'\n\x13ShardUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"6\n\x12ShardDeleteRequest\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\x0e\n\x06labels\x18\x02 \x03(\x04\"&\n\x13ShardDeleteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"5\n\x11ShardFetchRequest\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\x0e\n\x06labels\x18\x02 \x03(\x04\";\n\x12ShardFetchResponse\x12%\n\x07records\x18\x01 \x03(\x0b\x32\x14.recd.v1.ShardRecord\"8\n\x10ShardScanRequest\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\"\x13\n\x11ShardStatsRequest\"F\n\x12ShardStatsResponse\x12#\n\x06shards\x18\x01 \x03(\x0b\x32\x13.recd.v1.ShardStats\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\"c\n\nShardStats\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\r\n\x05items\x18\x02 \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x04\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\x04\x12\x11\n\twal_bytes\x18\x05 \x01(\x04\x32\x96\x03\n\x05Shard\x12\x43\n\x06Search\x12\x1b.recd.v1.ShardSearchRequest\x1a\x1c.recd.v1.ShardSearchResponse\x12\x43\n\x06Upsert\x12\x1b.recd.v1.ShardUpsertRequest\x1a\x1c.recd.v1.ShardUpsertResponse\x12\x43\n\x06\x44\x65lete\x12\x1b.recd.v1.ShardDeleteRequest\x1a\x1c.recd.v1.ShardDeleteResponse\x12@\n\x05\x46\x65tch\x12\x1a.recd.v1.ShardFetchRequest\x1a\x1b.recd.v1.ShardFetchResponse\x12:\n\x04Scan\x12\x19.recd.v1.ShardScanRequest\x1a\x15.recd.v1.ShardRecords0\x01\x12@\n\x05Stats\x12\x1a.recd.v1.ShardStatsRequest\x1a\x1b.recd.v1.ShardStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13recd/v1/shard.proto\x12\x07recd.v1\"N\n\x0bShardRecord\x12\r\n\x05label\x18\x01 \x01(\x04\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x0e\n\x06vector\x18\x03 \x01(\x0c\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\"G\n\x0cShardRecords\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12%\n\x07records\x18\x02 \x03(\x0b\x32\x14.recd.v1.ShardRecord\"\x94\x01\n\x12ShardSearchRequest\x12\x0f\n\x07queries\x18\x01 \x01(\x0c\x12\x11\n\tn_queries\x18\x02 \x01(\r\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\x11\n\tshard_ids\x18\x04 \x03(\r\x12\t\n\x01k\x18\x05 \x01(\r\x12\n\n\x02\x65\x66\x18\x06 \x01(\r\x12#\n\x07\x65xclude\x18\x07 \x03(\x0b\x32\x12.recd.v1.LabelList\"\x1b\n\tLabelList\x12\x0e\n\x06labels\x18\x01 \x03(\x04\"9\n\x13ShardSearchResponse\x12\"\n\x06shards\x18\x01 \x03(\x0b\x32\x12.recd.v1.ShardHits\"`\n\tShardHits\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x12\n\x06labels\x18\x04 \x03(\x04\x42\x02\x10\x01\x12\x12\n\x06scores\x18\x05 \x03(\x02\x42\x02\x10\x01\"d\n\x12ShardUpsertRequest\x12&\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32\x15.recd.v1.ShardRecords\x12\x14\n\x0clayout_epoch\x18\x02 \x01(\x04\x12\x10\n\x08\x62\x61\x63kfill\x18\x03 \x01(\x08\"\'\n\x13ShardUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"L\n\x12ShardDeleteRequest\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\x0e\n\x06labels\x18\x02 \x03(\x04\x12\x14\n\x0clayout_epoch\x18\x03 \x01(\x04\"&\n\x13ShardDeleteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"5\n\x11ShardFetchRequest\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\x0e\n\x06labels\x18\x02 \x03(\x04\";\n\x12ShardFetchResponse\x12%\n\x07records\x18\x01 \x03(\x0b\x32\x14.recd.v1.ShardRecord\"8\n\x10ShardScanRequest\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\"\x13\n\x11ShardStatsRequest\"o\n\x12ShardStatsResponse\x12#\n\x06shards\x18\x01 \x03(\x0b\x32\x13.recd.v1.ShardStats\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x11\n\tnode_name\x18\x03 \x01(\t\x12\x14\n\x0clayout_epoch\x18\x04 \x01(\x04\"c\n\nShardStats\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\r\n\x05items\x18\x02 \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x04\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\x04\x12\x11\n\twal_bytes\x18\x05 \x01(\x04\"\x17\n\x15ShardGetLayoutRequest\"C\n\x15ShardSetLayoutRequest\x12\x13\n\x0blayout_json\x18\x01 \x01(\t\x12\x15\n\rdrop_unplaced\x18\x02 \x01(\x08\"l\n\x0bShardLayout\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x13\n\x0blayout_json\x18\x02 \x01(\t\x12\x11\n\tshard_ids\x18\x03 \x03(\r\x12\x11\n\tnode_name\x18\x04 \x01(\t\x12\x13\n\x0bincarnation\x18\x05 \x01(\x04\x32\x9c\x04\n\x05Shard\x12\x43\n\x06Search\x12\x1b.recd.v1.ShardSearchRequest\x1a\x1c.recd.v1.ShardSearchResponse\x12\x43\n\x06Upsert\x12\x1b.recd.v1.ShardUpsertRequest\x1a\x1c.recd.v1.ShardUpsertResponse\x12\x43\n\x06\x44\x65lete\x12\x1b.recd.v1.ShardDeleteRequest\x1a\x1c.recd.v1.ShardDeleteResponse\x12@\n\x05\x46\x65tch\x12\x1a.recd.v1.ShardFetchRequest\x1a\x1b.recd.v1.ShardFetchResponse\x12:\n\x04Scan\x12\x19.recd.v1.ShardScanRequest\x1a\x15.recd.v1.ShardRecords0\x01\x12@\n\x05Stats\x12\x1a.recd.v1.ShardStatsRequest\x1a\x1b.recd.v1.ShardStatsResponse\x12\x41\n\tGetLayout\x12\x1e.recd.v1.ShardGetLayoutRequest\x1a\x14.recd.v1.ShardLayout\x12\x41\n\tSetLayout\x12\x1e.recd.v1.ShardSetLayoutRequest\x1a\x14.recd.v1.ShardLayoutb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,25 +48,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SHARDHITS']._serialized_start=424
   _globals['_SHARDHITS']._serialized_end=520
   _globals['_SHARDUPSERTREQUEST']._serialized_start=522
-  _globals['_SHARDUPSERTREQUEST']._serialized_end=582
-  _globals['_SHARDUPSERTRESPONSE']._serialized_start=584
-  _globals['_SHARDUPSERTRESPONSE']._serialized_end=623
-  _globals['_SHARDDELETEREQUEST']._serialized_start=625
-  _globals['_SHARDDELETEREQUEST']._serialized_end=679
-  _globals['_SHARDDELETERESPONSE']._serialized_start=681
-  _globals['_SHARDDELETERESPONSE']._serialized_end=719
-  _globals['_SHARDFETCHREQUEST']._serialized_start=721
-  _globals['_SHARDFETCHREQUEST']._serialized_end=774
-  _globals['_SHARDFETCHRESPONSE']._serialized_start=776
-  _globals['_SHARDFETCHRESPONSE']._serialized_end=835
-  _globals['_SHARDSCANREQUEST']._serialized_start=837
-  _globals['_SHARDSCANREQUEST']._serialized_end=893
-  _globals['_SHARDSTATSREQUEST']._serialized_start=895
-  _globals['_SHARDSTATSREQUEST']._serialized_end=914
-  _globals['_SHARDSTATSRESPONSE']._serialized_start=916
-  _globals['_SHARDSTATSRESPONSE']._serialized_end=986
-  _globals['_SHARDSTATS']._serialized_start=988
-  _globals['_SHARDSTATS']._serialized_end=1087
-  _globals['_SHARD']._serialized_start=1090
-  _globals['_SHARD']._serialized_end=1496
+  _globals['_SHARDUPSERTREQUEST']._serialized_end=622
+  _globals['_SHARDUPSERTRESPONSE']._serialized_start=624
+  _globals['_SHARDUPSERTRESPONSE']._serialized_end=663
+  _globals['_SHARDDELETEREQUEST']._serialized_start=665
+  _globals['_SHARDDELETEREQUEST']._serialized_end=741
+  _globals['_SHARDDELETERESPONSE']._serialized_start=743
+  _globals['_SHARDDELETERESPONSE']._serialized_end=781
+  _globals['_SHARDFETCHREQUEST']._serialized_start=783
+  _globals['_SHARDFETCHREQUEST']._serialized_end=836
+  _globals['_SHARDFETCHRESPONSE']._serialized_start=838
+  _globals['_SHARDFETCHRESPONSE']._serialized_end=897
+  _globals['_SHARDSCANREQUEST']._serialized_start=899
+  _globals['_SHARDSCANREQUEST']._serialized_end=955
+  _globals['_SHARDSTATSREQUEST']._serialized_start=957
+  _globals['_SHARDSTATSREQUEST']._serialized_end=976
+  _globals['_SHARDSTATSRESPONSE']._serialized_start=978
+  _globals['_SHARDSTATSRESPONSE']._serialized_end=1089
+  _globals['_SHARDSTATS']._serialized_start=1091
+  _globals['_SHARDSTATS']._serialized_end=1190
+  _globals['_SHARDGETLAYOUTREQUEST']._serialized_start=1192
+  _globals['_SHARDGETLAYOUTREQUEST']._serialized_end=1215
+  _globals['_SHARDSETLAYOUTREQUEST']._serialized_start=1217
+  _globals['_SHARDSETLAYOUTREQUEST']._serialized_end=1284
+  _globals['_SHARDLAYOUT']._serialized_start=1286
+  _globals['_SHARDLAYOUT']._serialized_end=1394
+  _globals['_SHARD']._serialized_start=1397
+  _globals['_SHARD']._serialized_end=1937
 # @@protoc_insertion_point(module_scope)

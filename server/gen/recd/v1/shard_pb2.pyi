@@ -71,10 +71,14 @@ class ShardHits(_message.Message):
     def __init__(self, shard_id: _Optional[int] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., labels: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ShardUpsertRequest(_message.Message):
-    __slots__ = ("batches",)
+    __slots__ = ("batches", "layout_epoch", "backfill")
     BATCHES_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    BACKFILL_FIELD_NUMBER: _ClassVar[int]
     batches: _containers.RepeatedCompositeFieldContainer[ShardRecords]
-    def __init__(self, batches: _Optional[_Iterable[_Union[ShardRecords, _Mapping]]] = ...) -> None: ...
+    layout_epoch: int
+    backfill: bool
+    def __init__(self, batches: _Optional[_Iterable[_Union[ShardRecords, _Mapping]]] = ..., layout_epoch: _Optional[int] = ..., backfill: _Optional[bool] = ...) -> None: ...
 
 class ShardUpsertResponse(_message.Message):
     __slots__ = ("upserted",)
@@ -83,12 +87,14 @@ class ShardUpsertResponse(_message.Message):
     def __init__(self, upserted: _Optional[int] = ...) -> None: ...
 
 class ShardDeleteRequest(_message.Message):
-    __slots__ = ("shard_id", "labels")
+    __slots__ = ("shard_id", "labels", "layout_epoch")
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_EPOCH_FIELD_NUMBER: _ClassVar[int]
     shard_id: int
     labels: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, shard_id: _Optional[int] = ..., labels: _Optional[_Iterable[int]] = ...) -> None: ...
+    layout_epoch: int
+    def __init__(self, shard_id: _Optional[int] = ..., labels: _Optional[_Iterable[int]] = ..., layout_epoch: _Optional[int] = ...) -> None: ...
 
 class ShardDeleteResponse(_message.Message):
     __slots__ = ("deleted",)
@@ -123,12 +129,16 @@ class ShardStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ShardStatsResponse(_message.Message):
-    __slots__ = ("shards", "dim")
+    __slots__ = ("shards", "dim", "node_name", "layout_epoch")
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_EPOCH_FIELD_NUMBER: _ClassVar[int]
     shards: _containers.RepeatedCompositeFieldContainer[ShardStats]
     dim: int
-    def __init__(self, shards: _Optional[_Iterable[_Union[ShardStats, _Mapping]]] = ..., dim: _Optional[int] = ...) -> None: ...
+    node_name: str
+    layout_epoch: int
+    def __init__(self, shards: _Optional[_Iterable[_Union[ShardStats, _Mapping]]] = ..., dim: _Optional[int] = ..., node_name: _Optional[str] = ..., layout_epoch: _Optional[int] = ...) -> None: ...
 
 class ShardStats(_message.Message):
     __slots__ = ("shard_id", "items", "deleted", "capacity", "wal_bytes")
@@ -143,3 +153,29 @@ class ShardStats(_message.Message):
     capacity: int
     wal_bytes: int
     def __init__(self, shard_id: _Optional[int] = ..., items: _Optional[int] = ..., deleted: _Optional[int] = ..., capacity: _Optional[int] = ..., wal_bytes: _Optional[int] = ...) -> None: ...
+
+class ShardGetLayoutRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ShardSetLayoutRequest(_message.Message):
+    __slots__ = ("layout_json", "drop_unplaced")
+    LAYOUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    DROP_UNPLACED_FIELD_NUMBER: _ClassVar[int]
+    layout_json: str
+    drop_unplaced: bool
+    def __init__(self, layout_json: _Optional[str] = ..., drop_unplaced: _Optional[bool] = ...) -> None: ...
+
+class ShardLayout(_message.Message):
+    __slots__ = ("epoch", "layout_json", "shard_ids", "node_name", "incarnation")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    SHARD_IDS_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    layout_json: str
+    shard_ids: _containers.RepeatedScalarFieldContainer[int]
+    node_name: str
+    incarnation: int
+    def __init__(self, epoch: _Optional[int] = ..., layout_json: _Optional[str] = ..., shard_ids: _Optional[_Iterable[int]] = ..., node_name: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...

@@ -66,6 +66,16 @@ class ShardStub:
                 request_serializer=recd_dot_v1_dot_shard__pb2.ShardStatsRequest.SerializeToString,
                 response_deserializer=recd_dot_v1_dot_shard__pb2.ShardStatsResponse.FromString,
                 _registered_method=True)
+        self.GetLayout = channel.unary_unary(
+                '/recd.v1.Shard/GetLayout',
+                request_serializer=recd_dot_v1_dot_shard__pb2.ShardGetLayoutRequest.SerializeToString,
+                response_deserializer=recd_dot_v1_dot_shard__pb2.ShardLayout.FromString,
+                _registered_method=True)
+        self.SetLayout = channel.unary_unary(
+                '/recd.v1.Shard/SetLayout',
+                request_serializer=recd_dot_v1_dot_shard__pb2.ShardSetLayoutRequest.SerializeToString,
+                response_deserializer=recd_dot_v1_dot_shard__pb2.ShardLayout.FromString,
+                _registered_method=True)
 
 
 class ShardServicer:
@@ -112,6 +122,22 @@ class ShardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLayout(self, request, context):
+        """The cluster layout this node follows (which node hosts which logical shards, numbered by an epoch).
+        Frontends poll it and adopt the highest epoch they see.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetLayout(self, request, context):
+        """Moves the node to a newer layout (rebalancing): opens the shards the layout places here, then fences
+        writes that carry an older epoch; with drop_unplaced, deletes the shards it no longer places here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +170,16 @@ def add_ShardServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=recd_dot_v1_dot_shard__pb2.ShardStatsRequest.FromString,
                     response_serializer=recd_dot_v1_dot_shard__pb2.ShardStatsResponse.SerializeToString,
+            ),
+            'GetLayout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLayout,
+                    request_deserializer=recd_dot_v1_dot_shard__pb2.ShardGetLayoutRequest.FromString,
+                    response_serializer=recd_dot_v1_dot_shard__pb2.ShardLayout.SerializeToString,
+            ),
+            'SetLayout': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLayout,
+                    request_deserializer=recd_dot_v1_dot_shard__pb2.ShardSetLayoutRequest.FromString,
+                    response_serializer=recd_dot_v1_dot_shard__pb2.ShardLayout.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +346,60 @@ class Shard:
             '/recd.v1.Shard/Stats',
             recd_dot_v1_dot_shard__pb2.ShardStatsRequest.SerializeToString,
             recd_dot_v1_dot_shard__pb2.ShardStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLayout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recd.v1.Shard/GetLayout',
+            recd_dot_v1_dot_shard__pb2.ShardGetLayoutRequest.SerializeToString,
+            recd_dot_v1_dot_shard__pb2.ShardLayout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLayout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recd.v1.Shard/SetLayout',
+            recd_dot_v1_dot_shard__pb2.ShardSetLayoutRequest.SerializeToString,
+            recd_dot_v1_dot_shard__pb2.ShardLayout.FromString,
             options,
             channel_credentials,
             insecure,
