@@ -1,7 +1,8 @@
 """Effective configuration: built-in defaults, then a YAML file (--config), then RECD_* variables.
 
 Environment variables name a key path with double underscores: RECD_SHARDS__COUNT=22 sets shards.count,
-RECD_DIM=128 sets dim. Values are parsed as YAML scalars, so "true", "0.5" and "[a, b]" work.
+RECD_DIM=128 sets dim. RECD_* names without "__" that are no top-level key (RECD_PYTHON, RECD_STACK_DIR)
+belong to the scripts and are not config. Values are parsed as YAML scalars, so "true", "0.5" and "[a, b]" work.
 Unknown keys and wrongly typed values are errors that name the key, never silently ignored.
 """
 
@@ -314,10 +315,16 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
             raise ConfigError(f"{path}: the top level must be a mapping")
         raw = loaded
     env = os.environ if environ is None else environ
+    top_level = {f.name for f in dataclasses.fields(Config)}
     for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or name.startswith(ENV_PREFIX + "TEST_"):
+        if not name.startswith(ENV_PREFIX):
             continue
         keys = name[len(ENV_PREFIX) :].lower().split("__")
+        # RECD_PYTHON, RECD_STACK_DIR, RECD_TEST_*... belong to the scripts, not to the config: a name with
+        # no "__" that is not a top-level key is left alone. One with "__" is meant as a config path, so
+        # a typo there (RECD_SHARD__COUNT) is still an error.
+        if len(keys) == 1 and keys[0] not in top_level:
+            continue
         _set_path(raw, keys, yaml.safe_load(value) if value != "" else None)
     config = _build(Config, raw, "")
     config.validate()

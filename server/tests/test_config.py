@@ -29,6 +29,7 @@ def test_file_then_environment_override(tmp_path: Path) -> None:
     ("environ", "message"),
     [
         ({"RECD_SHARDS__CUNT": "1"}, "unknown config key(s): shards.cunt"),
+        ({"RECD_SHARD__COUNT": "1"}, "unknown config key(s): shard"),
         ({"RECD_SHARDS__COUNT": "many"}, "shards.count: expected an integer"),
         ({"RECD_CACHE__BACKEND": "memcached"}, "cache.backend: must be one of"),
         ({"RECD_DIM": "0"}, "dim must be in [1, 4096]"),
@@ -52,3 +53,8 @@ def test_shipped_configs_load() -> None:
     root = Path(__file__).resolve().parents[2] / "deploy" / "config"
     for path in sorted(root.glob("*.yaml")):
         load_config(path, environ={})
+
+
+def test_script_variables_are_not_config() -> None:
+    config = load_config(environ={"RECD_PYTHON": "/usr/bin/python3", "RECD_STACK_DIR": "/tmp/x", "RECD_TEST_REDIS_URL": "r"})
+    assert config == load_config(environ={})

@@ -187,22 +187,3 @@ async def test_concurrent_recommends_all_succeed(client: RecdClient, toy: ToyCat
     )
     responses = await asyncio.gather(*(client.recommend(f"u{i}", k=10) for i in range(50)))
     assert all(len(r.items) == 10 for r in responses)
-
-
-async def test_a_failing_profile_store_degrades_to_cold_start(
-    server_address: str, toy: ToyCatalogue, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from server.backends.memory_profiles import InMemoryProfileStore
-    from server.errors import BackendError
-
-    client = RecdClient(server_address, timeout_s=20.0)
-    await load_toy(client, toy)
-
-    async def down(self: object, *args: object) -> None:
-        raise BackendError("profiles", "connection refused")
-
-    monkeypatch.setattr(InMemoryProfileStore, "recent_interactions", down)
-    response = await client.recommend("zed", k=5)
-    assert len(response.items) == 5 and all(list(i.sources) == [3] for i in response.items)
-    assert list(response.coverage.degraded_reasons) == ["profile"]
-    await client.close()
