@@ -70,6 +70,9 @@ async def real_config() -> AsyncIterator[Config]:
     # so a dead backend shows up as a failed step rather than a late answer.
     config.profiles = await scylla_keyspace(request_timeout_ms=1000.0, reconnect_max_s=1.0)
     config.graph = neo4j_config(query_timeout_ms=1000.0)
+    # Cached neighbour lists would hide a Neo4j outage (that is their point): these tests watch the
+    # graph itself fail and recover. test_cached_graph.py covers the cache.
+    config.graph.neighbour_cache_ttl_s = 0.0
     config.cache = redis_config(timeout_ms=100.0, breaker_open_s=0.5)
     try:
         yield config

@@ -62,3 +62,23 @@ async def test_a_new_edge_invalidates_its_source(graphs) -> None:  # type: ignor
     assert "q" not in await cached.neighbours(["a"], 2, 10, 0.0, 1.0)
     await cached.upsert_edges([Edge("a", "q", 0.95)])
     assert (await cached.neighbours(["a"], 2, 10, 0.0, 1.0))["q"] == pytest.approx(0.95)
+
+
+class DownGraph(InMemoryItemGraph):
+    async def neighbours(self, *args: object) -> dict[str, float]:  # type: ignore[override]
+        from server.errors import BackendError
+
+        raise BackendError("graph", "connection refused")
+
+
+async def test_cached_lists_answer_while_the_graph_is_down() -> None:
+    cache = InMemoryCache(1 << 20)
+    up = CachedNeighbours(CountingGraph(), cache, 60.0, 2, 10, 0.0)
+    await up.upsert_edges(EDGES)
+    warm = await up.neighbours(["a"], 2, 10, 0.0, 1.0)
+    down = CachedNeighbours(DownGraph(None), cache, 60.0, 2, 10, 0.0)
+    assert await down.neighbours(["a"], 2, 10, 0.0, 1.0) == warm
+    from server.errors import BackendError
+
+    with pytest.raises(BackendError):
+        await down.neighbours(["x"], 2, 10, 0.0, 1.0)  # not cached: the outage shows
