@@ -43,7 +43,7 @@ class CachedNeighbours:
     ) -> dict[str, float]:
         seeds = list(dict.fromkeys(item_ids))
         keys = [neighbour_key(s, hops, limit_per_hop, min_score) for s in seeds]
-        cached = await asyncio.gather(*(self._cache.get(k) for k in keys))
+        cached = await self._cache.get_many(keys)
         per_seed: list[dict[str, float]] = []
         missing = []
         for seed, key, value in zip(seeds, keys, cached, strict=True):

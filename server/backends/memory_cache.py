@@ -33,6 +33,9 @@ class InMemoryCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return [await self.get(key) for key in keys]
+
     async def get(self, key: str) -> bytes | None:
         entry = self._entries.get(key)
         if entry is None:

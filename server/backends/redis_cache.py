@@ -143,6 +143,18 @@ class RedisCache:
         # decode_responses is off, so a reply is bytes (redis-py's type says bytes | str).
         return value if value is None or isinstance(value, bytes) else value.encode()
 
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        values = await self._call("mget", lambda: self._client.mget([self._key(k) for k in keys]))
+        if isinstance(values, _Failed):
+            return [None] * len(keys)
+        out: list[bytes | None] = [v if v is None or isinstance(v, bytes) else v.encode() for v in values]
+        hits = sum(v is not None for v in out)
+        metrics.CACHE_REQUESTS.labels(_TIER, "hit").inc(hits)
+        metrics.CACHE_REQUESTS.labels(_TIER, "miss").inc(len(out) - hits)
+        return out
+
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
         if ttl_s <= 0:
             # As in the embedded cache: an already expired value replaces (removes) the old one.

@@ -24,7 +24,8 @@ REAL_CONFIG = "deploy/config/real.yaml"
 
 
 def _stack(*args: str) -> str:
-    env = {**os.environ, "RECD_PYTHON": sys.executable}
+    # Full JIT: the JVMs run for minutes here, so steady-state speed matters more than start-up time.
+    env = {**os.environ, "RECD_PYTHON": sys.executable, "RECD_STACK_FULL_JIT": "1"}
     return subprocess.run([str(STACK), *args], check=True, capture_output=True, text=True, env=env).stdout
 
 

@@ -27,6 +27,14 @@ class FailOpen:
             log.debug("shared cache get failed: %s", exc)
             return None
 
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        try:
+            return await self.inner.get_many(keys)
+        except Exception as exc:
+            metrics.EDGE_CACHE.labels("l2", "error").inc()
+            log.debug("shared cache get_many failed: %s", exc)
+            return [None] * len(keys)
+
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
         try:
             await self.inner.set(key, value, ttl_s)

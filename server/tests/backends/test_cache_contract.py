@@ -48,6 +48,13 @@ async def test_set_then_get(cache: Cache) -> None:
     assert await cache.get("k") == b"value"
 
 
+async def test_get_many_keeps_order_and_reports_misses(cache: Cache) -> None:
+    await cache.set("a", b"1", ttl_s=60)
+    await cache.set("c", b"3", ttl_s=60)
+    assert await cache.get_many(["c", "b", "a", "c"]) == [b"3", None, b"1", b"3"]
+    assert await cache.get_many([]) == []
+
+
 async def test_set_overwrites(cache: Cache) -> None:
     await cache.set("k", b"one", ttl_s=60)
     await cache.set("k", b"two", ttl_s=60)
