@@ -81,6 +81,7 @@ class AnnSearcher:
 
 class AnnSource:
     name = "ann"
+    awaits_io = True
 
     def __init__(self, searcher: AnnSearcher, items: ItemStore, k: int, ef: int) -> None:
         self._searcher = searcher

@@ -14,6 +14,7 @@ from server.pipeline.context import RequestContext, SourceHits
 
 class GraphSource:
     name = "graph"
+    awaits_io = True
 
     def __init__(
         self,

@@ -11,6 +11,7 @@ from server.pipeline.context import RequestContext, SourceHits
 
 class PopularSource:
     name = "popular"
+    awaits_io = False
 
     def __init__(self, items: ItemStore, k_cold: int, k_warm: int) -> None:
         self._items = items

@@ -36,7 +36,9 @@ class GatherCandidates:
             async def call() -> None:
                 results[i] = await source.fetch(ctx, timeout_s)
 
-            failure = await run_with_policy(self._pipeline, source.name, policy, ctx.deadline, call, True)
+            failure = await run_with_policy(
+                self._pipeline, source.name, policy, ctx.deadline, call, source.awaits_io
+            )
             if failure is not None:
                 ctx.sources_failed.append(source.name)
                 ctx.coverage.degrade(source.name)
