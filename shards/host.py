@@ -149,9 +149,10 @@ class ShardHost:
         # One task per pool thread, each searching its share of the shards in turn: a task per shard
         # would hand the GIL between threads (and wake waiters) once per shard, which costs more than a
         # small shard's search itself.
+        exclude_lists = [e.tolist() for e in excluded] if excluded else None
         groups = min(len(work), self._search_threads)
         for g in range(groups):
-            self._search_pool.submit(_search_in_turn, work[g::groups], q, k, ef, excluded)
+            self._search_pool.submit(_search_in_turn, work[g::groups], q, k, ef, exclude_lists)
         return started
 
     def search(
@@ -230,13 +231,13 @@ def _search_in_turn(
     queries: NDArray[np.float32],
     k: int,
     ef: int,
-    exclude: Sequence[NDArray[np.uint64]] | None,
+    exclude: Sequence[Sequence[int]] | None,
 ) -> None:
     for shard, future in work:
         if not future.set_running_or_notify_cancel():
             continue  # the caller stopped waiting (deadline): skip the work
         try:
-            future.set_result(shard.search(queries, k, ef, exclude))
+            future.set_result(shard.search_checked(queries, k, ef, exclude))
         except BaseException as exc:
             future.set_exception(exc)
 

@@ -289,11 +289,18 @@ class ShardIndex:
     ) -> ShardHits:
         """Top-k by inner product for each query row; `ef=0` means the configured ef_search. `exclude[i]`
         lists labels query i must not return (over-fetched, then filtered)."""
-        self._check_open()
         q = check_queries(queries, self.params.dim)
         check_k(k)
         check_ef(ef)
         excluded = check_exclude(exclude, len(q))
+        return self.search_checked(q, k, ef, [e.tolist() for e in excluded] if excluded else None)
+
+    def search_checked(
+        self, q: NDArray[np.float32], k: int, ef: int, exclude: Sequence[Sequence[int]] | None
+    ) -> ShardHits:
+        """`search` for input the host has already validated once for all its shards (labels as ints):
+        with 20 shards per query, validating per shard cost more than a small shard's search."""
+        self._check_open()
         hits = ShardHits.empty(len(q), k)
         if not len(q):
             return hits
@@ -301,7 +308,7 @@ class ShardIndex:
         # shards and most of it lives elsewhere. Over-fetch by those, and filter with a set: np.isin sorts
         # its inputs, which costs more than the search itself at these sizes.
         records = self._records
-        banned = [{label for label in e.tolist() if label in records} for e in excluded] if excluded else []
+        banned = [{label for label in e if label in records} for e in exclude] if exclude else []
         extra = max((len(b) for b in banned), default=0)
         self._acquire_read_at_ef(max(ef or self.params.ef_search, k))
         try:
