@@ -2,7 +2,8 @@
 
 Environment variables name a key path with double underscores: RECD_SHARDS__COUNT=22 sets shards.count,
 RECD_DIM=128 sets dim. RECD_* names without "__" that are no top-level key (RECD_PYTHON, RECD_STACK_DIR)
-belong to the scripts and are not config. Values are parsed as YAML scalars, so "true", "0.5" and "[a, b]" work.
+belong to the scripts and are not config. Values are parsed as YAML scalars, so "true", "0.5" and
+"[a, b]" work.
 Unknown keys and wrongly typed values are errors that name the key, never silently ignored.
 """
 

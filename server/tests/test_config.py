@@ -56,5 +56,7 @@ def test_shipped_configs_load() -> None:
 
 
 def test_script_variables_are_not_config() -> None:
-    config = load_config(environ={"RECD_PYTHON": "/usr/bin/python3", "RECD_STACK_DIR": "/tmp/x", "RECD_TEST_REDIS_URL": "r"})
+    config = load_config(
+        environ={"RECD_PYTHON": "/usr/bin/python3", "RECD_STACK_DIR": "/tmp/x", "RECD_TEST_REDIS_URL": "r"}
+    )
     assert config == load_config(environ={})
