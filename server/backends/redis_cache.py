@@ -125,6 +125,10 @@ class RedisCache:
         try:
             async with asyncio.timeout(self._timeout_s):
                 value = await call()
+        except asyncio.CancelledError:
+            # The caller's budget ran out first; the command still went to Redis, so it counts.
+            metrics.BACKEND_CALLS.labels(_TIER, op, "cancelled").inc()
+            raise
         except Exception as exc:  # fail-open: whatever went wrong, the caller sees a miss / no-op
             self._breaker.record_failure()
             metrics.CACHE_REQUESTS.labels(_TIER, "error").inc()

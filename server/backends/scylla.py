@@ -368,6 +368,10 @@ class ScyllaProfileStore:
                 await done
             # Done, so result() returns at once (or raises the driver's error).
             result = response.result()
+        except asyncio.CancelledError:
+            # The caller's budget ran out first; the request still went to the server, so it counts.
+            metrics.BACKEND_CALLS.labels(_METRIC, op, "cancelled").inc()
+            raise
         except Exception as exc:
             metrics.BACKEND_CALLS.labels(_METRIC, op, "error").inc()
             raise _backend_error(exc, op) from exc
