@@ -57,7 +57,6 @@ RPC_LATENCY = Histogram(
     "recd_rpc_latency_seconds", "Server-side RPC latency", ["method", "code"], buckets=LATENCY_BUCKETS_S
 )
 RPC_IN_FLIGHT = Gauge("recd_rpc_in_flight", "RPCs being served now")
-RPC_REJECTED = Counter("recd_rpc_rejected_total", "RPCs refused by the concurrency cap", ["method"])
 STEP_LATENCY = Histogram(
     "recd_step_latency_seconds", "Latency of each pipeline step", ["pipeline", "step"], buckets=STEP_BUCKETS_S
 )

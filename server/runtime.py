@@ -296,11 +296,3 @@ class Recd:
         await self.profiles.close()
         await self.graph.close()
         await self.cache.close()
-
-
-def data_path(config: Config, *parts: str) -> Path | None:
-    if config.data_dir is None:
-        return None
-    path = Path(config.data_dir).joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
-    return path

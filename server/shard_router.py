@@ -36,9 +36,8 @@ from server.cluster.health import HedgePolicy, NodeHealth
 from server.cluster.layout import Layout, Placement
 from server.errors import BackendError
 from shards.client import ShardClient
-from shards.records import ErrorKind, RecordBatch, ShardError, ShardHits
+from shards.records import NO_LABEL, ErrorKind, RecordBatch, ShardError, ShardHits
 
-NO_LABEL = np.uint64(2**64 - 1)
 T = TypeVar("T")
 _WRITE_ATTEMPTS = 4
 

@@ -77,7 +77,7 @@ class RecdServer:
             options=options,
             maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
         )
-        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.health = health.aio.HealthServicer()
         recommender_pb2_grpc.add_RecommenderServicer_to_server(RecommenderService(recd), self.server)
         catalog_pb2_grpc.add_CatalogServicer_to_server(CatalogService(recd), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -95,9 +95,7 @@ class RecdServer:
 
     async def _set_health(self, status: int) -> None:
         for name in ("", *SERVICE_NAMES):
-            result = self.health.set(name, status)
-            if asyncio.iscoroutine(result):
-                await result
+            await self.health.set(name, status)
 
     async def start(self) -> None:
         await self.server.start()

@@ -73,23 +73,20 @@ def run_backends_bench(quick: bool = False) -> tuple[str, dict[str, float]]:
         user = users[int(order[i % len(order)])]
         return await stub.Recommend(recommender_pb2.RecommendRequest(user_id=user, k=10), timeout=2)
 
-    # Frontend CPU per Recommend: tells the frontend's own cost apart from the machine being shared with
-    # the backend servers.
-    cpu_ms: dict[int, float] = {}
-
-    def measure(address: str, metrics_address: str) -> tuple[LoadResult, float]:
+    def measure(address: str, metrics_address: str) -> tuple[LoadResult, float, float]:
+        """The load's result, backend round trips per Recommend, and frontend CPU ms per Recommend (which
+        tells the frontend's own cost apart from the machine being shared with the backend servers)."""
         before = scrape(metrics_address)
         result = asyncio.run(closed_loop(recommend, address, CONCURRENCY, duration))
         after = scrape(metrics_address)
         calls = _backend_calls(after) - _backend_calls(before)
         served = max(1.0, _recommends(after) - _recommends(before))
         cpu = "process_cpu_seconds_total"
-        cpu_ms[id(result)] = (after[cpu] - before[cpu]) / served * 1e3
-        return result, calls / served
+        return result, calls / served, (after[cpu] - before[cpu]) / served * 1e3
 
     state = {"RECD_DATA_DIR": str(root / "state")}
     with recd_server(state) as (address, metrics_address):
-        embedded, embedded_trips = measure(address, metrics_address)
+        embedded, embedded_trips, embedded_cpu = measure(address, metrics_address)
 
     _stack("up")
     try:
@@ -101,16 +98,16 @@ def run_backends_bench(quick: bool = False) -> tuple[str, dict[str, float]]:
         redis_port = real["RECD_CACHE__URL"].rsplit(":", 1)[1].split("/")[0]
         subprocess.run(["redis-cli", "-p", redis_port, "FLUSHALL"], check=True, capture_output=True)
         with recd_server(real, config=REAL_CONFIG) as (address, metrics_address):
-            cold, cold_trips = measure(address, metrics_address)
-            warm, warm_trips = measure(address, metrics_address)
+            cold, cold_trips, cold_cpu = measure(address, metrics_address)
+            warm, warm_trips, warm_cpu = measure(address, metrics_address)
     finally:
         _stack("down")
 
     rows = []
-    for label, r, trips in (
-        ("embedded (all in process)", embedded, embedded_trips),
-        ("real backends, cold cache", cold, cold_trips),
-        ("real backends, warm cache", warm, warm_trips),
+    for label, r, trips, cpu_ms in (
+        ("embedded (all in process)", embedded, embedded_trips, embedded_cpu),
+        ("real backends, cold cache", cold, cold_trips, cold_cpu),
+        ("real backends, warm cache", warm, warm_trips, warm_cpu),
     ):
         rows.append(
             [
@@ -120,7 +117,7 @@ def run_backends_bench(quick: bool = False) -> tuple[str, dict[str, float]]:
                 r.percentile_ms(99),
                 r.errors,
                 f"{trips:.2f}",
-                f"{cpu_ms[id(r)]:.2f}",
+                f"{cpu_ms:.2f}",
             ]
         )
     ratio = warm.qps / embedded.qps
@@ -140,7 +137,7 @@ def run_backends_bench(quick: bool = False) -> tuple[str, dict[str, float]]:
         "embedded_qps": embedded.qps, "cold_qps": cold.qps, "warm_qps": warm.qps, "ratio": ratio,
         "cold_trips": cold_trips, "warm_trips": warm_trips,
         "warm_p99_ms": warm.percentile_ms(99),
-        "embedded_cpu_ms": cpu_ms[id(embedded)], "warm_cpu_ms": cpu_ms[id(warm)], "errors": float(embedded.errors + cold.errors + warm.errors),
+        "embedded_cpu_ms": embedded_cpu, "warm_cpu_ms": warm_cpu, "errors": float(embedded.errors + cold.errors + warm.errors),
     }  # fmt: skip
     return body, result
 

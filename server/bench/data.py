@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,6 @@ def dataset_dir(items: int, users: int, dim: int) -> Path:
     for candidate in (DEMO_DATASET, BENCH_DATASET / f"{items}x{dim}"):
         manifest = candidate / "manifest.json"
         if manifest.exists():
-            import json
-
             m = json.loads(manifest.read_text())
             if m.get("items") == items and m.get("dim") == dim:
                 return candidate

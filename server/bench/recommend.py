@@ -149,11 +149,23 @@ def run_ranker_comparison(quick: bool = False) -> tuple[str, dict[str, float]]:
         _, results[ranker] = run_recommend_bench(quick, {"RECD_RANKING__RANKER": ranker}, ranker)
     rows = [
         [f"Recommend, ranker {r}", v["recommend_qps"], v["recommend_p50_ms"], v["recommend_p99_ms"],
-         v["empty_qps"], v["ratio"], v["rank_batch"], int(v["errors"])]
+         v["empty_qps"], v["ratio"], v["rank_batch"], int(v["errors"]),
+         f"{v['recommend_cpu_ms']:.2f} / {v['empty_cpu_ms']:.2f}"]
         for r, v in results.items()
     ]  # fmt: skip
     body = table(
-        ["run", "QPS", "p50 ms", "p99 ms", "empty RPC QPS", "ratio", "mean rank batch", "errors"], rows
+        [
+            "run",
+            "QPS",
+            "p50 ms",
+            "p99 ms",
+            "empty RPC QPS",
+            "ratio",
+            "mean rank batch",
+            "errors",
+            "server CPU ms / request (Recommend / empty)",
+        ],
+        rows,
     )
     body += (
         "\n\nEach row is a full `recd bench recommend` run (closed loop, 16 callers, Zipf users of the demo"

@@ -16,6 +16,7 @@ from server.domain import Source
 from server.errors import BackendError
 from server.pipeline.context import RequestContext, SourceHits
 from server.shard_router import ShardRouter
+from shards.records import NO_LABEL
 
 
 @dataclass(slots=True)
@@ -113,7 +114,7 @@ class AnnSource:
         )
         ctx.coverage.shards_total = answer.shards_total
         ctx.coverage.shards_ok = answer.shards_ok
-        valid = answer.labels != np.uint64(2**64 - 1)
+        valid = answer.labels != NO_LABEL
         rows = self._items.lookup_labels(answer.labels[valid].tolist())
         known = rows >= 0
         return SourceHits(Source.ANN, rows[known], answer.scores[valid][known])

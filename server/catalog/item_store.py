@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,14 @@ Rows = npt.NDArray[np.int64]
 EmbeddingListener = Callable[[Rows, npt.NDArray[np.float32] | None], None]
 
 _MISSING = -1
+_REBUILD_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class _PopularityView:
+    order: Rows  # live rows, most popular first
+    unit: float  # median positive popularity
+    top: float  # log1p(max popularity / unit)
 
 
 class _Column:
@@ -54,10 +63,9 @@ class ItemStore:
         # attribute name -> value -> code, and attribute name -> per-row code column (-1: not set)
         self._value_codes: dict[str, dict[str, int]] = {}
         self._attr_codes: dict[str, _Column] = {}
-        self._pop_scale: tuple[float, float] | None = None
-        self._pop_scale_at = 0.0
-        self._pop_scale_dirty = False
-        self._popular_rows: Rows | None = None
+        self._popularity_view: _PopularityView | None = None
+        self._popularity_view_at = 0.0
+        self._popularity_dirty = False
         self._listeners: list[EmbeddingListener] = []
         self.alive_count = 0
 
@@ -100,8 +108,7 @@ class ItemStore:
                 self._popularity.data[row] = meta.popularity
                 self._created_at_ms.data[row] = meta.created_at_ms
                 self._set_attributes(row, meta.attributes, size)
-            self._popular_rows = None
-            self._pop_scale_dirty = True
+            self._popularity_dirty = True
         for listener in self._listeners:
             listener(rows, vectors)
         return rows
@@ -115,7 +122,7 @@ class ItemStore:
                     self._alive.data[row] = False
                     self.alive_count -= 1
                     deleted.append(row)
-            self._popular_rows = None
+            self._popularity_dirty = True
         rows = np.asarray(deleted, dtype=np.int64)
         if len(rows):
             for listener in self._listeners:
@@ -149,12 +156,6 @@ class ItemStore:
         found = [r for r in (get(i) for i in item_ids) if r is not None and alive[r]]
         return np.asarray(found, dtype=np.int64)
 
-    def rows_of_labels(self, labels: Iterable[int]) -> Rows:
-        get = self._row_of_label.get
-        alive = self._alive.data
-        found = [r for r in (get(lab) for lab in labels) if r is not None and alive[r]]
-        return np.asarray(found, dtype=np.int64)
-
     def lookup_labels(self, labels: Iterable[int]) -> Rows:
         """Rows aligned with `labels`; -1 where the label is unknown or its item deleted."""
         get = self._row_of_label.get
@@ -168,9 +169,6 @@ class ItemStore:
     def label_owner(self, label: int) -> str | None:
         row = self._row_of_label.get(label)
         return None if row is None else self._ids[row]
-
-    def labels_of(self, rows: Rows) -> npt.NDArray[np.uint64]:
-        return self._labels.data[rows]
 
     def item_id(self, row: int) -> str:
         return self._ids[row]
@@ -206,21 +204,28 @@ class ItemStore:
         Dividing by the median makes the feature independent of the popularity unit (counts, rates,
         shares): without it a catalogue whose popularity is a share in [0, 1] would get ~0 everywhere.
         """
-        unit, top = self._popularity_scale()
-        return (np.log1p(self._popularity.data[rows] / unit) / top).astype(np.float32)
+        view = self._popularity_stats()
+        return (np.log1p(self._popularity.data[rows] / view.unit) / view.top).astype(np.float32)
 
-    def _popularity_scale(self) -> tuple[float, float]:
+    def _popularity_stats(self) -> _PopularityView:
+        """The popularity order and scale, rebuilt at most once a second after writes: rebuilding sorts
+        the whole catalogue, which must not land on every request while items stream in. Between
+        rebuilds, new items are missing from the order and deleted ones are filtered out by readers."""
         now = time.monotonic()
-        if self._pop_scale is None or (self._pop_scale_dirty and now - self._pop_scale_at > 1.0):
-            size = len(self._ids)
-            live = self._popularity.data[:size][self._alive.data[:size]]
-            positive = live[live > 0]
+        view = self._popularity_view
+        if view is None or (self._popularity_dirty and now - self._popularity_view_at > _REBUILD_INTERVAL_S):
+            with self._lock:
+                size = len(self._ids)
+                live = np.flatnonzero(self._alive.data[:size])
+                popularity = self._popularity.data[live]
+                order = live[np.argsort(-popularity, kind="stable")].astype(np.int64)
+                self._popularity_dirty = False
+            positive = popularity[popularity > 0]
             unit = float(np.median(positive)) if len(positive) else 1.0
             top = float(np.log1p(positive.max() / unit)) if len(positive) else 1.0
-            self._pop_scale = (unit, top or 1.0)
-            self._pop_scale_at = now
-            self._pop_scale_dirty = False
-        return self._pop_scale
+            view = self._popularity_view = _PopularityView(order, unit, top or 1.0)
+            self._popularity_view_at = now
+        return view
 
     def freshness_feature(self, rows: Rows, now_ms: int, half_life_s: float) -> npt.NDArray[np.float32]:
         age_s = np.maximum(0, now_ms - self._created_at_ms.data[rows]) / 1000.0
@@ -228,21 +233,14 @@ class ItemStore:
 
     def popular(self, n: int, allowed: Mapping[str, frozenset[str]] | None = None) -> Rows:
         """The most popular live items (that pass `allowed`), most popular first."""
-        ranked = self._popular_rows
-        if ranked is None:
-            with self._lock:
-                size = len(self._ids)
-                live = np.flatnonzero(self._alive.data[:size])
-                order = np.argsort(-self._popularity.data[live], kind="stable")
-                ranked = self._popular_rows = live[order].astype(np.int64)
-        if not allowed:
-            return ranked[:n]
+        ranked = self._popularity_stats().order
         out: list[Rows] = []
         taken = 0
-        # Walk the popularity order in chunks so a selective filter does not scan the whole catalogue.
+        # Walk the popularity order in chunks so a selective filter does not scan the whole catalogue;
+        # the mask also drops items deleted since the order was built.
         for start in range(0, len(ranked), 4096):
             chunk = ranked[start : start + 4096]
-            passing = chunk[self.filter_mask(chunk, allowed)]
+            passing = chunk[self.filter_mask(chunk, allowed or {})]
             out.append(passing[: n - taken])
             taken += len(out[-1])
             if taken >= n:

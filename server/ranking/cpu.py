@@ -24,6 +24,8 @@ class CpuRanker:
         similarity = self._table.score(batch.queries, batch.rows)
         total = similarity * np.float32(self._model.similarity_weight)
         total += batch.side @ self._side_weights
+        # The table scores padding -inf, but a zero or negative similarity weight would turn that into NaN
+        # or +inf: mask padding after weighting.
         total[batch.rows < 0] = -np.inf
         positions, scores = _core.topk_rows(np.ascontiguousarray(total, dtype=np.float32), batch.k)
         picked = np.take_along_axis(similarity, np.maximum(positions, 0), axis=1)

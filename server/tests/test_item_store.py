@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from server import _core
 from server.catalog.item_store import ItemStore
@@ -85,3 +86,17 @@ def test_labels_resolve_to_rows() -> None:
 def test_metadata_payload_round_trip() -> None:
     meta = ItemMetadata({"lang": "日本語", "x": "1"}, 2.5, 1234)
     assert decode_metadata(encode_metadata(meta)) == meta
+
+
+def test_popular_order_is_rebuilt_at_most_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.catalog import item_store
+
+    store = make_store()
+    assert store.item_id(int(store.popular(1)[0])) == "i5"
+    store.upsert(
+        ["hot"], _core.stable_hash64(["hot"]), np.ones((1, 2), np.float32), [ItemMetadata({}, 1e9, 0)]
+    )
+    # Within the interval the order is not rebuilt (a write must not make the next request sort the catalogue).
+    assert store.item_id(int(store.popular(1)[0])) == "i5"
+    monkeypatch.setattr(item_store, "_REBUILD_INTERVAL_S", 0.0)
+    assert store.item_id(int(store.popular(1)[0])) == "hot"
