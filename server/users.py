@@ -1,17 +1,26 @@
-"""The user's state on the request path: their vector and recent history.
+"""The user's state on the request path: their vector, recent history and seen set.
 
-Order of lookups: cache -> profile store (profile + history) -> vector computed from the history. The
-vector is the stored profile embedding blended with the recency-weighted mean of the user's recent items,
-so RecordInteractions moves it at once (real-time feedback) even for users with a stored embedding.
+Order of lookups: cache -> profile store (profile + recent history + seen set, read concurrently) ->
+vector computed from the history. The vector is the stored profile embedding blended with the
+recency-weighted mean of the user's recent items, so RecordInteractions moves it at once (real-time
+feedback) even for users with a stored embedding.
+
+Recency is measured from the user's own newest interaction, not from the wall clock: an interaction's
+weight halves every `half_life_s` of time between it and that newest one. Against the wall clock, a
+history a few years old (an imported data set, a user back after a long break) underflowed every weight
+to zero and silently became a plain mean; relative to the newest interaction the newest always weighs 1
+and the ordering of weights is the same whenever the history happened.
+
+The seen set (every item the user has interacted with, up to `profiles.seen_limit`) is separate from the
+recent window: the window builds the vector, the seen set is what answers must not contain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -21,12 +30,16 @@ from server.backends.base import Cache, ProfileStore
 from server.catalog.item_store import ItemStore
 from server.domain import Interaction, UserProfile
 
+_NO_LABELS = np.empty(0, np.uint64)
+
 
 @dataclass(frozen=True, slots=True)
 class UserState:
     user_id: str
     vector: npt.NDArray[np.float32] | None  # unit length, or None for a cold-start user
     recent_item_ids: tuple[str, ...]  # newest first
+    # Stable hashes (shard labels) of every item the user has seen, sorted and unique.
+    seen_labels: npt.NDArray[np.uint64] = field(default_factory=lambda: _NO_LABELS)
 
     @property
     def cold(self) -> bool:
@@ -34,7 +47,8 @@ class UserState:
 
 
 def user_cache_key(user_id: str) -> str:
-    return f"recd:u1:{user_id}"
+    # u2: the encoding carries the seen set; a u1 entry (no seen set) must never be read as one.
+    return f"recd:u2:{user_id}"
 
 
 class UserStates:
@@ -62,45 +76,54 @@ class UserStates:
             metrics.CACHE_REQUESTS.labels("user_state", "hit").inc()
             return decode_state(user_id, cached)
         metrics.CACHE_REQUESTS.labels("user_state", "miss").inc()
-        profile, history = await asyncio.gather(
+        profile, history, seen = await asyncio.gather(
             self._profiles.get_profile(user_id, timeout_s),
             self._profiles.recent_interactions(user_id, self._history_limit, timeout_s),
+            self._profiles.seen_items(user_id, timeout_s),
         )
-        state = self.compute(user_id, profile, history)
+        state = self.compute(user_id, profile, history, seen)
         await self._cache.set(user_cache_key(user_id), encode_state(state), self._cache_ttl_s)
         return state
 
     def compute(
-        self, user_id: str, profile: UserProfile | None, history: list[Interaction], now_ms: int | None = None
+        self,
+        user_id: str,
+        profile: UserProfile | None,
+        history: list[Interaction],
+        seen_labels: npt.NDArray[np.uint64] | None = None,
     ) -> UserState:
-        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        """The state from what the profile store holds; `history` newest first."""
         recent = tuple(dict.fromkeys(i.item_id for i in history))
-        from_history = self._history_vector(history, now_ms)
+        from_history = self._history_vector(history)
         stored = profile.embedding if profile is not None else None
         if stored is not None and from_history is not None:
             vector = _unit(stored + self._profile_blend * from_history)
         else:
             vector = _unit(stored) if stored is not None else from_history
-        return UserState(user_id, vector, recent)
+        seen = _NO_LABELS if seen_labels is None else np.asarray(seen_labels, dtype=np.uint64)
+        return UserState(user_id, vector, recent, seen)
 
-    def _history_vector(self, history: list[Interaction], now_ms: int) -> npt.NDArray[np.float32] | None:
-        if not history:
-            return None
+    def _history_vector(self, history: list[Interaction]) -> npt.NDArray[np.float32] | None:
         rows = []
         weights = []
+        times = []
         for interaction in history:
             row = self._items.row_of(interaction.item_id)
             if row is None:
                 continue
-            age_s = max(0.0, (now_ms - interaction.timestamp_ms) / 1000.0)
             rows.append(row)
-            weights.append(interaction.weight * 2.0 ** (-age_s / self._half_life_s))
+            weights.append(interaction.weight)
+            times.append(interaction.timestamp_ms)
         if not rows:
             return None
-        vectors = self._items.vectors(np.asarray(rows, dtype=np.int64))
-        w = np.asarray(weights, dtype=np.float32)
+        ts = np.asarray(times, dtype=np.float64)
+        age_s = (ts.max() - ts) / 1000.0
+        w = (np.asarray(weights, dtype=np.float64) * np.exp2(-age_s / self._half_life_s)).astype(np.float32)
         if float(w.sum()) <= 0.0:
+            # Only zero weights: no preference is expressed, so each item counts the same rather than the
+            # user going cold.
             w = np.ones_like(w)
+        vectors = self._items.vectors(np.asarray(rows, dtype=np.int64))
         return _unit(w @ vectors)
 
     async def invalidate(self, user_ids: Iterable[str]) -> None:
@@ -116,18 +139,26 @@ def _unit(v: npt.NDArray[np.float32] | None) -> npt.NDArray[np.float32] | None:
     return (np.asarray(v, dtype=np.float32) / norm).astype(np.float32)
 
 
-# Cached state: u16 dim (0 = no vector), the vector as f16, then the recent item ids, newline-separated.
+# Cached state: u16 dim (0 = no vector), the vector as f16, u32 count of seen labels, the labels as
+# little-endian u64, then the recent item ids, newline-separated.
+_SEEN_COUNT = struct.Struct("<I")
+
+
 def encode_state(state: UserState) -> bytes:
     if state.vector is None:
         head = struct.pack("<H", 0)
     else:
         head = struct.pack("<H", len(state.vector)) + state.vector.astype("<f2").tobytes()
-    return head + "\n".join(state.recent_item_ids).encode()
+    seen = _SEEN_COUNT.pack(len(state.seen_labels)) + state.seen_labels.astype("<u8").tobytes()
+    return head + seen + "\n".join(state.recent_item_ids).encode()
 
 
 def decode_state(user_id: str, data: bytes) -> UserState:
     (dim,) = struct.unpack_from("<H", data)
     offset = 2 + 2 * dim
     vector = np.frombuffer(data[2:offset], dtype="<f2").astype(np.float32) if dim else None
-    tail = data[offset:].decode()
-    return UserState(user_id, _unit(vector), tuple(tail.split("\n")) if tail else ())
+    (n_seen,) = _SEEN_COUNT.unpack_from(data, offset)
+    offset += _SEEN_COUNT.size
+    seen = np.frombuffer(data, dtype="<u8", count=n_seen, offset=offset).astype(np.uint64)
+    tail = data[offset + 8 * n_seen :].decode()
+    return UserState(user_id, _unit(vector), tuple(tail.split("\n")) if tail else (), seen)

@@ -6,10 +6,16 @@ pipeline's budget, not the backend, decides how long a read may take. Failures r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 from server.domain import Edge, Interaction, UserProfile
+
+# Stable 64-bit item hashes (`_core.stable_hash64(item_id)`, the same value as the item's shard label).
+ItemHashes = npt.NDArray[np.uint64]
 
 
 class ProfileStore(Protocol):
@@ -23,6 +29,18 @@ class ProfileStore(Protocol):
 
     async def recent_interactions(self, user_id: str, limit: int, timeout_s: float) -> list[Interaction]:
         """The user's newest `limit` interactions, newest first."""
+        ...
+
+    async def seen_items(self, user_id: str, timeout_s: float) -> ItemHashes:
+        """Every item the user has interacted with, as stable 64-bit item hashes, sorted ascending and
+        unique: the `profiles.seen_limit` most recently seen are kept, far more than the history window
+        that builds the user vector. `append_interactions` updates it before it returns."""
+        ...
+
+    async def item_popularity(self, timeout_s: float) -> Mapping[str, Mapping[str, float]]:
+        """Time-decayed interaction counts: list name (`popularity.lists`) -> item id -> count, decayed
+        to the newest interaction the store holds. Items without interactions are absent.
+        `append_interactions` updates the counts before it returns; every frontend reads the same."""
         ...
 
     async def count_users(self) -> int: ...

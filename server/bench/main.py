@@ -22,6 +22,7 @@ SUITES = {
         "server.bench.cluster",
         "run_cluster_bench",
     ),
+    "seen": ("The seen set: cost and heavy users", "server.bench.seen", "run_seen_bench"),
     "backends": ("Recommend with the real backends", "server.bench.backends", "run_backends_bench"),
     "rankers": (
         "Recommend end to end: GPU ranker vs CPU ranker",

@@ -67,7 +67,8 @@ class RequestContext:
     # neighbours are wanted, and the items the user has already seen.
     query_vector: npt.NDArray[np.float32] | None = None
     graph_seed_ids: tuple[str, ...] = ()
-    seen_item_ids: tuple[str, ...] = ()
+    # Stable 64-bit hashes (= shard labels) of every item the user has seen, sorted and unique.
+    seen_labels: npt.NDArray[np.uint64] = field(default_factory=lambda: np.empty(0, np.uint64))
     hits: list[SourceHits] = field(default_factory=list)
     candidates: CandidateSet = field(default_factory=CandidateSet.empty)
     ranked: RankedCandidates | None = None

@@ -38,7 +38,7 @@ def test_history_mean_weights_recent_and_strong_interactions_more(items: ItemSto
         Interaction("u", "b", "view", 1.0, now - DAY_MS),  # one half-life old: half the weight
         Interaction("u", "c", "buy", 0.0, now),  # weight 0 contributes nothing
     ]
-    state = states(items).compute("u", None, history, now_ms=now)
+    state = states(items).compute("u", None, history)
     assert state.vector is not None
     expected = np.array([1.0, 0.5, 0.0, 0.0]) / np.linalg.norm([1.0, 0.5])
     np.testing.assert_allclose(state.vector, expected, atol=2e-3)
@@ -47,23 +47,57 @@ def test_history_mean_weights_recent_and_strong_interactions_more(items: ItemSto
 
 def test_stored_embedding_is_blended_with_history(items: ItemStore) -> None:
     profile = UserProfile("u", np.array([0, 0, 0, 1], dtype=np.float32))
-    only_profile = states(items).compute("u", profile, [], now_ms=0)
+    only_profile = states(items).compute("u", profile, [])
     np.testing.assert_allclose(only_profile.vector, [0, 0, 0, 1])
-    blended = states(items).compute("u", profile, [Interaction("u", "a", "view", 1.0, 0)], now_ms=0)
+    blended = states(items).compute("u", profile, [Interaction("u", "a", "view", 1.0, 0)])
     assert blended.vector is not None and blended.vector[0] > 0 and blended.vector[3] > blended.vector[0]
 
 
 def test_unknown_items_and_empty_history_mean_cold_start(items: ItemStore) -> None:
     s = states(items)
-    assert s.compute("u", None, [], now_ms=0).cold
-    assert s.compute("u", None, [Interaction("u", "zzz", "view", 1.0, 0)], now_ms=0).cold
+    assert s.compute("u", None, []).cold
+    assert s.compute("u", None, [Interaction("u", "zzz", "view", 1.0, 0)]).cold
+
+
+@pytest.mark.parametrize("newest_ms", [0, 900_000_000_000, 1_800_000_000_000, 2**62])
+def test_recency_is_relative_to_the_users_newest_interaction(items: ItemStore, newest_ms: int) -> None:
+    """A history from 1998 (or from the far future) weighs its items exactly as one from today: the
+    wall clock would underflow every weight of an old history to 0 and turn it into a plain mean."""
+    history = [
+        Interaction("u", "a", "view", 1.0, newest_ms),
+        Interaction("u", "b", "view", 1.0, newest_ms - DAY_MS),
+        Interaction("u", "c", "view", 1.0, newest_ms - 3 * DAY_MS),
+    ]
+    state = states(items).compute("u", None, history)
+    assert state.vector is not None
+    expected = np.array([1.0, 0.5, 0.125, 0.0]) / np.linalg.norm([1.0, 0.5, 0.125])
+    np.testing.assert_allclose(state.vector, expected, atol=2e-3)
+
+
+def test_a_history_spanning_thousands_of_half_lives_keeps_the_newest(items: ItemStore) -> None:
+    history = [
+        Interaction("u", "a", "view", 1.0, 5000 * DAY_MS),
+        Interaction("u", "b", "view", 1.0, 0),  # 5000 half-lives older: its weight underflows to 0
+    ]
+    state = states(items).compute("u", None, history)
+    np.testing.assert_allclose(state.vector, [1.0, 0.0, 0.0, 0.0], atol=1e-6)
+
+
+def test_seen_labels_are_kept_apart_from_the_recent_window(items: ItemStore) -> None:
+    seen = np.array([3, 7, 2**64 - 2], dtype=np.uint64)
+    state = states(items).compute("u", None, [Interaction("u", "a", "view", 1.0, 0)], seen)
+    assert state.recent_item_ids == ("a",)
+    np.testing.assert_array_equal(state.seen_labels, seen)
 
 
 @pytest.mark.parametrize("vector", [None, np.array([0.6, 0.8, 0.0, 0.0], dtype=np.float32)])
-def test_cached_state_round_trips(vector: np.ndarray | None) -> None:
-    state = UserState("u", vector, ("x", "y"))
+@pytest.mark.parametrize("seen", [[], [1, 5, 2**64 - 2]])
+def test_cached_state_round_trips(vector: np.ndarray | None, seen: list[int]) -> None:
+    state = UserState("u", vector, ("x", "y"), np.array(seen, dtype=np.uint64))
     back = decode_state("u", encode_state(state))
     assert back.recent_item_ids == ("x", "y")
+    np.testing.assert_array_equal(back.seen_labels, np.array(seen, dtype=np.uint64))
+    assert back.seen_labels.dtype == np.uint64
     if vector is None:
         assert back.vector is None
     else:

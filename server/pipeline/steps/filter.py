@@ -7,6 +7,7 @@ import numpy as np
 from server.catalog.item_store import ItemStore
 from server.domain import Source
 from server.pipeline.context import CandidateSet, RequestContext
+from server.pipeline.exclusions import contains_sorted, excluded_labels
 
 
 class FilterCandidates:
@@ -33,13 +34,10 @@ class FilterCandidates:
         merged_graph = np.zeros(len(unique), np.float32)
         np.maximum.at(merged_graph, inverse, graph)
         keep = self._items.filter_mask(unique, ctx.filter) if ctx.filter else self._items.alive_mask(unique)
-        banned = set(ctx.exclude_item_ids)
-        if not ctx.include_seen:
-            banned.update(ctx.seen_item_ids)
-        if ctx.seed_item_id is not None:
-            banned.add(ctx.seed_item_id)
-        if banned:
-            keep &= ~np.isin(unique, self._items.rows_of(banned))
+        # Every source is checked, not only ANN: graph neighbours and popular items are often seen ones.
+        banned = excluded_labels(ctx)
+        if len(banned):
+            keep &= ~contains_sorted(banned, self._items.labels(unique))
         ctx.candidates = CandidateSet(unique[keep], merged_bits[keep], merged_graph[keep])
 
     def on_failure(self, ctx: RequestContext) -> None:

@@ -27,13 +27,13 @@ class HydrateUser:
         state = await self._users.get(ctx.user_id, timeout_s)
         ctx.query_vector = state.vector
         ctx.graph_seed_ids = state.recent_item_ids
-        ctx.seen_item_ids = state.recent_item_ids
+        ctx.seen_labels = state.seen_labels
 
     def on_failure(self, ctx: RequestContext) -> None:
         # No profile: the request continues as a cold start (popular + context), reason "hydrate_user".
         ctx.query_vector = None
         ctx.graph_seed_ids = ()
-        ctx.seen_item_ids = ()
+        ctx.seen_labels = np.empty(0, np.uint64)
 
 
 class HydrateSeedItem:
@@ -51,8 +51,8 @@ class HydrateSeedItem:
         if row is None:
             raise not_found(f"item {ctx.seed_item_id!r} is not in the catalogue")
         ctx.query_vector = self._items.vectors(np.asarray([row], dtype=np.int64))[0]
+        # The seed itself is excluded as the request's seed item (pipeline.exclusions).
         ctx.graph_seed_ids = (ctx.seed_item_id,)
-        ctx.seen_item_ids = (ctx.seed_item_id,)
 
     def on_failure(self, ctx: RequestContext) -> None:
         return None

@@ -1,0 +1,48 @@
+"""Warming the request path: at start, and again once a burst of catalogue writes has gone quiet.
+
+A first search after a bulk load pays for lazy work (the search threads, hnswlib's per-thread visited
+lists that a resize replaced, the popularity order, first touches of grown tables); paid inside a
+caller's budget it showed as `coverage 0/20, degraded ann` on the first Recommend after a load. So the
+path is run here first, off the request path: a few SimilarItems through the real pipeline (ANN with the
+Recommend's shard k and ef, graph, filter, rank, select) and the popular list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+
+class Warmer:
+    """`poke()` after each write; the warm-up runs once writes have been quiet for `quiet_s`."""
+
+    def __init__(self, warm: Callable[[], Awaitable[None]], quiet_s: float = 0.5) -> None:
+        self._warm = warm
+        self._quiet_s = quiet_s
+        self._task: asyncio.Task[None] | None = None
+        self._poked = False
+        self.runs = 0
+
+    def poke(self) -> None:
+        self._poked = True
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._after_quiet())
+
+    async def _after_quiet(self) -> None:
+        while self._poked:
+            self._poked = False
+            await asyncio.sleep(self._quiet_s)
+        try:
+            await self._warm()
+            self.runs += 1
+        except Exception:
+            # Warming is an optimisation: a failure here must never reach a writer or a caller.
+            log.warning("warming the request path failed", exc_info=True)
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
