@@ -47,6 +47,7 @@ class RecdClient:
         context: Mapping[str, str] | None = None,
         exclude: Sequence[str] = (),
         timeout_s: float | None = None,
+        include_seen: bool = False,
     ) -> recommender_pb2.RecommendResponse:
         request = recommender_pb2.RecommendRequest(
             user_id=user_id,
@@ -55,6 +56,7 @@ class RecdClient:
             diversity=diversity,
             context=dict(context or {}),
             exclude_item_ids=list(exclude),
+            include_seen=include_seen,
         )
         return await self.recommender.Recommend(request, timeout=timeout_s or self.timeout_s)
 

@@ -17,6 +17,8 @@ MAX_FILTER_VALUES = 1000
 MAX_EXCLUDE = 10_000
 MAX_CONTEXT_ENTRIES = 64
 F16_MAX = 65504.0
+# How far in the future an interaction's timestamp may lie (clock skew between services).
+MAX_CLOCK_SKEW_MS = 86_400_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,12 +58,15 @@ def build_profiles(config: Config) -> ProfileStore:
         from server.backends.memory_profiles import InMemoryProfileStore
 
         return InMemoryProfileStore(
-            _data_dir(config, "profiles"), history_limit=config.profiles.history_limit
+            _data_dir(config, "profiles"),
+            history_limit=config.profiles.history_limit,
+            seen_limit=config.profiles.seen_limit,
+            popularity_half_lives=config.popularity.lists,
         )
     if config.profiles.backend == "scylla":
         from server.backends.scylla import ScyllaProfileStore
 
-        return ScyllaProfileStore(config.profiles)
+        return ScyllaProfileStore(config.profiles, popularity_half_lives=config.popularity.lists)
     raise NotImplementedError(f"profiles.backend {config.profiles.backend!r} is not available in this build")
 
 
@@ -131,7 +134,14 @@ def build_router(config: Config, host: ShardHost | None = None) -> ShardRouter:
 def build_recd(config: Config, host: ShardHost | None = None) -> Recd:
     """An embedded-mode frontend: every shard in this process, unless the config names shard nodes."""
     router = build_router(config, host)
-    items = ItemStore(config.dim, capacity=config.shards.index.initial_capacity)
+    pop = config.popularity
+    items = ItemStore(
+        config.dim,
+        capacity=config.shards.index.initial_capacity,
+        prior_weight=pop.prior_weight,
+        popular_list=pop.popular_list,
+        feature_list=pop.feature_list,
+    )
     model = load_model(config.ranking.model_file)
     primary, fallback = build_rankers(config, items, model)
     batch = config.ranking.batch

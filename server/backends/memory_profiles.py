@@ -17,6 +17,11 @@ history and an unbounded per-user list would grow without limit for heavy users.
 the same (timestamp, item) are one interaction (the later write wins), as in the ScyllaDB table whose
 clustering key they are, so reloading a dataset does not duplicate history.
 
+Each user also has a seen set: every item they interacted with, as stable 64-bit item hashes, the
+`seen_limit` most recently seen kept (by interaction time); and every interaction adds to the items'
+time-decayed popularity counts, one accumulator per configured list (server/popularity.py). Both are
+updated in `_apply_interactions`, so replaying the log rebuilds them, and both are in the snapshot.
+
 Reads never wait for I/O: they look at immutable per-user values that writers replace, never mutate,
 which also lets a snapshot capture the state with a shallow copy instead of a lock.
 """
@@ -29,21 +34,30 @@ import logging
 import os
 import struct
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from server import _core
+from server.backends import seen as seen_sets
+from server.backends.base import ItemHashes
 from server.backends.journal import Journal
+from server.config import PopularityConfig
 from server.domain import Interaction, UserProfile
 from server.errors import BackendError
+from server.popularity import DecayedCounts
 
 log = logging.getLogger(__name__)
 
 _BACKEND = "profiles"
 SNAPSHOT_FILE = "profiles.snapshot"
-_SNAPSHOT_FORMAT = "recd-profiles-1"
+_SNAPSHOT_FORMAT = "recd-profiles-2"
+# Without seen sets and popularity counts: loading one derives both from the histories it holds.
+_SNAPSHOT_FORMAT_1 = "recd-profiles-1"
 
 # Record: kind, format version, length of the JSON part; then the JSON part; then little-endian numbers.
 _RECORD_HEADER = struct.Struct("<ccI")
@@ -66,15 +80,29 @@ class InMemoryProfileStore:
         data_dir: Path | None,
         history_limit: int = 500,
         *,
+        seen_limit: int = 10_000,
+        popularity_half_lives: Mapping[str, float] | None = None,
         compact_after_records: int = 10_000,
         group_commit_window_s: float = 0.002,
     ) -> None:
         if history_limit < 1:
             raise ValueError(f"history_limit must be at least 1, got {history_limit}")
+        if seen_limit < 1:
+            raise ValueError(f"seen_limit must be at least 1, got {seen_limit}")
         self.history_limit = history_limit
+        self.seen_limit = seen_limit
         self._profiles: dict[str, UserProfile] = {}
         # Oldest first, at most history_limit long, replaced (never mutated) on every change.
         self._histories: dict[str, History] = {}
+        # At most seen_limit items, replaced (never mutated) on every change.
+        self._seen: dict[str, seen_sets.SeenSet] = {}
+        half_lives = PopularityConfig().lists if popularity_half_lives is None else popularity_half_lives
+        self._popularity = {name: DecayedCounts(h) for name, h in half_lives.items()}
+        # The newest interaction timestamp held: the reference time of the popularity counts.
+        self._newest_ms: int | None = None
+        # Bumped by every applied interaction write: item_popularity reuses its last answer until then.
+        self._popularity_version = 0
+        self._popularity_answer: tuple[int, dict[str, dict[str, float]]] | None = None
         self._known: set[str] = set()
         self._journal = Journal(
             _BACKEND,
@@ -100,6 +128,21 @@ class InMemoryProfileStore:
             Interaction(user_id, item_id, action, weight, ts)
             for ts, item_id, action, weight in reversed(history[-limit:])
         ]
+
+    async def seen_items(self, user_id: str, timeout_s: float) -> ItemHashes:
+        return self._seen.get(user_id, seen_sets.EMPTY)[0]
+
+    async def item_popularity(self, timeout_s: float) -> Mapping[str, Mapping[str, float]]:
+        # Decaying every count is O(items): done once per write version, not once per caller.
+        answer = self._popularity_answer
+        if answer is None or answer[0] != self._popularity_version:
+            reference = self._newest_ms
+            counts = {
+                name: {} if reference is None else accumulator.decayed(reference)
+                for name, accumulator in self._popularity.items()
+            }
+            answer = self._popularity_answer = (self._popularity_version, counts)
+        return answer[1]
 
     async def count_users(self) -> int:
         """Users with a stored profile or any interaction."""
@@ -135,11 +178,35 @@ class InMemoryProfileStore:
 
     def _apply_interactions(self, interactions: Sequence[Interaction]) -> None:
         by_user: dict[str, list[Event]] = {}
-        for i in interactions:
+        seen_by_user: dict[str, list[tuple[int, int]]] = {}
+        # One hashing call for the whole batch: per-user calls cost more than the hashing itself.
+        hashes = _core.stable_hash64([i.item_id for i in interactions]).tolist()
+        for i, item_hash in zip(interactions, hashes, strict=True):
             by_user.setdefault(i.user_id, []).append((i.timestamp_ms, i.item_id, i.action, i.weight))
+            seen_by_user.setdefault(i.user_id, []).append((item_hash, i.timestamp_ms))
         for user_id, new in by_user.items():
             self._histories[user_id] = _merge(self._histories.get(user_id, ()), new, self.history_limit)
+            self._add_seen(user_id, seen_by_user[user_id])
             self._known.add(user_id)
+        self._add_popularity(interactions)
+
+    def _add_seen(self, user_id: str, pairs: Sequence[tuple[int, int]]) -> None:
+        """Adds (item hash, timestamp) pairs to the user's seen set (replaced, never mutated)."""
+        held = self._seen.get(user_id, seen_sets.EMPTY)
+        self._seen[user_id] = seen_sets.add(held, pairs, self.seen_limit)
+
+    def _add_popularity(self, interactions: Sequence[Interaction]) -> None:
+        if not interactions:
+            return
+        item_ids = [i.item_id for i in interactions]
+        times = [i.timestamp_ms for i in interactions]
+        weights = [i.weight for i in interactions]
+        for accumulator in self._popularity.values():
+            accumulator.add(item_ids, times, weights)
+        newest = max(times)
+        if self._newest_ms is None or newest > self._newest_ms:
+            self._newest_ms = newest
+        self._popularity_version += 1
 
     def _apply_record(self, record: bytes, lsn: int) -> None:
         kind, version, json_len = _RECORD_HEADER.unpack_from(record)
@@ -159,18 +226,77 @@ class InMemoryProfileStore:
         await self._journal.compact()
 
     def _capture_snapshot(self) -> Callable[[Path, int], None]:
-        # Shallow copies suffice: the per-user values are replaced on write, never mutated.
-        profiles = dict(self._profiles)
-        histories = dict(self._histories)
-        known = list(self._known)
-        return lambda path, lsn: _write_snapshot(path, lsn, known, profiles, histories)
+        # Shallow copies suffice: the per-user values (and per-item counts) are replaced on write, never
+        # mutated.
+        state = _SnapshotState(
+            known=list(self._known),
+            profiles=dict(self._profiles),
+            histories=dict(self._histories),
+            seen=dict(self._seen),
+            popularity={name: counts.snapshot() for name, counts in self._popularity.items()},
+            half_lives={name: counts.half_life_s for name, counts in self._popularity.items()},
+            newest_ms=self._newest_ms,
+        )
+        return lambda path, lsn: _write_snapshot(path, lsn, state)
 
     def _load_snapshot(self, path: Path) -> int:
         with pa.memory_map(str(path)) as source:
             table = pa.ipc.open_file(source).read_all()
         metadata = table.schema.metadata or {}
-        if metadata.get(b"format") != _SNAPSHOT_FORMAT.encode():
+        snapshot_format = metadata.get(b"format")
+        if snapshot_format == _SNAPSHOT_FORMAT_1.encode():
+            self._load_users(table)
+            # Seen sets and counts as far as the histories (the newest history_limit per user) hold them.
+            for user_id, history in self._histories.items():
+                hashes = _core.stable_hash64([event[1] for event in history]).tolist()
+                self._add_seen(user_id, [(h, event[0]) for h, event in zip(hashes, history, strict=True)])
+            self._derive_popularity(self._popularity)
+            return int(metadata[b"lsn"])
+        if snapshot_format != _SNAPSHOT_FORMAT.encode():
             raise BackendError(_BACKEND, f"{path} is not a profile store snapshot", transient=False)
+        self._load_users(table.filter(pc.is_valid(table.column("user_id"))))
+        self._load_popularity(table.filter(pc.is_valid(table.column("popularity_list"))), metadata)
+        return int(metadata[b"lsn"])
+
+    def _load_popularity(self, table: pa.Table, metadata: dict[bytes, bytes]) -> None:
+        newest = metadata.get(b"newest_ms")
+        self._newest_ms = int(newest) if newest else None
+        stored_half_lives = json.loads(metadata.get(b"popularity_lists", b"{}"))
+        for name, counts in self._popularity.items():
+            if stored_half_lives.get(name) != counts.half_life_s:
+                continue
+            rows = table.filter(pc.equal(table.column("popularity_list"), name))
+            counts.add_values(
+                rows.column("popularity_item").to_pylist(),
+                rows.column("popularity_epoch").to_numpy().astype(np.int64),
+                rows.column("popularity_value").to_numpy().astype(np.float64),
+            )
+        # Lists configured since the snapshot, or whose half-life changed, restart from the histories.
+        changed = {
+            name: counts
+            for name, counts in self._popularity.items()
+            if stored_half_lives.get(name) != counts.half_life_s
+        }
+        if changed:
+            log.warning(
+                "popularity lists %s are new or have a new half-life: their counts restart from the "
+                "held histories",
+                sorted(changed),
+            )
+            self._derive_popularity(changed)
+
+    def _derive_popularity(self, lists: Mapping[str, DecayedCounts]) -> None:
+        events = [event for history in self._histories.values() for event in history]
+        if not events:
+            return
+        times, item_ids, _, weights = zip(*events, strict=True)
+        for counts in lists.values():
+            counts.add(item_ids, times, weights)
+        newest = max(times)
+        if self._newest_ms is None or newest > self._newest_ms:
+            self._newest_ms = newest
+
+    def _load_users(self, table: pa.Table) -> None:
         user_ids = table.column("user_id").to_pylist()
         has_profile = table.column("has_profile").to_pylist()
         attributes = table.column("attributes").to_pylist()
@@ -201,7 +327,20 @@ class InMemoryProfileStore:
                         strict=True,
                     )
                 )
-        return int(metadata[b"lsn"])
+        if "seen_hashes" in table.column_names:
+            seen_hashes = table.column("seen_hashes").combine_chunks()
+            seen_times = table.column("seen_times").combine_chunks()
+            all_hashes = seen_hashes.values.to_numpy(zero_copy_only=False).astype(np.uint64)
+            all_times = seen_times.values.to_numpy(zero_copy_only=False).astype(np.int64)
+            seen_offsets = seen_hashes.offsets.to_numpy()
+            for row, user_id in enumerate(user_ids):
+                start, end = seen_offsets[row], seen_offsets[row + 1]
+                if end - start > self.seen_limit:  # seen_limit was lowered since the snapshot
+                    pairs = all_hashes[start:end], all_times[start:end]
+                    self._seen[user_id] = seen_sets.from_pairs(*pairs, self.seen_limit)
+                elif end > start:
+                    # Written sorted and unique: slices of one buffer, not a copy per user.
+                    self._seen[user_id] = seen_sets.frozen(all_hashes[start:end], all_times[start:end])
 
     async def close(self) -> None:
         await self._journal.close()
@@ -298,38 +437,79 @@ _HISTORY_TYPE = pa.list_(
 )
 
 
-_SNAPSHOT_SCHEMA = pa.schema(
-    [
-        ("user_id", pa.string()),
-        ("has_profile", pa.bool_()),
-        ("embedding", pa.list_(pa.float32())),
-        ("attributes", pa.map_(pa.string(), pa.string())),
-        ("history", _HISTORY_TYPE),
-    ]
-)
+# One file, two kinds of rows: a user row (user_id set) holds the user's profile, history and seen set;
+# a popularity row (popularity_list set) holds one item's count in one list. One file keeps both at the
+# same LSN, written and renamed atomically together.
+_USER_FIELDS = [
+    ("user_id", pa.string()),
+    ("has_profile", pa.bool_()),
+    ("embedding", pa.list_(pa.float32())),
+    ("attributes", pa.map_(pa.string(), pa.string())),
+    ("history", _HISTORY_TYPE),
+    ("seen_hashes", pa.list_(pa.uint64())),  # sorted ascending
+    ("seen_times", pa.list_(pa.int64())),  # last seen (ms), aligned with seen_hashes
+]
+_POPULARITY_FIELDS = [
+    ("popularity_list", pa.string()),
+    ("popularity_item", pa.string()),
+    ("popularity_epoch", pa.int64()),  # server/popularity.py: the value counts from this epoch's start
+    ("popularity_value", pa.float64()),
+]
+_SNAPSHOT_SCHEMA = pa.schema(_USER_FIELDS + _POPULARITY_FIELDS)
 # Users per record batch: building one batch holds the GIL, so small batches keep the event loop (which
 # serves requests while the snapshot is written on a worker thread) from stalling.
 SNAPSHOT_BATCH_USERS = 1000
+SNAPSHOT_BATCH_COUNTS = 50_000
 
 
-def _write_snapshot(
-    path: Path,
-    lsn: int,
-    user_ids: list[str],
-    profiles: dict[str, UserProfile],
-    histories: dict[str, History],
-) -> None:
-    batches = (
-        _snapshot_batch(user_ids[start : start + SNAPSHOT_BATCH_USERS], profiles, histories)
+@dataclass(frozen=True, slots=True)
+class _SnapshotState:
+    known: list[str]
+    profiles: dict[str, UserProfile]
+    histories: dict[str, History]
+    seen: dict[str, seen_sets.SeenSet]
+    # List name -> (item ids, epochs, values) and -> half-life (server/popularity.py).
+    popularity: dict[str, tuple[list[str], np.ndarray, np.ndarray]]
+    half_lives: dict[str, float]
+    newest_ms: int | None
+
+
+def _write_snapshot(path: Path, lsn: int, state: _SnapshotState) -> None:
+    user_ids = state.known
+    user_batches = (
+        _snapshot_batch(user_ids[start : start + SNAPSHOT_BATCH_USERS], state)
         for start in range(0, len(user_ids), SNAPSHOT_BATCH_USERS)
     )
-    schema = _SNAPSHOT_SCHEMA.with_metadata({"format": _SNAPSHOT_FORMAT, "lsn": str(lsn)})
-    _write_atomically(path, schema, batches)
+    metadata = {
+        "format": _SNAPSHOT_FORMAT,
+        "lsn": str(lsn),
+        "newest_ms": "" if state.newest_ms is None else str(state.newest_ms),
+        # Stored values are only meaningful under the half-life they were counted with.
+        "popularity_lists": json.dumps(state.half_lives),
+    }
+    schema = _SNAPSHOT_SCHEMA.with_metadata(metadata)
+    _write_atomically(path, schema, itertools.chain(user_batches, _popularity_batches(state.popularity)))
 
 
-def _snapshot_batch(
-    user_ids: list[str], profiles: dict[str, UserProfile], histories: dict[str, History]
-) -> pa.RecordBatch:
+def _popularity_batches(
+    popularity: dict[str, tuple[list[str], np.ndarray, np.ndarray]],
+) -> Iterator[pa.RecordBatch]:
+    for name, (item_ids, epochs, values) in popularity.items():
+        for start in range(0, len(item_ids), SNAPSHOT_BATCH_COUNTS):
+            end = start + SNAPSHOT_BATCH_COUNTS
+            n = len(item_ids[start:end])
+            columns = [pa.nulls(n, field_type) for _, field_type in _USER_FIELDS]
+            columns += [
+                pa.array([name] * n, pa.string()),
+                pa.array(item_ids[start:end], pa.string()),
+                pa.array(epochs[start:end], pa.int64()),
+                pa.array(values[start:end], pa.float64()),
+            ]
+            yield pa.RecordBatch.from_arrays(columns, schema=_SNAPSHOT_SCHEMA)
+
+
+def _snapshot_batch(user_ids: list[str], state: _SnapshotState) -> pa.RecordBatch:
+    profiles, histories = state.profiles, state.histories
     user_profiles = [profiles.get(u) for u in user_ids]
     user_histories = [histories.get(u, ()) for u in user_ids]
     vectors = [p.embedding if p is not None else None for p in user_profiles]
@@ -358,7 +538,24 @@ def _snapshot_batch(
         [None if p is None else p.attributes for p in user_profiles], pa.map_(pa.string(), pa.string())
     )
     has_profile = pa.array([p is not None for p in user_profiles])
-    columns = [pa.array(user_ids, pa.string()), has_profile, embedding, attributes, history]
+    user_seen = [state.seen.get(u, seen_sets.EMPTY) for u in user_ids]
+    seen_offsets = pa.array(np.r_[0, np.cumsum([len(hashes) for hashes, _ in user_seen])].astype(np.int32))
+    seen_hashes = pa.ListArray.from_arrays(
+        seen_offsets, pa.array(np.concatenate([hashes for hashes, _ in user_seen]), pa.uint64())
+    )
+    seen_times = pa.ListArray.from_arrays(
+        seen_offsets, pa.array(np.concatenate([times for _, times in user_seen]), pa.int64())
+    )
+    columns = [
+        pa.array(user_ids, pa.string()),
+        has_profile,
+        embedding,
+        attributes,
+        history,
+        seen_hashes,
+        seen_times,
+    ]
+    columns += [pa.nulls(len(user_ids), field_type) for _, field_type in _POPULARITY_FIELDS]
     return pa.RecordBatch.from_arrays(columns, schema=_SNAPSHOT_SCHEMA)
 
 

@@ -11,6 +11,21 @@
   (`call_soon_threadsafe`): no thread is held per call. Only connecting, which blocks, runs in a thread.
 - Once connected, the driver itself reconnects when nodes come back; until then calls fail fast with
   BackendError (all hosts down -> NoHostAvailable at once, not a timeout).
+
+Seen sets and popularity counts are written without any read before the write, so several frontends
+can write at once:
+
+- `user_seen` holds one map per user, item hash -> last seen (ms). Each entry is written `USING
+  TIMESTAMP` of its interaction, so the cell's own last-write-wins keeps the LATEST time whatever the
+  order writes arrive in. A read that finds more than `seen_limit` entries answers the newest ones and
+  removes the others in the background, with a tombstone at the newest removed entry's time: an item
+  seen again later than that (by a concurrent write) survives the removal.
+- `item_popularity` holds CQL counters per (list, epoch, item) in fixed point (server/popularity.py).
+  Counters are not idempotent: a write that failed may still have been applied, so retrying a failed
+  `append_interactions` can count its interactions twice. They are written only after everything
+  idempotent succeeded, so a retry after a failure of those does not.
+- `popularity_clock` holds the newest interaction timestamp, the counts' reference time, as one cell
+  written `USING TIMESTAMP` of its value: last-write-wins then keeps the maximum, with no LWT.
 """
 
 from __future__ import annotations
@@ -21,7 +36,7 @@ import logging
 import re
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,8 +52,10 @@ from cassandra.policies import (
 from cassandra.protocol import SyntaxException
 from cassandra.query import BatchStatement, BatchType, tuple_factory
 
-from server import metrics
-from server.config import ProfilesConfig
+from server import _core, metrics, popularity
+from server.backends import seen as seen_sets
+from server.backends.base import ItemHashes
+from server.config import PopularityConfig, ProfilesConfig
 from server.domain import Interaction, UserProfile
 from server.errors import BackendError
 
@@ -56,6 +73,12 @@ _SCAN_PAGE = 5000
 # After a failed connect, callers fail fast for this long instead of each retrying the connection.
 _CONNECT_RETRY_S = 1.0
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
+# The popularity_clock row that holds the newest interaction timestamp.
+_CLOCK_ROW = "interactions"
+# Seen-set trims in flight at once, and map entries one trim removes: a burst of reads of oversized sets
+# cannot flood the cluster; what one trim leaves, the next read removes.
+_MAX_TRIMS = 16
+_TRIM_ENTRIES = 2000
 
 
 def _check_identifier(name: str, what: str) -> str:
@@ -96,6 +119,26 @@ def schema_statements(config: ProfilesConfig) -> list[str]:
     attributes map<text, text>,
     popularity float,
     created_at timestamp
+)""",
+        # Item hash (stable_hash64 as a signed bigint) -> last seen (ms); entries written USING TIMESTAMP
+        # of the interaction, so the latest time wins whatever the arrival order.
+        f"""CREATE TABLE IF NOT EXISTS {ks}.user_seen (
+    user_id text PRIMARY KEY,
+    items map<bigint, bigint>
+)""",
+        # Forward-decayed counts in fixed point (server/popularity.py); a partition per list and epoch,
+        # of which readers read only the newest few.
+        f"""CREATE TABLE IF NOT EXISTS {ks}.item_popularity (
+    list_name text,
+    epoch bigint,
+    item_id text,
+    value counter,
+    PRIMARY KEY ((list_name, epoch), item_id)
+)""",
+        # The newest interaction timestamp, written USING TIMESTAMP of itself: a max register.
+        f"""CREATE TABLE IF NOT EXISTS {ks}.popularity_clock (
+    name text PRIMARY KEY,
+    newest_ms bigint
 )""",
     ]
 
@@ -207,6 +250,13 @@ class _Statements:
     profile_keys: Any
     interaction_keys: Any
     all_interactions: Any
+    seen_add: Any
+    seen_remove: Any
+    seen_read: Any
+    popularity_add: Any
+    popularity_read: Any
+    clock_set: Any
+    clock_read: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +303,27 @@ def _connect(config: ProfilesConfig) -> _Connection:
                 f"SELECT user_id, toUnixTimestamp(ts), item_id, action, weight FROM {ks}.user_interactions",
                 fetch_size=_SCAN_PAGE,
             ),
+            seen_add=prepare(
+                f"UPDATE {ks}.user_seen USING TIMESTAMP ? SET items = items + ? WHERE user_id = ?"
+            ),
+            seen_remove=prepare(
+                f"UPDATE {ks}.user_seen USING TIMESTAMP ? SET items = items - ? WHERE user_id = ?"
+            ),
+            seen_read=prepare(f"SELECT items FROM {ks}.user_seen WHERE user_id = ?"),
+            # Not idempotent: a counter increment applied twice counts twice.
+            popularity_add=prepare(
+                f"UPDATE {ks}.item_popularity SET value = value + ? "
+                "WHERE list_name = ? AND epoch = ? AND item_id = ?",
+                idempotent=False,
+            ),
+            popularity_read=prepare(
+                f"SELECT item_id, value FROM {ks}.item_popularity WHERE list_name = ? AND epoch = ?",
+                fetch_size=_SCAN_PAGE,
+            ),
+            clock_set=prepare(
+                f"UPDATE {ks}.popularity_clock USING TIMESTAMP ? SET newest_ms = ? WHERE name = ?"
+            ),
+            clock_read=prepare(f"SELECT newest_ms FROM {ks}.popularity_clock WHERE name = ?"),
         )
     except Exception:
         cluster.shutdown()
@@ -272,11 +343,21 @@ def _backend_error(exc: BaseException, op: str) -> BackendError:
 class ScyllaProfileStore:
     """Implements the ProfileStore protocol over CQL. Connects on first use (or `connect()`)."""
 
-    def __init__(self, config: ProfilesConfig) -> None:
+    def __init__(
+        self, config: ProfilesConfig, popularity_half_lives: Mapping[str, float] | None = None
+    ) -> None:
         _check_identifier(config.keyspace, "profiles.keyspace")
         _consistency(config.consistency)
         if config.history_limit < 1:
             raise ValueError(f"profiles.history_limit must be at least 1, got {config.history_limit}")
+        if config.seen_limit < 1:
+            raise ValueError(f"profiles.seen_limit must be at least 1, got {config.seen_limit}")
+        half_lives = PopularityConfig().lists if popularity_half_lives is None else popularity_half_lives
+        for name, half_life_s in half_lives.items():
+            if not half_life_s > 0:
+                raise ValueError(f"popularity.lists.{name} must be > 0 seconds, got {half_life_s}")
+        self.popularity_half_lives = dict(half_lives)
+        self._trims: dict[str, asyncio.Task[None]] = {}
         self.config = config
         self._read_cap_s = config.request_timeout_ms / 1000.0
         self._write_timeout_s = config.write_timeout_ms / 1000.0
@@ -379,14 +460,20 @@ class ScyllaProfileStore:
         return result
 
     async def _scan(
-        self, op: str, make: Callable[[_Statements], Any]
+        self,
+        op: str,
+        make: Callable[[_Statements], Any],
+        params: Sequence[Any] | None = None,
+        deadline: float | None = None,
     ) -> AsyncIterator[list[tuple[Any, ...]]]:
-        """A whole-table query, page by page (each page one round trip, never the table in memory)."""
+        """A query of many rows (a table, a partition), page by page: each page one round trip, never
+        all rows in memory; every round trip ends by the deadline (monotonic) when one is given."""
         paging_state: bytes | None = None
         while True:
-            result = await self._execute(
-                op, make, None, self._write_timeout_s, read=False, paging_state=paging_state
-            )
+            timeout_s = self._write_timeout_s
+            if deadline is not None:
+                timeout_s = min(timeout_s, deadline - time.monotonic())
+            result = await self._execute(op, make, params, timeout_s, read=False, paging_state=paging_state)
             yield result.current_rows
             paging_state = result.paging_state
             if not paging_state:
@@ -420,6 +507,83 @@ class ScyllaProfileStore:
             Interaction(user_id, item_id, action, weight, ts)
             for ts, item_id, action, weight in result.current_rows
         ]
+
+    async def seen_items(self, user_id: str, timeout_s: float) -> ItemHashes:
+        """One single-partition read of the user's map; entries past seen_limit (the oldest) are left
+        out of the answer and removed in the background."""
+        result = await self._execute(
+            "seen_items", _seen_read, [user_id], min(timeout_s, self._read_cap_s), read=True
+        )
+        row = result.one()
+        if row is None or not row[0]:
+            return seen_sets.EMPTY[0]
+        entries = row[0]
+        n = len(entries)
+        hashes = np.fromiter(entries.keys(), dtype=np.int64, count=n).view(np.uint64)
+        times = np.fromiter(entries.values(), dtype=np.int64, count=n)
+        if n <= self.config.seen_limit:
+            order = np.argsort(hashes)  # CQL orders the keys as signed numbers
+            return seen_sets.frozen(hashes[order], times[order])[0]
+        kept, _ = seen_sets.from_pairs(hashes, times, self.config.seen_limit)
+        evicted = ~np.isin(hashes, kept)
+        self._trim_seen(user_id, hashes[evicted], times[evicted])
+        return kept
+
+    def _trim_seen(self, user_id: str, hashes: ItemHashes, times_ms: np.ndarray) -> None:
+        """Removes evicted map entries, fire and forget: at most one trim per user and _MAX_TRIMS in all
+        in flight, each bounded by the write timeout; a failure is logged and left to the next read."""
+        if user_id in self._trims or len(self._trims) >= _MAX_TRIMS or self._closed:
+            return
+        oldest = np.argsort(times_ms, kind="stable")[:_TRIM_ENTRIES]
+        keys = set(hashes[oldest].view(np.int64).tolist())
+        # The tombstone's time: entries seen again later than this (a concurrent write) outlive it.
+        at_us = int(times_ms[oldest].max()) * 1000
+        task = asyncio.ensure_future(self._remove_seen(user_id, keys, at_us))
+        self._trims[user_id] = task
+        task.add_done_callback(lambda _: self._trims.pop(user_id, None))
+
+    async def _remove_seen(self, user_id: str, keys: set[int], at_us: int) -> None:
+        try:
+            await self._execute(
+                "trim_seen", _seen_remove, [at_us, keys, user_id], self._write_timeout_s, read=False
+            )
+        except Exception as exc:
+            log.warning("trimming the seen set of a user failed (the next read retries): %s", exc)
+
+    async def item_popularity(self, timeout_s: float) -> Mapping[str, Mapping[str, float]]:
+        """The newest EPOCHS_READ epochs of every list, paged, decayed to the newest interaction.
+
+        Reads whole partitions (every item with interactions in those epochs): for a background
+        refresher, not for the request path. The whole call ends within `timeout_s`.
+        """
+        deadline = time.monotonic() + timeout_s
+        timeout_s = min(timeout_s, self._write_timeout_s)
+        result = await self._execute("item_popularity", _clock_read, [_CLOCK_ROW], timeout_s, read=True)
+        row = result.one()
+        if row is None or row[0] is None:
+            return {name: {} for name in self.popularity_half_lives}
+        reference_ms = int(row[0])
+
+        async def read_epoch(name: str, epoch: int) -> tuple[str, int, dict[str, float]]:
+            values: dict[str, float] = {}
+            params = [name, epoch]
+            async for page in self._scan("item_popularity", _popularity_read, params, deadline):
+                for item_id, counter in page:
+                    values[item_id] = popularity.from_fixed(counter)
+            return name, epoch, values
+
+        reads = [
+            read_epoch(name, epoch)
+            for name, half_life_s in self.popularity_half_lives.items()
+            for epoch in popularity.epochs_to_read(reference_ms, half_life_s)
+        ]
+        by_list: dict[str, dict[int, dict[str, float]]] = {name: {} for name in self.popularity_half_lives}
+        for name, epoch, values in await asyncio.gather(*reads):
+            by_list[name][epoch] = values
+        return {
+            name: popularity.combine(epochs, reference_ms, self.popularity_half_lives[name])
+            for name, epochs in by_list.items()
+        }
 
     # --- operator reads (full scans) --------------------------------------------------------------------
     async def count_users(self) -> int:
@@ -457,10 +621,13 @@ class ScyllaProfileStore:
         await self._write_all("upsert_profiles", [(_upsert_profile, row) for row in rows])
 
     async def append_interactions(self, interactions: Sequence[Interaction]) -> None:
-        """Single-partition UNLOGGED batches (one per user and up to _BATCH_ROWS rows), concurrent.
+        """Single-partition UNLOGGED batches (one per user and up to _BATCH_ROWS rows), concurrent: the
+        history rows, the seen-set entries and the popularity clock; once all of them are acknowledged,
+        the popularity counters, in COUNTER batches per (list, epoch) partition.
 
-        Acknowledged once the cluster has acknowledged every row at the configured consistency. The rows
-        are idempotent (same key, same values), so a caller may retry a failed call as a whole.
+        Acknowledged once the cluster has acknowledged every write at the configured consistency. All
+        but the counters are idempotent (same key, same values, same write time); counters are not, so a
+        caller that retries a call whose counter writes failed may count its interactions twice.
         """
         if not interactions:
             return
@@ -470,7 +637,7 @@ class ScyllaProfileStore:
             # server would otherwise break the tie by comparing values, not by order.
             by_user[it.user_id][(it.timestamp_ms, it.item_id)] = it
         work: list[tuple[Callable[[_Statements], Any], list[Any] | None]] = []
-        for rows in by_user.values():
+        for user_id, rows in by_user.items():
             events = list(rows.values())
             for start in range(0, len(events), _BATCH_ROWS):
                 chunk = events[start : start + _BATCH_ROWS]
@@ -481,10 +648,22 @@ class ScyllaProfileStore:
                     )
                 else:
                     work.append((_batch_of(chunk), None))
+            work.extend(_seen_writes(user_id, events))
+        newest_ms = max(it.timestamp_ms for it in interactions)
+        work.append((_clock_set, [newest_ms * 1000, newest_ms, _CLOCK_ROW]))
         await self._write_all("append_interactions", work)
+        await self._write_all(
+            "append_popularity",
+            _popularity_writes(interactions, self.popularity_half_lives),
+            idempotent=False,
+        )
 
     async def _write_all(
-        self, op: str, work: Sequence[tuple[Callable[[_Statements], Any], list[Any] | None]]
+        self,
+        op: str,
+        work: Sequence[tuple[Callable[[_Statements], Any], list[Any] | None]],
+        *,
+        idempotent: bool = True,
     ) -> None:
         """Runs every write, at most `write_concurrency` in flight; raises after all have finished."""
         window = asyncio.Semaphore(max(1, self.config.write_concurrency))
@@ -497,9 +676,10 @@ class ScyllaProfileStore:
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             first = failures[0]
+            retry = "safe to retry" if idempotent else "a retry may count popularity twice"
             raise BackendError(
                 _BACKEND,
-                f"{op}: {len(failures)} of {len(work)} writes failed (safe to retry): {first}",
+                f"{op}: {len(failures)} of {len(work)} writes failed ({retry}): {first}",
                 transient=getattr(first, "transient", True),
             ) from first
 
@@ -507,6 +687,8 @@ class ScyllaProfileStore:
         if self._closed:
             return
         self._closed = True
+        if self._trims:
+            await asyncio.gather(*self._trims.values(), return_exceptions=True)
         if self._connecting is not None:
             await asyncio.gather(self._connecting, return_exceptions=True)
         conn, self._conn = self._conn, None
@@ -536,6 +718,26 @@ def _append_interaction(s: _Statements) -> Any:
     return s.append_interaction
 
 
+def _seen_read(s: _Statements) -> Any:
+    return s.seen_read
+
+
+def _seen_remove(s: _Statements) -> Any:
+    return s.seen_remove
+
+
+def _clock_read(s: _Statements) -> Any:
+    return s.clock_read
+
+
+def _clock_set(s: _Statements) -> Any:
+    return s.clock_set
+
+
+def _popularity_read(s: _Statements) -> Any:
+    return s.popularity_read
+
+
 def _profile_keys(s: _Statements) -> Any:
     return s.profile_keys
 
@@ -558,3 +760,84 @@ def _batch_of(chunk: Sequence[Interaction]) -> Callable[[_Statements], Any]:
         return batch
 
     return make
+
+
+def _seen_writes(
+    user_id: str, events: Sequence[Interaction]
+) -> list[tuple[Callable[[_Statements], Any], list[Any] | None]]:
+    """The user's seen-set entries, one statement per distinct interaction time (written USING
+    TIMESTAMP of it), in single-partition UNLOGGED batches."""
+    latest: dict[int, int] = {}
+    hashes = _core.stable_hash64([it.item_id for it in events]).view(np.int64).tolist()
+    for key, it in zip(hashes, events, strict=True):
+        if it.timestamp_ms > latest.get(key, -1):
+            latest[key] = it.timestamp_ms
+    at_time: dict[int, dict[int, int]] = defaultdict(dict)
+    for key, ts in latest.items():
+        at_time[ts][key] = ts
+    statements = [[ts * 1000, entries, user_id] for ts, entries in at_time.items()]
+    work: list[tuple[Callable[[_Statements], Any], list[Any] | None]] = []
+    for start in range(0, len(statements), _BATCH_ROWS):
+        chunk = statements[start : start + _BATCH_ROWS]
+        if len(chunk) == 1:
+            work.append((_seen_add, chunk[0]))
+        else:
+            work.append((_unlogged_batch(_seen_add, chunk), None))
+    return work
+
+
+def _popularity_writes(
+    interactions: Sequence[Interaction], half_lives: Mapping[str, float]
+) -> list[tuple[Callable[[_Statements], Any], list[Any] | None]]:
+    """Counter increments summed per (list, epoch, item), in COUNTER batches of one partition each."""
+    partitions: dict[tuple[str, int], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for name, half_life_s in half_lives.items():
+        for it in interactions:
+            epoch, value = popularity.epoch_value(it.timestamp_ms, it.weight, half_life_s)
+            partitions[name, epoch][it.item_id] += value
+    work: list[tuple[Callable[[_Statements], Any], list[Any] | None]] = []
+    for (name, epoch), values in partitions.items():
+        fixed = ((popularity.to_fixed(v), item_id) for item_id, v in values.items())
+        rows: list[list[Any]] = [
+            [increment, name, epoch, item_id] for increment, item_id in fixed if increment > 0
+        ]
+        for start in range(0, len(rows), _BATCH_ROWS):
+            chunk = rows[start : start + _BATCH_ROWS]
+            if len(chunk) == 1:
+                work.append((_popularity_add, chunk[0]))
+            else:
+                work.append((_counter_batch(chunk), None))
+    return work
+
+
+def _seen_add(s: _Statements) -> Any:
+    return s.seen_add
+
+
+def _popularity_add(s: _Statements) -> Any:
+    return s.popularity_add
+
+
+def _unlogged_batch(
+    make: Callable[[_Statements], Any], rows: Sequence[Sequence[Any]]
+) -> Callable[[_Statements], Any]:
+    def build(s: _Statements) -> Any:
+        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+        for row in rows:
+            batch.add(make(s), row)
+        batch.is_idempotent = True
+        return batch
+
+    return build
+
+
+def _counter_batch(rows: Sequence[Sequence[Any]]) -> Callable[[_Statements], Any]:
+    def build(s: _Statements) -> Any:
+        batch = BatchStatement(batch_type=BatchType.COUNTER)
+        for row in rows:
+            batch.add(s.popularity_add, row)
+        # Not idempotent: the driver must not replay a counter batch that may have been applied.
+        batch.is_idempotent = False
+        return batch
+
+    return build

@@ -3,6 +3,10 @@
 Rows are dense integers: the FP16 embedding table, popularity, age and attribute codes are arrays indexed
 by row, so the request path works on NumPy arrays of rows instead of dictionaries of ids. A deleted item
 keeps its row (marked dead) and gets it back if upserted again.
+
+Popularity has two parts: the caller-supplied `ItemRecord.popularity` (the prior) and the time-decayed
+interaction counts of each named list (`popularity.lists`, pushed in by server/catalog/popularity_sync.py).
+An item's popularity in list L is prior_weight x prior + count_L.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from server import _core
+from server.catalog.labels import Labels, contains_sorted
 from server.catalog.payload import ItemMetadata
 
 Rows = npt.NDArray[np.int64]
@@ -48,8 +53,19 @@ class _Column:
 
 
 class ItemStore:
-    def __init__(self, dim: int, capacity: int = 16_384) -> None:
+    def __init__(
+        self,
+        dim: int,
+        capacity: int = 16_384,
+        *,
+        prior_weight: float = 1.0,
+        popular_list: str = "all_time",
+        feature_list: str = "all_time",
+    ) -> None:
         self.dim = dim
+        self.prior_weight = prior_weight
+        self.popular_list = popular_list
+        self.feature_list = feature_list
         self.table = _core.F16Table(dim, capacity)
         self._lock = threading.Lock()
         self._row_of: dict[str, int] = {}
@@ -63,8 +79,16 @@ class ItemStore:
         # attribute name -> value -> code, and attribute name -> per-row code column (-1: not set)
         self._value_codes: dict[str, dict[str, int]] = {}
         self._attr_codes: dict[str, _Column] = {}
-        self._popularity_view: _PopularityView | None = None
-        self._popularity_view_at = 0.0
+        # attribute name -> value -> live items holding it: a filter's match count without a scan
+        self._value_counts: dict[str, dict[str, int]] = {}
+        # list name -> decayed interaction count per row; replaced whole by set_popularity_counts, and
+        # shorter than the catalogue when items arrived since (their count is 0 until the next refresh).
+        self._counts: dict[str, npt.NDArray[np.float32]] = {}
+        # Per list: the popularity order and scale, when it was built, and lists whose view is stale.
+        self._popularity_views: dict[str, _PopularityView] = {}
+        self._popularity_view_at: dict[str, float] = {}
+        self._stale_lists: set[str] = set()
+        # Set by catalogue writes: every list's view is stale.
         self._popularity_dirty = False
         self._listeners: list[EmbeddingListener] = []
         self.alive_count = 0
@@ -101,13 +125,16 @@ class ItemStore:
                 label = int(labels[i])
                 self._labels.data[row] = label
                 self._row_of_label[label] = row
-                if not self._alive.data[row]:
+                if self._alive.data[row]:
+                    self._count_values(row, -1)
+                else:
                     self.alive_count += 1
                 self._alive.data[row] = True
                 meta = metadata[i]
                 self._popularity.data[row] = meta.popularity
                 self._created_at_ms.data[row] = meta.created_at_ms
                 self._set_attributes(row, meta.attributes, size)
+                self._count_values(row, 1)
             self._popularity_dirty = True
         for listener in self._listeners:
             listener(rows, vectors)
@@ -121,6 +148,7 @@ class ItemStore:
                 if row is not None and self._alive.data[row]:
                     self._alive.data[row] = False
                     self.alive_count -= 1
+                    self._count_values(row, -1)
                     deleted.append(row)
             self._popularity_dirty = True
         rows = np.asarray(deleted, dtype=np.int64)
@@ -140,6 +168,11 @@ class ItemStore:
                 column = self._attr_codes[name] = _Column(np.int32, _MISSING, len(self._labels.data))
             column.ensure(size)
             column.data[row] = codes.setdefault(value, len(codes))
+
+    def _count_values(self, row: int, delta: int) -> None:
+        for name, value in self._attributes[row].items():
+            counts = self._value_counts.setdefault(name, {})
+            counts[value] = counts.get(value, 0) + delta
 
     # --- reads ----------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -165,6 +198,18 @@ class ItemStore:
             row = get(label)
             out.append(row if row is not None and alive[row] else -1)
         return np.asarray(out, dtype=np.int64)
+
+    def labels(self, rows: Rows) -> npt.NDArray[np.uint64]:
+        """The shard labels (stable item hashes) of `rows`."""
+        return self._labels.data[rows]
+
+    def sample_ids(self, n: int, seed: int = 0) -> list[str]:
+        """Up to `n` live item ids, spread over the catalogue (deterministic for a given seed)."""
+        live = np.flatnonzero(self._alive.data[: len(self._ids)])
+        if len(live) == 0:
+            return []
+        picked = np.random.default_rng(seed).choice(live, size=min(n, len(live)), replace=False)
+        return [self._ids[int(row)] for row in picked]
 
     def label_owner(self, label: int) -> str | None:
         row = self._row_of_label.get(label)
@@ -195,52 +240,113 @@ class ItemStore:
             mask &= np.isin(column.data[rows], wanted)
         return mask
 
+    def estimate_matches(self, allowed: Mapping[str, frozenset[str]]) -> int:
+        """About how many live items pass `allowed`, from per-value counts (no scan): exact for one
+        attribute; for several, the attributes are taken as independent."""
+        estimate = float(self.alive_count)
+        for name, values in allowed.items():
+            counts = self._value_counts.get(name, {})
+            matching = sum(counts.get(v, 0) for v in values)
+            estimate *= matching / max(1, self.alive_count)
+        return round(estimate)
+
+    def matching_rows(self, allowed: Mapping[str, frozenset[str]]) -> Rows:
+        """Every live row that passes `allowed`, ascending (a scan of the attribute columns)."""
+        with self._lock:  # a writer grows the id list before the columns
+            rows = np.arange(len(self._ids), dtype=np.int64)
+            return rows[self.filter_mask(rows, allowed)]
+
     def has_attribute(self, name: str) -> bool:
         return name in self._attr_codes
 
+    def set_popularity_counts(self, list_name: str, counts: Mapping[str, float]) -> None:
+        """Replaces list `list_name`'s decayed interaction counts (absolute values, so a repeated refresh
+        never counts twice); ids not in the catalogue are ignored. The list's order follows within
+        the rebuild interval."""
+        get = self._row_of.get
+        rows = np.fromiter((get(item_id, -1) for item_id in counts), dtype=np.int64, count=len(counts))
+        values = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
+        known = rows >= 0
+        with self._lock:
+            column = np.zeros(len(self._ids), dtype=np.float32)
+            column[rows[known]] = values[known]
+            # Replaced, never written in place: a reader sees the old counts or the new ones.
+            self._counts[list_name] = column
+            self._stale_lists.add(list_name)
+
+    def popularity(self, rows: Rows, list_name: str | None = None) -> npt.NDArray[np.float32]:
+        """Effective popularity of `rows` in a list (default: popular_list): prior_weight x the
+        caller-supplied popularity + the list's decayed interaction count."""
+        effective = self._popularity.data[rows] * np.float32(self.prior_weight)
+        counts = self._counts.get(list_name or self.popular_list)
+        if counts is not None and len(rows):
+            inside = rows < len(counts)
+            effective[inside] += counts[rows[inside]]
+        return effective
+
     def popularity_feature(self, rows: Rows) -> npt.NDArray[np.float32]:
-        """log1p(popularity / median) scaled to [0, 1] by the most popular item.
+        """log1p(popularity / median) scaled to [0, 1] by the most popular item, in the feature list.
 
         Dividing by the median makes the feature independent of the popularity unit (counts, rates,
         shares): without it a catalogue whose popularity is a share in [0, 1] would get ~0 everywhere.
         """
-        view = self._popularity_stats()
-        return (np.log1p(self._popularity.data[rows] / view.unit) / view.top).astype(np.float32)
+        view = self._popularity_stats(self.feature_list)
+        return (np.log1p(self.popularity(rows, self.feature_list) / view.unit) / view.top).astype(np.float32)
 
-    def _popularity_stats(self) -> _PopularityView:
-        """The popularity order and scale, rebuilt at most once a second after writes: rebuilding sorts
-        the whole catalogue, which must not land on every request while items stream in. Between
+    def _popularity_stats(self, list_name: str) -> _PopularityView:
+        """A list's popularity order and scale, rebuilt at most once a second after writes: rebuilding
+        sorts the whole catalogue, which must not land on every request while items stream in. Between
         rebuilds, new items are missing from the order and deleted ones are filtered out by readers."""
         now = time.monotonic()
-        view = self._popularity_view
-        if view is None or (self._popularity_dirty and now - self._popularity_view_at > _REBUILD_INTERVAL_S):
+        view = self._popularity_views.get(list_name)
+        if self._popularity_dirty:
+            with self._lock:
+                # A catalogue write makes every list's view stale, rebuilt when that list is next read.
+                self._stale_lists.update(self._popularity_views)
+                self._popularity_dirty = False
+        stale = list_name in self._stale_lists
+        built_at = self._popularity_view_at.get(list_name, 0.0)
+        if view is None or (stale and now - built_at > _REBUILD_INTERVAL_S):
             with self._lock:
                 size = len(self._ids)
                 live = np.flatnonzero(self._alive.data[:size])
-                popularity = self._popularity.data[live]
-                order = live[np.argsort(-popularity, kind="stable")].astype(np.int64)
-                self._popularity_dirty = False
+                self._stale_lists.discard(list_name)
+            popularity = self.popularity(live, list_name)
+            order = live[np.argsort(-popularity, kind="stable")].astype(np.int64)
             positive = popularity[popularity > 0]
             unit = float(np.median(positive)) if len(positive) else 1.0
             top = float(np.log1p(positive.max() / unit)) if len(positive) else 1.0
-            view = self._popularity_view = _PopularityView(order, unit, top or 1.0)
-            self._popularity_view_at = now
+            view = _PopularityView(order, unit, top or 1.0)
+            with self._lock:
+                self._popularity_views[list_name] = view
+                self._popularity_view_at[list_name] = now
         return view
 
     def freshness_feature(self, rows: Rows, now_ms: int, half_life_s: float) -> npt.NDArray[np.float32]:
         age_s = np.maximum(0, now_ms - self._created_at_ms.data[rows]) / 1000.0
         return np.exp2(-age_s / half_life_s).astype(np.float32)
 
-    def popular(self, n: int, allowed: Mapping[str, frozenset[str]] | None = None) -> Rows:
-        """The most popular live items (that pass `allowed`), most popular first."""
-        ranked = self._popularity_stats().order
+    def popular(
+        self,
+        n: int,
+        allowed: Mapping[str, frozenset[str]] | None = None,
+        list_name: str | None = None,
+        excluded: Labels | None = None,
+    ) -> Rows:
+        """The most popular live items (that pass `allowed` and whose label is not in the sorted
+        `excluded`) in a list (default: popular_list), most popular first."""
+        ranked = self._popularity_stats(list_name or self.popular_list).order
         out: list[Rows] = []
         taken = 0
         # Walk the popularity order in chunks so a selective filter does not scan the whole catalogue;
         # the mask also drops items deleted since the order was built.
         for start in range(0, len(ranked), 4096):
             chunk = ranked[start : start + 4096]
-            passing = chunk[self.filter_mask(chunk, allowed or {})]
+            mask = self.filter_mask(chunk, allowed or {})
+            if excluded is not None and len(excluded):
+                # A heavy user has often seen the head of the list: skip it here, not after the cut.
+                mask &= ~contains_sorted(excluded, self._labels.data[chunk])
+            passing = chunk[mask]
             out.append(passing[: n - taken])
             taken += len(out[-1])
             if taken >= n:

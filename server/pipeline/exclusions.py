@@ -1,4 +1,4 @@
-"""What a request must not be answered with, as sorted item labels, and a vectorised membership test.
+"""What a request must not be answered with, as sorted item labels.
 
 Labels (stable 64-bit item hashes) rather than ids: the seen set can hold 10,000 items per user, and a
 sorted uint64 array is tested against in O(log n) per candidate without building a Python set.
@@ -10,7 +10,10 @@ import numpy as np
 import numpy.typing as npt
 
 from server import _core
+from server.catalog.labels import contains_sorted
 from server.pipeline.context import RequestContext
+
+__all__ = ["Labels", "contains_sorted", "excluded_labels"]
 
 Labels = npt.NDArray[np.uint64]
 
@@ -29,12 +32,3 @@ def excluded_labels(ctx: RequestContext) -> Labels:
         return np.empty(0, np.uint64)
     # The seen set arrives sorted and unique; only named ids need sorting in.
     return np.unique(np.concatenate(parts)) if named else parts[0]
-
-
-def contains_sorted(sorted_labels: Labels, labels: Labels) -> npt.NDArray[np.bool_]:
-    """True where `labels[i]` is in `sorted_labels` (sorted ascending)."""
-    if len(sorted_labels) == 0 or len(labels) == 0:
-        return np.zeros(len(labels), dtype=np.bool_)
-    at = np.searchsorted(sorted_labels, labels)
-    at[at == len(sorted_labels)] = 0
-    return sorted_labels[at] == labels

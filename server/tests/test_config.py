@@ -34,6 +34,15 @@ def test_file_then_environment_override(tmp_path: Path) -> None:
         ({"RECD_CACHE__BACKEND": "memcached"}, "cache.backend: must be one of"),
         ({"RECD_DIM": "0"}, "dim must be in [1, 4096]"),
         ({"RECD_SERVER__GRACE_S": "true"}, "server.grace_s: expected a number"),
+        ({"RECD_PROFILES__SEEN_LIMIT": "0"}, "profiles.seen_limit must be >= 1"),
+        ({"RECD_POPULARITY__POPULAR_LIST": "weekly"}, "popularity.popular_list 'weekly' is not one of"),
+        ({"RECD_POPULARITY__FEATURE_LIST": "nope"}, "popularity.feature_list 'nope' is not one of"),
+        (
+            {"RECD_POPULARITY__LISTS__TRENDING": "0"},
+            "popularity.lists.trending (a half-life in seconds) must be > 0",
+        ),
+        ({"RECD_POPULARITY__REFRESH_S": "0"}, "popularity.refresh_s must be > 0"),
+        ({"RECD_POPULARITY__PRIOR_WEIGHT": "-1"}, "popularity.prior_weight must be >= 0"),
     ],
 )
 def test_bad_values_name_the_key(environ: dict[str, str], message: str) -> None:
@@ -60,3 +69,17 @@ def test_script_variables_are_not_config() -> None:
         environ={"RECD_PYTHON": "/usr/bin/python3", "RECD_STACK_DIR": "/tmp/x", "RECD_TEST_REDIS_URL": "r"}
     )
     assert config == load_config(environ={})
+
+
+def test_seen_limit_and_popularity_lists() -> None:
+    config = load_config(environ={})
+    assert config.profiles.seen_limit == 10_000
+    assert config.popularity.lists == {"trending": 86_400.0, "all_time": 365 * 86_400.0}
+    assert (config.popularity.popular_list, config.popularity.feature_list) == ("all_time", "all_time")
+    assert config.popularity.prior_weight == 1.0 and config.popularity.refresh_s == 5.0
+    # A list added in the environment (or a file) joins the defaults and may be the one ordered by.
+    config = load_config(
+        environ={"RECD_POPULARITY__LISTS__WEEKLY": "604800", "RECD_POPULARITY__POPULAR_LIST": "weekly"}
+    )
+    assert config.popularity.lists["weekly"] == 604_800.0 and "trending" in config.popularity.lists
+    assert config.popularity.popular_list == "weekly"

@@ -100,3 +100,67 @@ def test_popular_order_is_rebuilt_at_most_once_per_interval(monkeypatch: pytest.
     assert store.item_id(int(store.popular(1)[0])) == "i5"
     monkeypatch.setattr(item_store, "_REBUILD_INTERVAL_S", 0.0)
     assert store.item_id(int(store.popular(1)[0])) == "hot"
+
+
+def counted_store(**kwargs: object) -> ItemStore:
+    """Four items with priors 4, 3, 2, 1 (a > b > c > d) and no interactions yet."""
+    store = ItemStore(2, **kwargs)  # type: ignore[arg-type]
+    ids = ["a", "b", "c", "d"]
+    meta = [ItemMetadata({}, float(p), 0) for p in (4, 3, 2, 1)]
+    store.upsert(ids, _core.stable_hash64(ids), np.ones((4, 2), np.float32), meta)
+    return store
+
+
+def order(store: ItemStore, list_name: str | None = None) -> list[str]:
+    return [store.item_id(int(r)) for r in store.popular(10, None, list_name)]
+
+
+def test_counts_blend_with_the_prior_and_lists_order_differently() -> None:
+    store = counted_store(prior_weight=2.0, popular_list="all_time", feature_list="trending")
+    store.set_popularity_counts("trending", {"d": 10.0, "c": 1.0, "not-in-catalogue": 99.0})
+    store.set_popularity_counts("all_time", {"c": 5.0})
+    rows = store.rows_of(["a", "b", "c", "d"])
+    # prior_weight x prior + count
+    np.testing.assert_allclose(store.popularity(rows, "trending"), [8, 6, 5, 12])
+    np.testing.assert_allclose(store.popularity(rows, "all_time"), [8, 6, 9, 2])
+    np.testing.assert_allclose(store.popularity(rows, "no-such-list"), [8, 6, 4, 2])
+    assert order(store, "trending") == ["d", "a", "b", "c"]
+    assert order(store, "all_time") == ["c", "a", "b", "d"]
+    assert order(store) == order(store, "all_time")  # popular_list is the default
+    # The ranking feature reads feature_list: d is the most popular item there.
+    assert store.popularity_feature(rows).argmax() == 3
+    # The caller-supplied popularity is still what the item's metadata says.
+    assert store.metadata(int(rows[3])).popularity == 1.0
+
+
+def test_a_refresh_replaces_counts_and_never_adds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.catalog import item_store
+
+    monkeypatch.setattr(item_store, "_REBUILD_INTERVAL_S", 0.0)
+    store = counted_store()
+    store.set_popularity_counts("all_time", {"d": 10.0})
+    store.set_popularity_counts("all_time", {"d": 10.0})
+    rows = store.rows_of(["d"])
+    assert store.popularity(rows, "all_time").tolist() == [11.0]
+    assert order(store)[0] == "d"
+    store.set_popularity_counts("all_time", {})  # d's interactions decayed away
+    assert order(store) == ["a", "b", "c", "d"]
+
+
+def test_items_added_after_a_refresh_count_from_the_next_one() -> None:
+    store = counted_store()
+    store.set_popularity_counts("all_time", {"d": 1.0, "e": 7.0})
+    store.upsert(["e"], _core.stable_hash64(["e"]), np.ones((1, 2), np.float32), [ItemMetadata({}, 0.5, 0)])
+    rows = store.rows_of(["d", "e"])
+    assert store.popularity(rows, "all_time").tolist() == [2.0, 0.5]
+    store.set_popularity_counts("all_time", {"d": 1.0, "e": 7.0})
+    assert store.popularity(rows, "all_time").tolist() == [2.0, 7.5]
+
+
+def test_popular_skips_excluded_labels_before_cutting_the_list() -> None:
+    store = make_store()
+    seen = np.sort(_core.stable_hash64(["i5", "i4", "i2"]))
+    top = store.popular(2, excluded=seen)
+    assert [store.item_id(int(r)) for r in top] == ["i3", "i1"]
+    filtered = store.popular(5, {"lang": frozenset({"de"})}, excluded=seen)
+    assert [store.item_id(int(r)) for r in filtered] == ["i3", "i1"]

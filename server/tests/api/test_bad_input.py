@@ -116,6 +116,14 @@ CASES: list[tuple[str, str, Callable[[], Any], str]] = [
     (
         "Recommender",
         "RecordInteractions",
+        lambda: R.RecordInteractionsRequest(
+            interactions=[R.Interaction(user_id="u", item_id="i", timestamp_ms=2**62)]
+        ),
+        "is more than a day in the future",
+    ),
+    (
+        "Recommender",
+        "RecordInteractions",
         lambda: R.RecordInteractionsRequest(interactions=[R.Interaction(user_id="u", item_id="i")] * 11),
         "has 11 entries; the limit is 10 per call",
     ),

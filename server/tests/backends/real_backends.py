@@ -108,7 +108,15 @@ async def drop_scylla(config: ProfilesConfig) -> None:
 
         session = _janitor_session(config)
         deadline = time.monotonic() + 30.0
-        for table in ("user_profiles", "user_interactions", "items"):
+        tables = (
+            "user_profiles",
+            "user_interactions",
+            "items",
+            "user_seen",
+            "item_popularity",
+            "popularity_clock",
+        )
+        for table in tables:
             while True:
                 try:
                     session.execute(f"TRUNCATE {config.keyspace}.{table}", timeout=60)

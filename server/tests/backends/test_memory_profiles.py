@@ -7,8 +7,10 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
+from server import _core
 from server.backends import memory_profiles
 from server.backends.journal import WAL_DIR
 from server.backends.memory_profiles import SNAPSHOT_FILE, InMemoryProfileStore
@@ -38,15 +40,17 @@ def events(user: str, count: int, start: int = 0) -> list[Interaction]:
     return [Interaction(user, f"i{t}", "click", 2.0 + t / 3, 10_000 + t) for t in range(start, start + count)]
 
 
-async def state(store: InMemoryProfileStore) -> dict[str, tuple[object, object, list[Interaction]]]:
-    """Everything the store knows, comparable across instances."""
-    result: dict[str, tuple[object, object, list[Interaction]]] = {}
+async def state(store: InMemoryProfileStore) -> dict[str, object]:
+    """Everything the store knows, comparable across instances: per user the profile, the history and
+    the seen set; and the popularity counts."""
+    users: dict[str, tuple[object, object, list[Interaction], list[int]]] = {}
     for user in sorted(store.known_user_ids()):
         p = await store.get_profile(user, T)
         embedding = None if p is None or p.embedding is None else p.embedding.tolist()
         attributes = None if p is None else p.attributes
-        result[user] = (embedding, attributes, await store.recent_interactions(user, 10_000, T))
-    return result
+        recent = await store.recent_interactions(user, 10_000, T)
+        users[user] = (embedding, attributes, recent, (await store.seen_items(user, T)).tolist())
+    return {"users": users, "popularity": await store.item_popularity(T)}
 
 
 async def fill(store: InMemoryProfileStore, n: int = 30) -> None:
@@ -172,3 +176,120 @@ async def test_iter_interactions_lists_every_stored_interaction() -> None:
     got = [(i.user_id, i.item_id, i.timestamp_ms) async for i in store.iter_interactions()]
     # the newest history_limit per user, newest first
     assert sorted(got) == sorted([("a", "i4", 4), ("a", "i3", 3), ("a", "i2", 2), ("b", "x", 7)])
+
+
+def seen_of(*item_ids: str) -> list[int]:
+    return sorted(_core.stable_hash64(list(item_ids)).tolist())
+
+
+async def test_seen_sets_and_counts_survive_log_replay_and_snapshots(tmp_path: Path) -> None:
+    store = open_store(tmp_path, seen_limit=3)
+    await store.append_interactions(events("u", 5))
+    await store.append_interactions([Interaction("v", "i1", "view", 4.0, 20_000)])
+    before = await state(store)
+    assert (await store.seen_items("u", T)).tolist() == seen_of("i2", "i3", "i4")
+    counts = before["popularity"]
+    assert isinstance(counts, dict) and set(counts) == {"trending", "all_time"}
+    assert counts["all_time"]["i1"] == pytest.approx(4.0 + (2.0 + 1 / 3), rel=1e-6)
+    replayed = open_store(tmp_path, seen_limit=3)  # crash: the log alone
+    assert await state(replayed) == before
+    await replayed.close()  # writes a snapshot
+    reopened = open_store(tmp_path, seen_limit=3)
+    assert await state(reopened) == before
+    await reopened.close()
+    # A seen_limit lowered since the snapshot applies at once: the most recently seen are kept.
+    lowered = open_store(tmp_path, seen_limit=2)
+    assert (await lowered.seen_items("u", T)).tolist() == seen_of("i3", "i4")
+    await lowered.close()
+
+
+async def test_a_list_new_or_with_a_new_half_life_restarts_from_the_histories(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    day_ms = 86_400_000
+    store = open_store(tmp_path, popularity_half_lives={"trending": 86_400.0})
+    await store.append_interactions(
+        [Interaction("u", "a", "view", 1.0, 0), Interaction("u", "b", "view", 1.0, day_ms)]
+    )
+    await store.close()
+    changed = {"trending": 2 * 86_400.0, "weekly": 7 * 86_400.0}
+    reopened = open_store(tmp_path, popularity_half_lives=changed)
+    counts = await reopened.item_popularity(T)
+    assert counts["trending"]["a"] == pytest.approx(2**-0.5, rel=1e-6)
+    assert counts["weekly"]["a"] == pytest.approx(2 ** (-1 / 7), rel=1e-6)
+    assert "trending" in caplog.text and "weekly" in caplog.text
+    await reopened.close()
+
+
+def write_format_1_snapshot(path: Path, lsn: int, histories: dict[str, list[Interaction]]) -> None:
+    """A snapshot as the store wrote it before seen sets and popularity counts existed."""
+    history_type = pa.list_(
+        pa.struct(
+            [
+                ("item_id", pa.string()),
+                ("action", pa.string()),
+                ("weight", pa.float64()),
+                ("timestamp_ms", pa.int64()),
+            ]
+        )
+    )
+    schema = pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("has_profile", pa.bool_()),
+            ("embedding", pa.list_(pa.float32())),
+            ("attributes", pa.map_(pa.string(), pa.string())),
+            ("history", history_type),
+        ],
+        metadata={"format": "recd-profiles-1", "lsn": str(lsn)},
+    )
+    users = sorted(histories)
+    table = pa.table(
+        [
+            pa.array(users),
+            pa.array([user == "u" for user in users]),
+            pa.array([[0.5, 0.25] if user == "u" else None for user in users], pa.list_(pa.float32())),
+            pa.array(
+                [[("k", "v")] if user == "u" else None for user in users], pa.map_(pa.string(), pa.string())
+            ),
+            pa.array(
+                [
+                    [
+                        {
+                            "item_id": i.item_id,
+                            "action": i.action,
+                            "weight": i.weight,
+                            "timestamp_ms": i.timestamp_ms,
+                        }
+                        for i in histories[user]
+                    ]
+                    for user in users
+                ],
+                history_type,
+            ),
+        ],
+        schema=schema,
+    )
+    with pa.OSFile(str(path), "wb") as f, pa.ipc.new_file(f, schema) as writer:
+        writer.write_table(table)
+
+
+async def test_a_format_1_snapshot_loads_with_seen_sets_and_counts_from_its_histories(tmp_path: Path) -> None:
+    histories = {"u": events("u", 4), "w": [Interaction("w", "i0", "buy", 3.0, 50_000)]}
+    write_format_1_snapshot(tmp_path / SNAPSHOT_FILE, 7, histories)
+    store = open_store(tmp_path, seen_limit=3)
+    profile_u = await store.get_profile("u", T)
+    assert profile_u is not None and profile_u.attributes == {"k": "v"}
+    assert [e.item_id for e in await store.recent_interactions("u", 10, T)] == ["i3", "i2", "i1", "i0"]
+    assert (await store.seen_items("u", T)).tolist() == seen_of("i1", "i2", "i3")
+    assert (await store.seen_items("w", T)).tolist() == seen_of("i0")
+    counts = await store.item_popularity(T)
+    day_ms = 86_400_000
+    # Decayed to the newest interaction the snapshot holds (w's, at 50_000).
+    assert counts["trending"]["i0"] == pytest.approx(3.0 + 2.0 * 2 ** (-40_000 / day_ms), rel=1e-6)
+    await store.append_interactions([Interaction("u", "i9", "view", 1.0, 60_000)])
+    before = await state(store)
+    await store.close()  # rewrites the snapshot in the current format
+    reopened = open_store(tmp_path, seen_limit=3)
+    assert await state(reopened) == before
+    await reopened.close()

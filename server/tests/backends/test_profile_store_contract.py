@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from server import _core
 from server.backends.base import ProfileStore
 from server.backends.memory_profiles import InMemoryProfileStore
 from server.domain import Interaction, UserProfile
@@ -20,19 +21,31 @@ from server.tests.backends.real_backends import scylla_store
 
 StoreFactory = Callable[[Path], Awaitable[ProfileStore]]
 
+# Every store here keeps 20 items per seen set and the default popularity lists: trending (half-life
+# one day) and all_time (365 days).
+SEEN_LIMIT = 20
+DAY_MS = 86_400_000
+
 
 async def memory_store(tmp_path: Path) -> ProfileStore:
-    return InMemoryProfileStore(None, history_limit=50)
+    return InMemoryProfileStore(None, history_limit=50, seen_limit=SEEN_LIMIT)
 
 
 async def durable_memory_store(tmp_path: Path) -> ProfileStore:
-    return InMemoryProfileStore(tmp_path / "profiles", history_limit=50, group_commit_window_s=0.0)
+    return InMemoryProfileStore(
+        tmp_path / "profiles", history_limit=50, seen_limit=SEEN_LIMIT, group_commit_window_s=0.0
+    )
+
+
+async def cql_store(tmp_path: Path) -> ProfileStore:
+    store: ProfileStore = await scylla_store(tmp_path, seen_limit=SEEN_LIMIT)
+    return store
 
 
 FACTORIES = [
     pytest.param(memory_store, id="memory"),
     pytest.param(durable_memory_store, id="memory-durable"),
-    pytest.param(scylla_store, id="scylla", marks=pytest.mark.real),
+    pytest.param(cql_store, id="scylla", marks=pytest.mark.real),
 ]
 
 T = 1.0  # timeout_s for reads
@@ -166,3 +179,95 @@ async def test_concurrent_writes_are_all_acknowledged_and_visible(store: Profile
         assert len(await store.recent_interactions(f"u{user}", 100, T)) == 20
     for k in range(20):
         assert_same_profile(await store.get_profile(f"p{k}", T), UserProfile(f"p{k}", vec(float(k)), {}))
+
+
+# --- seen sets -------------------------------------------------------------------------------------------
+def hashes(*item_ids: str) -> list[int]:
+    return sorted(_core.stable_hash64(list(item_ids)).tolist())
+
+
+async def test_unknown_user_has_seen_nothing(store: ProfileStore) -> None:
+    seen = await store.seen_items("nobody", T)
+    assert seen.dtype == np.uint64 and len(seen) == 0
+
+
+async def test_appended_items_are_seen_at_once_as_sorted_unique_hashes(store: ProfileStore) -> None:
+    await store.append_interactions([event("u1", "b", 2), event("u1", "a", 1), event("u2", "c", 3)])
+    await store.append_interactions([event("u1", "a", 5), event("u1", "d", 4), event("u1", "a", 6)])
+    seen = await store.seen_items("u1", T)
+    assert seen.dtype == np.uint64
+    assert seen.tolist() == hashes("a", "b", "d")  # sorted ascending, "a" once
+    assert (await store.seen_items("u2", T)).tolist() == hashes("c")
+
+
+async def test_seen_set_keeps_the_most_recently_seen_at_the_cap(store: ProfileStore) -> None:
+    items = [f"i{k}" for k in range(SEEN_LIMIT + 5)]
+    await store.append_interactions([event("u1", item, 1_000 + k) for k, item in enumerate(items)])
+    assert (await store.seen_items("u1", T)).tolist() == hashes(*items[5:])
+    # Seeing an evicted item again makes it the most recent; seeing one long ago changes nothing.
+    await store.append_interactions([event("u1", "i0", 5_000), event("u1", "ancient", 1)])
+    expected = hashes("i0", *items[6:])
+    assert (await store.seen_items("u1", T)).tolist() == expected
+    await asyncio.sleep(0.2)  # a store may trim in the background: the answer stays the same
+    assert (await store.seen_items("u1", T)).tolist() == expected
+    # An item seen again keeps its latest time even when an older interaction with it arrives later.
+    await store.append_interactions([event("u1", "i10", 6_000)])
+    await store.append_interactions(
+        [event("u1", "i10", 2), *(event("u1", f"new{k}", 3_000 + k) for k in range(18))]
+    )
+    assert (await store.seen_items("u1", T)).tolist() == hashes("i0", "i10", *(f"new{k}" for k in range(18)))
+
+
+# --- popularity --------------------------------------------------------------------------------------------
+TODAY_MS = 1_750_000_000_000  # June 2025
+Y1998_MS = 883_612_800_000  # 1 January 1998
+
+
+async def test_popularity_is_empty_without_interactions(store: ProfileStore) -> None:
+    popularity = await store.item_popularity(T)
+    assert all(len(counts) == 0 for counts in popularity.values())
+
+
+@pytest.mark.parametrize("start_ms", [TODAY_MS, Y1998_MS], ids=["today", "1998"])
+async def test_counts_decay_by_each_lists_half_life_to_the_newest_interaction(
+    store: ProfileStore, start_ms: int
+) -> None:
+    await store.append_interactions([event("u1", "old", start_ms)])
+    counts = await store.item_popularity(T)
+    assert counts["trending"] == {"old": pytest.approx(1.0, rel=1e-4)}
+    # One day (trending's half-life) later, the older interaction weighs half, whatever the wall clock.
+    await store.append_interactions([event("u2", "new", start_ms + DAY_MS)])
+    counts = await store.item_popularity(T)
+    assert counts["trending"]["old"] == pytest.approx(0.5, rel=1e-4)
+    assert counts["trending"]["new"] == pytest.approx(1.0, rel=1e-4)
+    assert counts["all_time"]["old"] == pytest.approx(2 ** (-1 / 365), rel=1e-4)
+    assert counts["all_time"]["new"] == pytest.approx(1.0, rel=1e-4)
+
+
+async def test_weights_add_and_decay_across_epochs(store: ProfileStore) -> None:
+    # Trending's epochs are 16 days long: these interactions fall into several of them.
+    start = TODAY_MS
+    await store.append_interactions(
+        [event("u1", "a", start, weight=2.0), event("u2", "a", start, weight=3.0), event("u3", "b", start)]
+    )
+    await store.append_interactions([event("u1", "a", start + 20 * DAY_MS, weight=1.0)])
+    await store.append_interactions([event("u4", "c", start + 40 * DAY_MS, weight=4.0)])
+    counts = await store.item_popularity(T)
+    trending, all_time = counts["trending"], counts["all_time"]
+    assert trending["a"] == pytest.approx(5 * 2.0**-40 + 2.0**-20, rel=1e-4)
+    assert trending.get("b", 0.0) == pytest.approx(2.0**-40, abs=1e-9)
+    assert trending["c"] == pytest.approx(4.0, rel=1e-4)
+    assert all_time["a"] == pytest.approx(5 * 2 ** (-40 / 365) + 2 ** (-20 / 365), rel=1e-4)
+    assert all_time["b"] == pytest.approx(2 ** (-40 / 365), rel=1e-4)
+    assert all_time["c"] == pytest.approx(4.0, rel=1e-4)
+    # The lists order the items differently: recent activity against the long run.
+    assert max(trending, key=trending.__getitem__) == "c"
+    assert max(all_time, key=all_time.__getitem__) == "a"
+
+
+async def test_an_interaction_older_than_the_newest_counts_decayed(store: ProfileStore) -> None:
+    await store.append_interactions([event("u1", "a", TODAY_MS)])
+    await store.append_interactions([event("u2", "b", TODAY_MS - 2 * DAY_MS)])  # arrives late
+    counts = await store.item_popularity(T)
+    assert counts["trending"]["a"] == pytest.approx(1.0, rel=1e-4)
+    assert counts["trending"]["b"] == pytest.approx(0.25, rel=1e-4)

@@ -8,6 +8,7 @@ or back.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ import pytest
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement
 
+from server import _core
 from server.backends.scylla import ScyllaProfileStore, apply_schema, drop_keyspace
 from server.config import ProfilesConfig
 from server.domain import Interaction, UserProfile
@@ -103,12 +105,24 @@ async def test_history_reads_are_limited_by_the_configured_history_limit(store: 
     assert await store.recent_interactions("u1", 0, 1.0) == []
 
 
+def statement_name(store: Any, statement: Any) -> str:
+    """The _Statements field a call runs (for a batch: its first statement's)."""
+    names = {
+        getattr(store._conn.statements, f.name).query_id: f.name
+        for f in dataclasses.fields(store._conn.statements)
+    }
+    if isinstance(statement, BatchStatement):
+        return names[statement._statements_and_parameters[0][1]]
+    return names[getattr(statement, "prepared_statement", statement).query_id]
+
+
 async def test_interactions_are_written_in_single_partition_unlogged_batches(store: Any) -> None:
     spy = Spy(store)
     batch = events("u1", 120) + events("u2", 1) + [Interaction("u1", "i5", "buy", 9.0, 1_005)]
     await store.append_interactions(batch)
-    batches = [s for s, _, _ in spy.calls if isinstance(s, BatchStatement)]
-    singles = [s for s, _, _ in spy.calls if not isinstance(s, BatchStatement)]
+    history = [s for s, _, _ in spy.calls if statement_name(store, s) == "append_interaction"]
+    batches = [s for s in history if isinstance(s, BatchStatement)]
+    singles = [s for s in history if not isinstance(s, BatchStatement)]
     assert sorted(len(b._statements_and_parameters) for b in batches) == [20, 50, 50]
     assert len(singles) == 1  # u2's single row needs no batch
     assert all(b.batch_type.name == "UNLOGGED" and b.is_idempotent for b in batches)
@@ -160,7 +174,14 @@ async def test_schema_matches_the_design() -> None:
                 [ks],
             )
         }
-        assert set(tables) == {"user_profiles", "user_interactions", "items"}
+        assert set(tables) == {
+            "user_profiles",
+            "user_interactions",
+            "items",
+            "user_seen",
+            "item_popularity",
+            "popularity_clock",
+        }
         assert tables["user_interactions"][1]["class"].endswith("TimeWindowCompactionStrategy")
         assert tables["user_interactions"][2] == 86400
         columns = {
@@ -174,6 +195,18 @@ async def test_schema_matches_the_design() -> None:
         assert columns[("user_interactions", "ts")] == ("clustering", "desc")
         assert columns[("user_interactions", "item_id")][0] == "clustering"
         assert columns[("items", "item_id")][0] == "partition_key"
+        assert columns[("item_popularity", "list_name")][0] == "partition_key"
+        assert columns[("item_popularity", "epoch")][0] == "partition_key"
+        assert columns[("item_popularity", "item_id")][0] == "clustering"
+        types = {
+            (r[0], r[1]): r[2]
+            for r in session.execute(
+                "SELECT table_name, column_name, type FROM system_schema.columns WHERE keyspace_name = %s",
+                [ks],
+            )
+        }
+        assert types[("user_seen", "items")] == "map<bigint, bigint>"
+        assert types[("item_popularity", "value")] == "counter"
         replication = session.execute(
             "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", [ks]
         ).one()[0]
@@ -195,6 +228,75 @@ async def test_routing_consistency_and_speculation_come_from_config(store: Any) 
     assert profiles["recd-read"].speculative_execution_policy.max_attempts == 1
     with pytest.raises(ValueError, match="consistency"):
         ScyllaProfileStore(ProfilesConfig(backend="scylla", consistency="MOSTLY"))
+
+
+async def test_seen_entries_carry_their_interaction_time_and_counters_come_last(store: Any) -> None:
+    spy = Spy(store)
+    await store.append_interactions([*events("u1", 60), Interaction("u1", "i3", "view", 1.0, 500)])
+    names = [statement_name(store, s) for s, _, _ in spy.calls]
+    seen_writes = [s for s, _, _ in spy.calls if statement_name(store, s) == "seen_add"]
+    assert [len(s._statements_and_parameters) for s in seen_writes] == [50, 10]
+    for batch in seen_writes:
+        assert batch.batch_type.name == "UNLOGGED" and batch.is_idempotent
+        for _, _, values in batch._statements_and_parameters:
+            assert len(values) == 3  # USING TIMESTAMP, the map, the user
+    counters = [s for s, _, _ in spy.calls if statement_name(store, s) == "popularity_add"]
+    assert counters and all(s.batch_type.name == "COUNTER" and not s.is_idempotent for s in counters)
+    # The counters (not idempotent) are sent only once every idempotent write was acknowledged.
+    first_counter = names.index("popularity_add")
+    assert set(names[first_counter:]) == {"popularity_add"}
+
+
+async def test_a_seen_entry_keeps_the_latest_time_whatever_the_arrival_order(store: Any) -> None:
+    await store.append_interactions(events("u1", 60))
+    await store.append_interactions([Interaction("u1", "i3", "view", 1.0, 500)])
+    # i3 was seen at 1_003; the older interaction with it (ts 500), written later, did not lower that.
+    row = store._conn.session.execute(
+        f"SELECT items FROM {store.config.keyspace}.user_seen WHERE user_id = 'u1'"
+    ).one()
+    hash_i3 = int(_core.stable_hash64(["i3"]).view(np.int64)[0])
+    assert row[0][hash_i3] == 1_003
+
+
+async def test_an_oversized_seen_set_is_answered_newest_first_and_trimmed_in_the_background() -> None:
+    store = await scylla_store(seen_limit=5)
+    try:
+        await store.append_interactions(events("u1", 8))
+        seen = await store.seen_items("u1", 1.0)
+        assert seen.tolist() == sorted(_core.stable_hash64([f"i{k}" for k in range(3, 8)]).tolist())
+        query = f"SELECT items FROM {store.config.keyspace}.user_seen WHERE user_id = 'u1'"
+        for _ in range(100):
+            if len(store._conn.session.execute(query).one()[0]) == 5:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the seen set was not trimmed")
+        assert (await store.seen_items("u1", 1.0)).tolist() == seen.tolist()
+    finally:
+        await store.close()
+
+
+async def test_popularity_reads_the_newest_epochs_of_each_list_only(store: Any) -> None:
+    from server import popularity
+
+    now_ms = 1_750_000_000_000
+    await store.append_interactions(
+        [
+            Interaction("u1", "a", "view", 1.0, now_ms - 100 * 86_400_000),
+            Interaction("u1", "b", "view", 1.0, now_ms),
+        ]
+    )
+    spy = Spy(store)
+    counts = await store.item_popularity(5.0)
+    assert counts["trending"] == {"b": pytest.approx(1.0, rel=1e-4)}  # "a" is 6 epochs back: not read
+    assert counts["all_time"]["a"] == pytest.approx(2 ** (-100 / 365), rel=1e-4)
+    reads = [p for s, p, _ in spy.calls if statement_name(store, s) == "popularity_read"]
+    expected = [
+        [name, epoch]
+        for name, half_life_s in store.popularity_half_lives.items()
+        for epoch in popularity.epochs_to_read(now_ms, half_life_s)
+    ]
+    assert sorted(reads) == sorted(expected)
 
 
 def closed_port() -> int:
