@@ -132,6 +132,38 @@ def generate(
 
 
 @dataclass(frozen=True, slots=True)
+class GroundTruth:
+    """What `generate` drew but did not write: each item's cluster and each user's favourite clusters,
+    so that tests can check recommendations against the users' real tastes."""
+
+    item_cluster: npt.NDArray[np.int64]  # by item number (i000042 -> 42)
+    favourites: list[frozenset[int]]  # by user number (u00042 -> 42)
+
+
+def ground_truth(
+    items: int,
+    users: int,
+    dim: int,
+    clusters: int = 200,
+    seed: int = 7,
+    *,
+    now_ms: int,
+    mean_history: float = 30.0,
+    max_history: int = 500,
+    favourite_share: float = 0.85,
+) -> GroundTruth:
+    """Replays the draws of `generate` called with the same arguments (`now_ms` included)."""
+    rng = np.random.default_rng(seed)
+    catalogue = _make_items(rng, items, dim, clusters, now_ms)
+    population = _make_users(rng, users, catalogue, mean_history, max_history, favourite_share, now_ms)
+    favourites = [
+        frozenset(row[:count].tolist())
+        for row, count in zip(population.favourites, population.favourite_counts.tolist(), strict=True)
+    ]
+    return GroundTruth(catalogue.cluster, favourites)
+
+
+@dataclass(frozen=True, slots=True)
 class _Catalogue:
     centres: npt.NDArray[np.float32]
     cluster: npt.NDArray[np.int64]

@@ -86,6 +86,21 @@ def read_records(path: Path, kind: Kind, batch_size: int = 1000) -> Iterator[lis
     return readers[kind](Path(path), batch_size)
 
 
+def read_records_skipping(
+    path: Path, kind: Kind, skipped: list[ValueError], batch_size: int = 1000
+) -> Iterator[list[Any]]:
+    """Like `read_records`, but a row with a malformed field (a missing timestamp, a weight that is no
+    number) is left out, its error appended to `skipped`, instead of ending the file. A file that cannot
+    be parsed at all (invalid JSON, a CSV row of the wrong width) still raises."""
+    converters: dict[Kind, RowConverter[Any]] = {
+        "items": _item,
+        "users": _user,
+        "interactions": _interaction,
+        "edges": _edge,
+    }
+    return _batches(Path(path), kind, converters[kind], batch_size, skipped)
+
+
 def count_rows(path: Path) -> int | None:
     """Rows in the file when that is known without reading it (Parquet metadata), else None."""
     if file_format(Path(path)) == "parquet":
@@ -109,13 +124,25 @@ Row = dict[str, Any]
 RowConverter = Callable[[Row, _Where], T]
 
 
-def _batches(path: Path, kind: Kind, convert: RowConverter[T], batch_size: int) -> Iterator[list[T]]:
+def _batches(
+    path: Path,
+    kind: Kind,
+    convert: RowConverter[T],
+    batch_size: int,
+    skipped: list[ValueError] | None = None,
+) -> Iterator[list[T]]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     sources = {"parquet": _parquet_rows, "csv": _csv_rows, "jsonl": _jsonl_rows}
     batch: list[T] = []
     for where, row in sources[file_format(path)](path, kind, batch_size):
-        batch.append(convert(row, where))
+        try:
+            batch.append(convert(row, where))
+        except ValueError as exc:
+            if skipped is None:
+                raise
+            skipped.append(exc)
+            continue
         if len(batch) >= batch_size:
             yield batch
             batch = []
