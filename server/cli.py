@@ -1,4 +1,4 @@
-"""The `recd` command: serve, shard, demo, recommend, similar, gen, load, bench, config show."""
+"""The `recd` command: serve, shard, demo, recommend, similar, gen, load, eval, tune, bench, config show."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from server.bench.main import SUITES as BENCH_SUITES
 from server.config import Config, dump_config, load_config
 from server.logs import setup_logging
 
@@ -45,6 +46,8 @@ async def _serve(config: Config, on_ready: Any = None) -> None:
 
     recd = build_recd(config)
     await recd.hydrate_catalogue()
+    # The items' popularity counts (then every popularity.refresh_s), before the first request.
+    await recd.popularity_sync.start()
     await recd.warm_up()
     server = RecdServer(recd, config)
     serve_metrics(config.server.metrics_address)
@@ -133,6 +136,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         recd = build_recd(config)
         started = time.monotonic()
         await recd.hydrate_catalogue()
+        await recd.popularity_sync.start()
         await recd.warm_up()
         server = RecdServer(recd, config)
         serve_metrics(config.server.metrics_address)
@@ -232,6 +236,8 @@ def _print_items(response: Any, as_json: bool) -> None:
         f"coverage: {cov.shards_ok}/{cov.shards_total} shards"
         f"{' (partial)' if cov.partial else ''}; degraded: {list(cov.degraded_reasons) or 'none'}"
     )
+    retrieval = {1: "hnsw", 2: "hnsw, filtered in the shards", 3: "exact scan of the filtered items"}
+    print(f"retrieval: {retrieval.get(response.retrieval, 'none')}")
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -334,8 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_shard)
 
     from server.cluster.commands import add_commands
+    from server.evaluation.commands import add_commands as add_evaluation_commands
 
     add_commands(sub, with_config)
+    add_evaluation_commands(sub, with_config)
 
     p = with_config(sub.add_parser("edge", help="run the edge cache tier in front of frontends"))
     p.add_argument("--origin", action="append", default=[], help="frontend host:port (repeatable)")
@@ -381,18 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
         "suite",
         nargs="?",
         default="all",
-        choices=[
-            "all",
-            "recommend",
-            "ann",
-            "score",
-            "ingest",
-            "rank",
-            "rankers",
-            "backends",
-            "edge",
-            "cluster",
-        ],
+        # Every suite main.py registers, so a new suite needs no second list here.
+        choices=["all", "rank", *BENCH_SUITES],
     )
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     p.add_argument("--out", default="BENCHMARKS.md")

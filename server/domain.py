@@ -19,6 +19,15 @@ class Source(enum.IntEnum):
     POPULAR = 3
 
 
+class Retrieval(enum.IntEnum):
+    """How the ANN candidates were retrieved; values match recd.v1.Retrieval."""
+
+    UNSPECIFIED = 0  # no vector retrieval answered (cold start, or the ANN source failed)
+    HNSW = 1
+    HNSW_FILTERED = 2  # the filter applied inside each shard's HNSW search
+    EXACT_FILTERED = 3  # a selective filter: every matching item scored exactly
+
+
 @dataclass(frozen=True, slots=True)
 class ItemRecord:
     item_id: str
@@ -109,3 +118,4 @@ class Recommendation:
     cache_key: str
     cache_ttl_seconds: int
     model_version: str
+    retrieval: Retrieval = Retrieval.UNSPECIFIED

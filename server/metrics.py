@@ -83,6 +83,10 @@ RANK_FALLBACKS = Counter("recd_rank_fallbacks_total", "Rank batches moved to the
 CACHE_REQUESTS = Counter("recd_cache_requests_total", "Cache lookups", ["tier", "outcome"])
 BACKEND_CALLS = Counter("recd_backend_calls_total", "Round trips to backends", ["backend", "op", "outcome"])
 ITEMS = Gauge("recd_items", "Items in the catalogue")
+# outcome ok / error: this frontend re-reading the decayed popularity counts from the profile store.
+POPULARITY_REFRESHES = Counter(
+    "recd_popularity_refreshes_total", "Reads of the shared popularity counts", ["outcome"]
+)
 
 
 def serve_metrics(address: str, registry: CollectorRegistry = REGISTRY) -> None:

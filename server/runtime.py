@@ -18,9 +18,11 @@ import numpy as np
 from server import metrics, validation
 from server.backends.base import Cache, ItemGraph, ProfileStore
 from server.candidates.ann import AnnSearcher, AnnSource
+from server.candidates.exact import ExactFilteredSearch
 from server.candidates.graph import GraphSource
 from server.candidates.popular import PopularSource
 from server.catalog.item_store import ItemStore
+from server.catalog.popularity_sync import PopularitySync
 from server.catalog.writes import ItemWriter
 from server.config import Config
 from server.domain import (
@@ -29,6 +31,7 @@ from server.domain import (
     ItemRecord,
     Recommendation,
     RecommendQuery,
+    Retrieval,
     ScoredItem,
     SimilarQuery,
     UserProfile,
@@ -47,6 +50,7 @@ from server.ranking.service import RankService
 from server.shard_router import ShardRouter
 from server.users import UserStates
 from server.validation import Limits
+from server.warmup import Warmer
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,7 @@ class Similar:
     coverage_total: int
     coverage_ok: int
     degraded: list[str]
+    retrieval: Retrieval = Retrieval.UNSPECIFIED
 
 
 class Recd:
@@ -92,6 +97,9 @@ class Recd:
         self.model = model
         self.limits = Limits(config.dim, config.server.max_batch, config.server.max_id_bytes)
         self.item_writer = ItemWriter(router, items, self.limits)
+        self.warmer = Warmer(self._warm_search_path)
+        # Started after hydrate_catalogue (cli), or by the first write through this frontend.
+        self.popularity_sync = PopularitySync(profiles, items, config.popularity.refresh_s)
         pc = config.pipeline
         c = pc.candidates
         self.users = UserStates(
@@ -99,11 +107,21 @@ class Recd:
         )
         batch = config.shards.search_batch
         self.ann = AnnSearcher(router, c.shard_k_factor, batch.max_batch, batch.max_wait_ms / 1000.0)
-        ann = AnnSource(self.ann, items, c.ann_k, config.shards.index.ef_search)
+        # Selective filters are scored exactly, on the GPU ranker's table where it runs (zero side
+        # features: a positive similarity weight keeps the similarity order).
+        primary = rank_service.primary
+        on_gpu = primary.name == "gpu" and model.similarity_weight > 0
+        self.exact = ExactFilteredSearch(items, c.exact_filter_max_items, primary if on_gpu else None)
+        ann = AnnSource(self.ann, items, c.ann_k, config.shards.index.ef_search, self.exact)
         graph_source = GraphSource(
             graph, items, c.graph_seeds, c.graph_hops, c.graph_limit_per_hop, c.graph_min_score
         )
-        popular = PopularSource(items, k_cold=c.popular_k, k_warm=max(10, c.popular_k // 4))
+        popular = PopularSource(
+            items,
+            k_cold=c.popular_k,
+            k_warm=max(10, c.popular_k // 4),
+            list_name=config.popularity.popular_list,
+        )
         shared_tail: list[Step] = [
             FilterCandidates(items),
             RankCandidates(rank_service, items, model, pc.mmr_pool),
@@ -155,6 +173,7 @@ class Recd:
             cache_key=self.cache_key(query),
             cache_ttl_seconds=self.config.response.cache_ttl_seconds,
             model_version=self.model.version,
+            retrieval=ctx.retrieval,
         )
 
     async def similar_items(self, query: SimilarQuery, caller_deadline: float | None = None) -> Similar:
@@ -169,7 +188,7 @@ class Recd:
         await self.similar_pipeline.run(ctx)
         self._fill_coverage(ctx)
         cov = ctx.coverage
-        return Similar(ctx.items, cov.shards_total, cov.shards_ok, list(cov.degraded))
+        return Similar(ctx.items, cov.shards_total, cov.shards_ok, list(cov.degraded), ctx.retrieval)
 
     def _fill_coverage(self, ctx: RequestContext) -> None:
         # When ANN did not answer (failed, or had no vector to search), no shard contributed.
@@ -192,10 +211,14 @@ class Recd:
 
     # --- writes ---------------------------------------------------------------------------------------
     async def upsert_items(self, records: Sequence[ItemRecord]) -> int:
-        return await self.item_writer.upsert(records)
+        written = await self.item_writer.upsert(records)
+        self.warmer.poke()
+        return written
 
     async def delete_items(self, item_ids: Sequence[str]) -> int:
-        return await self.item_writer.delete(item_ids)
+        deleted = await self.item_writer.delete(item_ids)
+        self.warmer.poke()
+        return deleted
 
     async def get_items(self, item_ids: Sequence[str]) -> tuple[list[ItemRecord], list[str]]:
         return await self.item_writer.get(item_ids)
@@ -220,6 +243,13 @@ class Recd:
             validation.check_weight(x.weight, f"interactions[{i}].weight")
             if x.timestamp_ms < 0:
                 raise invalid(f"interactions[{i}].timestamp_ms must be >= 0 (0 = now), got {x.timestamp_ms}")
+            if x.timestamp_ms > now_ms + validation.MAX_CLOCK_SKEW_MS:
+                # The newest interaction is the reference time of the popularity counts: one event dated
+                # in the future would decay every other count to nothing.
+                raise invalid(
+                    f"interactions[{i}].timestamp_ms {x.timestamp_ms} is more than a day in the future "
+                    f"(now is {now_ms}); send the time the interaction happened, in ms since the epoch"
+                )
             if len(x.action) > 64:
                 raise invalid(f"interactions[{i}].action is longer than 64 characters")
             normalised.append(
@@ -228,6 +258,7 @@ class Recd:
                 )
             )
         await self.profiles.append_interactions(normalised)
+        self.popularity_sync.poke()  # this frontend's counts reflect the write promptly
         await self.users.invalidate(x.user_id for x in normalised)
         return len(normalised)
 
@@ -278,17 +309,28 @@ class Recd:
 
     async def warm_up(self) -> None:
         """Runs the request path once before serving, so the first caller does not pay for lazy set-up
-        (thread pools, kernel compilation, first index touches) and see a degraded answer."""
+        (thread pools, kernel compilation, first index touches) and see a degraded answer. Runs again
+        by itself once a burst of item writes has gone quiet (server.warmup)."""
         await asyncio.to_thread(self.rank_service.primary.warm_up)
         if len(self.items) and self.rank_service.fallback is not None:
             await asyncio.to_thread(self.rank_service.fallback.warm_up)
-        if len(self.items):
-            probe = np.zeros((1, self.config.dim), dtype=np.float32)
-            probe[0, 0] = 1.0
-            for _ in range(3):
-                await self.router.search(probe, 10, 10, self.config.shards.index.ef_search, None, 10.0)
+        await self._warm_search_path()
+
+    async def _warm_search_path(self) -> None:
+        c = self.config.pipeline.candidates
+        ef = self.config.shards.index.ef_search
+        probe = np.zeros((1, self.config.dim), dtype=np.float32)
+        probe[0, 0] = 1.0
+        per_shard_k = self.router.per_shard_k(c.ann_k, c.shard_k_factor)
+        for _ in range(3):
+            await self.router.search(probe, c.ann_k, per_shard_k, ef, None, 10.0)
+        self.items.popular(c.popular_k)
+        for item_id in self.items.sample_ids(3):
+            await self.similar_items(SimilarQuery(item_id, 10, {}), time.monotonic() + 10.0)
 
     async def close(self) -> None:
+        await self.warmer.close()
+        await self.popularity_sync.close()
         self.rank_service.close()
         for node in self.router.nodes:
             await node.client.close()

@@ -36,7 +36,7 @@ from server.cluster.health import HedgePolicy, NodeHealth
 from server.cluster.layout import Layout, Placement
 from server.errors import BackendError
 from shards.client import ShardClient
-from shards.records import NO_LABEL, ErrorKind, RecordBatch, ShardError, ShardHits
+from shards.records import NO_LABEL, ErrorKind, QueryFilter, RecordBatch, ShardError, ShardHits
 
 T = TypeVar("T")
 _WRITE_ATTEMPTS = 4
@@ -253,7 +253,10 @@ class ShardRouter:
         ef: int,
         exclude: list[npt.NDArray[np.uint64]] | None,
         timeout_s: float,
+        filters: Sequence[QueryFilter | None] | None = None,
     ) -> SearchResult:
+        """Merged top-k per query. `exclude[i]`: sorted, unique labels query i must not return;
+        `filters[i]`: the attribute filter its hits must pass, applied inside each shard's search."""
         await self.ensure_started()
         topology = self._topology
         routing = topology.read
@@ -276,7 +279,7 @@ class ShardRouter:
                     metrics.SHARD_EXTRA_CALLS.labels(kind).inc()
                 task = asyncio.ensure_future(
                     self._search_node(
-                        node, shards, queries, per_shard_k, ef, exclude, self._node_timeout(deadline)
+                        node, shards, queries, per_shard_k, ef, exclude, filters, self._node_timeout(deadline)
                     )
                 )
                 delay = hedge.delay_s(self._health[node]) if kind == "first" else None
@@ -389,6 +392,7 @@ class ShardRouter:
         k: int,
         ef: int,
         exclude: list[npt.NDArray[np.uint64]] | None,
+        filters: Sequence[QueryFilter | None] | None,
         timeout_s: float,
     ) -> dict[int, ShardHits | ShardError]:
         started = time.perf_counter()
@@ -396,7 +400,9 @@ class ShardRouter:
         outcome = "cancelled"
         try:
             try:
-                result = await self._clients[node].search(queries, shards, k, ef, exclude, timeout_s)
+                result = await self._clients[node].search(
+                    queries, shards, k, ef, exclude, timeout_s, filters=filters
+                )
             except TimeoutError:
                 error = ShardError(f"{node}: timed out after {timeout_s:.3f}s", ErrorKind.DEADLINE_EXCEEDED)
                 result = dict.fromkeys(shards, error)

@@ -31,6 +31,7 @@ from shards.records import (
     ErrorKind,
     NodeLayout,
     NodeStats,
+    QueryFilter,
     RecordBatch,
     ShardError,
     ShardHits,
@@ -51,8 +52,12 @@ class ShardClient(Protocol):
         ef: int = 0,
         exclude: Sequence[NDArray[np.uint64]] | None = None,
         timeout_s: float | None = None,
+        *,
+        filters: Sequence[QueryFilter | None] | None = None,
     ) -> dict[int, ShardHits | ShardError]:
-        """queries (Q, dim) float32; ef=0 means the node's default; exclude: one label array per query."""
+        """queries (Q, dim) float32; ef=0 means the node's default; exclude: one label array per query
+        (sorted and unique, as the frontend builds them); filters: one attribute filter (or None) per
+        query, applied inside each shard's search."""
         ...
 
     async def upsert(
@@ -147,13 +152,16 @@ class InProcessShardClient:
         ef: int = 0,
         exclude: Sequence[NDArray[np.uint64]] | None = None,
         timeout_s: float | None = None,
+        *,
+        filters: Sequence[QueryFilter | None] | None = None,
     ) -> dict[int, ShardHits | ShardError]:
         # One thread waits for all the shard searches and wakes the event loop once, instead of every
         # shard's completion waking it (a cross-thread wake-up costs about as much as a small search).
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, functools.partial(self.host.search, queries, shard_ids, k, ef, exclude, timeout_s)
+        search = functools.partial(
+            self.host.search, queries, shard_ids, k, ef, exclude, timeout_s, filters=filters
         )
+        return await loop.run_in_executor(self._executor, search)
 
     async def upsert(
         self,
@@ -242,8 +250,10 @@ class GrpcShardClient:
         ef: int = 0,
         exclude: Sequence[NDArray[np.uint64]] | None = None,
         timeout_s: float | None = None,
+        *,
+        filters: Sequence[QueryFilter | None] | None = None,
     ) -> dict[int, ShardHits | ShardError]:
-        request = convert.search_request(queries, shard_ids, k, ef, exclude)
+        request = convert.search_request(queries, shard_ids, k, ef, exclude, filters)
         try:
             response = await self._stub.Search(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:

@@ -1,6 +1,8 @@
 """The one place where shard types meet protobuf and gRPC status codes.
 
-Vectors travel as raw little-endian float32 bytes and labels as packed uint64. A per-shard search error
+Vectors travel as raw little-endian float32 bytes and labels as packed uint64, except a search's
+exclusions, which travel as little-endian uint64 bytes (10,000 of them encode in microseconds, where a
+repeated field takes about a millisecond each way). A per-shard search error
 travels inside ShardHits.error as "<ErrorKind name>: <message>", so the client can tell a transient
 failure from a permanent one (the proto has no field for it).
 """
@@ -15,9 +17,11 @@ from numpy.typing import NDArray
 
 from server.gen.recd.v1 import shard_pb2 as pb
 from shards.records import (
+    AttributeFilter,
     ErrorKind,
     NodeLayout,
     NodeStats,
+    QueryFilter,
     RecordBatch,
     ShardError,
     ShardHits,
@@ -107,6 +111,7 @@ def search_request(
     k: int,
     ef: int,
     exclude: Sequence[NDArray[np.uint64]] | None,
+    filters: Sequence[QueryFilter | None] | None = None,
 ) -> pb.ShardSearchRequest:
     q = np.asarray(queries)
     if q.ndim != 2:
@@ -118,8 +123,52 @@ def search_request(
         shard_ids=list(shard_ids),
         k=k,
         ef=ef,
-        exclude=[pb.LabelList(labels=as_labels(e).tolist()) for e in exclude] if exclude else [],
+        constraints=constraints_to_proto(exclude, filters),
     )
+
+
+def constraints_to_proto(
+    exclude: Sequence[NDArray[np.uint64]] | None, filters: Sequence[QueryFilter | None] | None
+) -> list[pb.QueryConstraints]:
+    """One entry per query, or none when no query has exclusions or a filter. Counts that disagree are
+    sent as they are: the node refuses them with the same message as the in-process host."""
+    if not exclude and not filters:
+        return []
+    count = max(len(exclude or ()), len(filters or ()))
+    out = []
+    for i in range(count):
+        message = pb.QueryConstraints()
+        if exclude and i < len(exclude):
+            message.exclude_labels = np.ascontiguousarray(as_labels(exclude[i]), dtype="<u8").tobytes()
+        f = filters[i] if filters and i < len(filters) else None
+        if f is not None:
+            terms = f.terms if isinstance(f, AttributeFilter) else f.items()
+            message.filter.extend(pb.AttributeValues(attribute=a, values=sorted(v)) for a, v in terms)
+        out.append(message)
+    return out
+
+
+def constraints_from_proto(
+    request: pb.ShardSearchRequest,
+) -> tuple[list[NDArray[np.uint64]] | None, list[QueryFilter | None] | None]:
+    """(exclude, filters) of a search request, each one entry per listed query or None. The filters are
+    checked by the host, as for an in-process caller, so both report a bad one the same way."""
+    if not request.constraints:
+        return [labels_from(e.labels) for e in request.exclude] or None, None
+    exclude: list[NDArray[np.uint64]] = []
+    filters: list[QueryFilter | None] = []
+    for i, message in enumerate(request.constraints):
+        raw = message.exclude_labels
+        if len(raw) % 8:
+            raise invalid(
+                f"constraints[{i}].exclude_labels: {len(raw)} bytes is not a whole number of uint64"
+            )
+        exclude.append(np.frombuffer(raw, dtype="<u8").astype(np.uint64, copy=False))
+        allowed: dict[str, list[str]] = {}
+        for term in message.filter:
+            allowed.setdefault(term.attribute, []).extend(term.values)
+        filters.append(allowed or None)
+    return exclude, filters
 
 
 def hits_to_proto(shard_id: int, result: ShardHits | ShardError) -> pb.ShardHits:

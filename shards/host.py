@@ -20,14 +20,17 @@ from numpy.typing import NDArray
 
 from shards.index import DEFAULT_SNAPSHOT_EVERY_RECORDS, ShardIndex
 from shards.records import (
+    AttributeFilter,
     ErrorKind,
     IndexParams,
     NodeStats,
+    QueryFilter,
     RecordBatch,
     ShardError,
     ShardHits,
     check_ef,
     check_exclude,
+    check_filters,
     check_k,
     check_queries,
     unknown_shard,
@@ -129,13 +132,16 @@ class ShardHost:
         k: int,
         ef: int = 0,
         exclude: Sequence[NDArray[np.uint64]] | None = None,
+        filters: Sequence[QueryFilter | None] | None = None,
     ) -> dict[int, cf.Future[ShardHits] | ShardError]:
         """Validates (ShardError(INVALID_ARGUMENT) for bad input) and starts one search per listed shard;
-        for asyncio callers that wait on the futures themselves instead of blocking a thread."""
+        for asyncio callers that wait on the futures themselves instead of blocking a thread.
+        `exclude[i]`: labels query i must not return; `filters[i]`: attribute values its hits must have."""
         q = check_queries(queries, self.dim)
         check_k(k)
         check_ef(ef)
         excluded = check_exclude(exclude, len(q))
+        filtered = check_filters(filters, len(q))
         started: dict[int, cf.Future[ShardHits] | ShardError] = {}
         work: list[tuple[ShardIndex, cf.Future[ShardHits]]] = []
         for shard_id in dict.fromkeys(shard_ids):
@@ -149,10 +155,9 @@ class ShardHost:
         # One task per pool thread, each searching its share of the shards in turn: a task per shard
         # would hand the GIL between threads (and wake waiters) once per shard, which costs more than a
         # small shard's search itself.
-        exclude_lists = [e.tolist() for e in excluded] if excluded else None
         groups = min(len(work), self._search_threads)
         for g in range(groups):
-            self._search_pool.submit(_search_in_turn, work[g::groups], q, k, ef, exclude_lists)
+            self._search_pool.submit(_search_in_turn, work[g::groups], q, k, ef, excluded, filtered)
         return started
 
     def search(
@@ -163,11 +168,13 @@ class ShardHost:
         ef: int = 0,
         exclude: Sequence[NDArray[np.uint64]] | None = None,
         timeout_s: float | None = None,
+        *,
+        filters: Sequence[QueryFilter | None] | None = None,
     ) -> dict[int, ShardHits | ShardError]:
         """Per-shard top-k, keyed by shard id in request order. Bad input raises
         ShardError(INVALID_ARGUMENT); anything else (an unknown shard, a shard that missed the deadline, a
         failing shard) is reported for that shard only."""
-        started = self.start_search(queries, shard_ids, k, ef, exclude)
+        started = self.start_search(queries, shard_ids, k, ef, exclude, filters)
         futures = [f for f in started.values() if isinstance(f, cf.Future)]
         cf.wait(futures, timeout=timeout_s)
         return {shard_id: search_outcome(shard_id, f, timeout_s) for shard_id, f in started.items()}
@@ -231,13 +238,14 @@ def _search_in_turn(
     queries: NDArray[np.float32],
     k: int,
     ef: int,
-    exclude: Sequence[Sequence[int]] | None,
+    exclude: Sequence[NDArray[np.uint64]] | None,
+    filters: Sequence[AttributeFilter | None] | None,
 ) -> None:
     for shard, future in work:
         if not future.set_running_or_notify_cancel():
             continue  # the caller stopped waiting (deadline): skip the work
         try:
-            future.set_result(shard.search_checked(queries, k, ef, exclude))
+            future.set_result(shard.search_checked(queries, k, ef, exclude, filters))
         except BaseException as exc:
             future.set_exception(exc)
 

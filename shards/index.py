@@ -22,6 +22,7 @@ Concurrency, in one place:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import threading
@@ -33,10 +34,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from shards import oplog, snapshot
+from shards.attributes import AttributeTable, CompiledFilter
 from shards.records import (
     NO_LABEL,
+    AttributeFilter,
     ErrorKind,
     IndexParams,
+    QueryFilter,
     RecordBatch,
     ShardError,
     ShardHits,
@@ -44,9 +48,11 @@ from shards.records import (
     as_labels,
     check_ef,
     check_exclude,
+    check_filters,
     check_k,
     check_queries,
     invalid,
+    is_excluded,
 )
 from shards.rwlock import RWLock
 from shards.wal import WALError, WriteAheadLog
@@ -56,6 +62,16 @@ log = logging.getLogger(__name__)
 DEFAULT_SNAPSHOT_EVERY_RECORDS = 50_000
 DEFAULT_ADD_CHUNK = 512
 MAX_SCAN_BATCH = 65_536  # keeps one Scan message well under the 64 MiB gRPC message limit
+# Filtered or excluding searches: the first fetch is k / selectivity times this (exclusions add k), and a
+# query still short of k hits fetches this many times more, until the shard has no more matching items.
+OVERFETCH_SLACK = 1.5
+OVERFETCH_GROWTH = 4
+
+
+def first_fetch(k: int, selectivity: float, excluding: bool, live: int) -> int:
+    """How many hits to ask hnswlib for so that about k pass the filter and the exclusions."""
+    want = k / max(selectivity, 1.0 / live) * OVERFETCH_SLACK + (k if excluding else 0)
+    return int(min(live, max(k, math.ceil(want))))
 
 
 class ShardIndex:
@@ -77,6 +93,7 @@ class ShardIndex:
         self._add_chunk = max(1, add_chunk)
         self._lock = RWLock()
         self._records: dict[int, tuple[str, bytes]] = {}  # live label -> (item_id, payload)
+        self._attributes = AttributeTable()  # live labels' attributes, for filtered search
         self._deleted: set[int] = set()  # labels still in the graph but marked deleted
         self._ef = params.ef_search
         self._turn = threading.Condition()  # LSN-ordered application
@@ -119,6 +136,7 @@ class ShardIndex:
             index = state.index
             index.set_ef(self._ef)
             self._records, self._deleted, snapshot_lsn = state.records, state.deleted, state.lsn
+            self._attributes.set(list(self._records), [payload for _, payload in self._records.values()])
         else:
             index = self._new_index(self.params.initial_capacity)
         self._index = index
@@ -260,6 +278,7 @@ class ShardIndex:
         )
         for label, item_id, payload in zip(labels, part.item_ids, part.payloads, strict=True):
             self._records[label] = (item_id, payload)
+        self._attributes.set(labels, part.payloads)
 
     def _ensure_capacity(self, needed: int) -> None:
         capacity = self._index.get_max_elements()
@@ -270,14 +289,15 @@ class ShardIndex:
         self._index.resize_index(capacity)
 
     def _apply_delete(self, labels: NDArray[np.uint64]) -> int:
-        deleted = 0
+        gone = []
         with self._lock.write():
             for label in labels.tolist():
                 if self._records.pop(label, None) is not None:
                     self._index.mark_deleted(label)
                     self._deleted.add(label)
-                    deleted += 1
-        return deleted
+                    gone.append(label)
+            self._attributes.remove(gone)
+        return len(gone)
 
     # ------------------------------------------------------------------ reads
     def search(
@@ -286,55 +306,112 @@ class ShardIndex:
         k: int,
         ef: int = 0,
         exclude: Sequence[NDArray[np.uint64]] | None = None,
+        filters: Sequence[QueryFilter | None] | None = None,
     ) -> ShardHits:
         """Top-k by inner product for each query row; `ef=0` means the configured ef_search. `exclude[i]`
-        lists labels query i must not return (over-fetched, then filtered)."""
+        lists labels query i must not return; `filters[i]` the attribute values its hits must have."""
         q = check_queries(queries, self.params.dim)
         check_k(k)
         check_ef(ef)
-        excluded = check_exclude(exclude, len(q))
-        return self.search_checked(q, k, ef, [e.tolist() for e in excluded] if excluded else None)
+        return self.search_checked(q, k, ef, check_exclude(exclude, len(q)), check_filters(filters, len(q)))
 
     def search_checked(
-        self, q: NDArray[np.float32], k: int, ef: int, exclude: Sequence[Sequence[int]] | None
+        self,
+        q: NDArray[np.float32],
+        k: int,
+        ef: int,
+        exclude: Sequence[NDArray[np.uint64]] | None,
+        filters: Sequence[AttributeFilter | None] | None = None,
     ) -> ShardHits:
-        """`search` for input the host has already validated once for all its shards (labels as ints):
-        with 20 shards per query, validating per shard cost more than a small shard's search."""
+        """`search` for input the host has already validated once for all its shards (exclusion arrays
+        sorted and unique): with 20 shards per query, validating per shard cost more than a small
+        shard's search."""
         self._check_open()
         hits = ShardHits.empty(len(q), k)
         if not len(q):
             return hits
-        # Only the excluded labels this shard holds matter: the frontend sends one exclusion list for all
-        # shards and most of it lives elsewhere. Over-fetch by those, and filter with a set: np.isin sorts
-        # its inputs, which costs more than the search itself at these sizes.
-        records = self._records
-        banned = [{label for label in e if label in records} for e in exclude] if exclude else []
-        extra = max((len(b) for b in banned), default=0)
         self._acquire_read_at_ef(max(ef or self.params.ef_search, k))
         try:
-            fetch_k = min(k + extra, len(records))
-            if fetch_k == 0:
+            live = len(self._records)
+            if live == 0:
                 return hits
+            if exclude or filters:
+                self._constrained_search(q, k, live, hits, exclude, filters)
+                return hits
+            fetch_k = min(k, live)
             labels, distances = self._knn(q, fetch_k)
         finally:
             self._lock.release_read()
-        scores = (-distances if self.params.space == "l2" else 1.0 - distances).astype(np.float32)
-        if extra == 0:
-            width = min(k, fetch_k)
-            hits.labels[:, :width] = labels[:, :width]
-            hits.scores[:, :width] = scores[:, :width]
-            return hits
-        for row, drop in enumerate(banned):
-            if not drop:
-                width = min(k, fetch_k)
-                hits.labels[row, :width] = labels[row, :width]
-                hits.scores[row, :width] = scores[row, :width]
-                continue
-            keep = np.fromiter((label not in drop for label in labels[row].tolist()), bool, fetch_k)
-            kept_labels = labels[row][keep][:k]
-            hits.labels[row, : len(kept_labels)] = kept_labels
-            hits.scores[row, : len(kept_labels)] = scores[row][keep][:k]
+        hits.labels[:, :fetch_k] = labels
+        hits.scores[:, :fetch_k] = self._scores(distances)
         return hits
+
+    def _scores(self, distances: NDArray[np.float32]) -> NDArray[np.float32]:
+        return (-distances if self.params.space == "l2" else 1.0 - distances).astype(np.float32)
+
+    def _constrained_search(
+        self,
+        q: NDArray[np.float32],
+        k: int,
+        live: int,
+        hits: ShardHits,
+        exclude: Sequence[NDArray[np.uint64]] | None,
+        filters: Sequence[AttributeFilter | None] | None,
+    ) -> None:
+        """Search, then drop hits that are excluded or fail the filter, with adaptive over-fetch: the
+        first fetch is sized from the filter's estimated selectivity here; a query left with fewer than
+        k hits while this shard holds matching items it has not returned yet searches again, fetching
+        OVERFETCH_GROWTH times more, until it has k or has seen every matching item. Runs under the read
+        lock (the attribute table is read-locked with the index)."""
+        n = len(q)
+        compiled: dict[AttributeFilter, CompiledFilter] = {}
+        wanted: list[CompiledFilter | None] = []
+        for f in filters or [None] * n:
+            if f is not None and f not in compiled:
+                compiled[f] = self._attributes.compile(f)
+            wanted.append(None if f is None else compiled[f])
+        fetch: dict[int, int] = {}
+        for i in range(n):
+            c = wanted[i]
+            if c is not None and c.bound == 0:
+                continue  # nothing here can match: the row stays empty
+            excluding = exclude is not None and len(exclude[i]) > 0
+            fetch[i] = first_fetch(k, c.selectivity if c is not None else 1.0, excluding, live)
+        while fetch:
+            by_size: dict[int, list[int]] = {}
+            for i, size in fetch.items():
+                by_size.setdefault(size, []).append(i)
+            again: dict[int, int] = {}
+            for size, members in by_size.items():
+                rows = np.asarray(members)
+                labels, distances = self._knn(q[rows], size)
+                passing = labels != NO_LABEL
+                filtered = [(row, c) for row, i in enumerate(members) if (c := wanted[i]) is not None]
+                if filtered:
+                    slots = self._attributes.slots_of(labels[[row for row, _ in filtered]])
+                    for j, (row, c) in enumerate(filtered):
+                        passing[row] &= c.matches(slots[j])
+                matched = passing.sum(axis=1)  # matching hits, excluded ones included
+                if exclude is not None:
+                    for row, i in enumerate(members):
+                        if len(exclude[i]):
+                            passing[row] &= ~is_excluded(labels[row], exclude[i])
+                # The first k passing hits of each row, in order, moved to the front of the row.
+                rank = np.cumsum(passing, axis=1)
+                take = passing & (rank <= k)
+                r, col = np.nonzero(take)
+                hits.labels[rows] = NO_LABEL  # an earlier, smaller fetch may have filled these rows
+                hits.scores[rows] = -np.inf
+                hits.labels[rows[r], rank[r, col] - 1] = labels[r, col]
+                hits.scores[rows[r], rank[r, col] - 1] = self._scores(distances[r, col])
+                if size >= live:
+                    continue
+                kept = take.sum(axis=1)
+                for row in np.flatnonzero(kept < k).tolist():
+                    c = wanted[members[row]]
+                    if matched[row] < (c.count() if c is not None else live):
+                        again[members[row]] = min(live, size * OVERFETCH_GROWTH)
+            fetch = again
 
     def _acquire_read_at_ef(self, ef: int) -> None:
         """Returns holding the read lock with the index's ef equal to `ef`."""

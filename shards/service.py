@@ -147,9 +147,9 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
     ) -> pb.ShardSearchResponse:
         async def run() -> pb.ShardSearchResponse:
             queries = convert.queries_from_bytes(request.queries, request.n_queries, request.dim)
-            exclude = [convert.labels_from(e.labels) for e in request.exclude] or None
+            exclude, filters = convert.constraints_from_proto(request)
             started = self._host.start_search(
-                queries, list(request.shard_ids), request.k, request.ef, exclude
+                queries, list(request.shard_ids), request.k, request.ef, exclude, filters
             )
             results = await gather_search(started, _inner_timeout(context.time_remaining()))
             return pb.ShardSearchResponse(

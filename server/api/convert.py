@@ -10,6 +10,7 @@ from server.domain import (
     Interaction,
     ItemRecord,
     RecommendQuery,
+    Retrieval,
     ScoredItem,
     SimilarQuery,
     Source,
@@ -19,6 +20,7 @@ from server.gen.recd.v1 import catalog_pb2, common_pb2, recommender_pb2
 
 # Enum values by proto name: typed stubs accept the names, and the wire carries the numbers.
 _SOURCE_NAMES = {s: common_pb2.Source.Name(int(s)) for s in Source}
+_RETRIEVAL_NAMES = {r: recommender_pb2.Retrieval.Name(int(r)) for r in Retrieval}
 
 
 def _filter(raw: object) -> dict[str, frozenset[str]]:
@@ -82,6 +84,10 @@ def scored_items(items: list[ScoredItem]) -> list[common_pb2.ScoredItem]:
             )
         )
     return out
+
+
+def retrieval(path: Retrieval) -> str:
+    return _RETRIEVAL_NAMES[path]
 
 
 def coverage(total: int, ok: int, degraded: list[str]) -> common_pb2.Coverage:

@@ -37,6 +37,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
             cache_key=answer.cache_key,
             cache_ttl_seconds=answer.cache_ttl_seconds,
             model_version=answer.model_version,
+            retrieval=convert.retrieval(answer.retrieval),
         )
 
     @grpc_errors
@@ -48,6 +49,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
             items=convert.scored_items(answer.items),
             coverage=convert.coverage(answer.coverage_total, answer.coverage_ok, answer.degraded),
             model_version=self._recd.model.version,
+            retrieval=convert.retrieval(answer.retrieval),
         )
 
     @grpc_errors

@@ -23,6 +23,11 @@ SUITES = {
         "run_cluster_bench",
     ),
     "seen": ("The seen set: cost and heavy users", "server.bench.seen", "run_seen_bench"),
+    "filters": (
+        "Filters inside retrieval: filtered Recommend by selectivity",
+        "server.bench.filters",
+        "run_filters_bench",
+    ),
     "backends": ("Recommend with the real backends", "server.bench.backends", "run_backends_bench"),
     "rankers": (
         "Recommend end to end: GPU ranker vs CPU ranker",

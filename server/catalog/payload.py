@@ -1,27 +1,6 @@
-"""Item metadata as stored beside the vector in a shard record (the shard treats it as opaque bytes)."""
+"""Item metadata as stored beside the vector in a shard record. The codec lives in the shard package
+(the shard reads the attributes to filter its hits); the frontend uses it from here."""
 
-from __future__ import annotations
+from shards.payload import ItemMetadata, decode_metadata, encode_metadata
 
-import json
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True, slots=True)
-class ItemMetadata:
-    attributes: dict[str, str]
-    popularity: float
-    created_at_ms: int
-
-
-def encode_metadata(meta: ItemMetadata) -> bytes:
-    body = {"a": meta.attributes, "p": meta.popularity, "t": meta.created_at_ms}
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def decode_metadata(payload: bytes) -> ItemMetadata:
-    body = json.loads(payload)
-    return ItemMetadata(
-        attributes={str(k): str(v) for k, v in body.get("a", {}).items()},
-        popularity=float(body.get("p", 0.0)),
-        created_at_ms=int(body.get("t", 0)),
-    )
+__all__ = ["ItemMetadata", "decode_metadata", "encode_metadata"]

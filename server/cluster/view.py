@@ -19,6 +19,7 @@ from shards.records import (
     ErrorKind,
     NodeLayout,
     NodeStats,
+    QueryFilter,
     RecordBatch,
     ShardError,
     ShardHits,
@@ -42,6 +43,8 @@ class ClusterView:
         ef: int = 0,
         exclude: Sequence[NDArray[np.uint64]] | None = None,
         timeout_s: float | None = None,
+        *,
+        filters: Sequence[QueryFilter | None] | None = None,
     ) -> dict[int, ShardHits | ShardError]:
         """Per shard, from its first live replica (no hedging: the router's search does that)."""
         await self._router.ensure_started()
@@ -49,7 +52,9 @@ class ClusterView:
 
         async def one(shard: int) -> ShardHits | ShardError:
             for node in self._router.replica_order(routing, shard):
-                result = await self._router.client(node).search(queries, [shard], k, ef, exclude, timeout_s)
+                result = await self._router.client(node).search(
+                    queries, [shard], k, ef, exclude, timeout_s, filters=filters
+                )
                 if isinstance(result[shard], ShardHits):
                     return result[shard]
             return ShardError(f"shard {shard}: no replica answered", ErrorKind.UNAVAILABLE)

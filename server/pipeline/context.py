@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from server.domain import Coverage, ScoredItem, Source
+from server.domain import Coverage, Retrieval, ScoredItem, Source
 
 Rows = npt.NDArray[np.int64]
 
@@ -74,5 +74,7 @@ class RequestContext:
     ranked: RankedCandidates | None = None
     items: list[ScoredItem] = field(default_factory=list)
     coverage: Coverage = field(default_factory=Coverage)
+    # Which path retrieved the ANN candidates (set by the ANN source when it answers).
+    retrieval: Retrieval = Retrieval.UNSPECIFIED
     sources_failed: list[str] = field(default_factory=list)
     sources_total: int = 0

@@ -73,8 +73,9 @@ class HalfBrokenClient:
     def __init__(self, inner: InProcessShardClient) -> None:
         self.inner = inner
 
-    async def search(self, queries, shard_ids, k, ef=0, exclude=None, timeout_s=None):  # type: ignore[no-untyped-def]
-        out = await self.inner.search(queries, [s for s in shard_ids if s < 10], k, ef, exclude, timeout_s)
+    async def search(self, queries, shard_ids, k, ef=0, exclude=None, timeout_s=None, *, filters=None):  # type: ignore[no-untyped-def]
+        up = [s for s in shard_ids if s < 10]
+        out = await self.inner.search(queries, up, k, ef, exclude, timeout_s, filters=filters)
         for s in shard_ids:
             if s >= 10:
                 out[s] = ShardError("node down", ErrorKind.UNAVAILABLE)

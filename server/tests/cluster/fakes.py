@@ -13,7 +13,16 @@ from server.cluster.layout import Layout, Placement, node_name
 from server.shard_router import RoutingPolicy, ShardRouter, topology_of
 from shards.client import InProcessShardClient
 from shards.host import ShardHost
-from shards.records import ErrorKind, IndexParams, NodeLayout, NodeStats, RecordBatch, ShardError, ShardHits
+from shards.records import (
+    ErrorKind,
+    IndexParams,
+    NodeLayout,
+    NodeStats,
+    QueryFilter,
+    RecordBatch,
+    ShardError,
+    ShardHits,
+)
 
 DIM = 16
 
@@ -41,6 +50,8 @@ class FakeNode:
         ef: int = 0,
         exclude: Sequence[NDArray[np.uint64]] | None = None,
         timeout_s: float | None = None,
+        *,
+        filters: Sequence[QueryFilter | None] | None = None,
     ) -> dict[int, ShardHits | ShardError]:
         self.searches.append(list(shard_ids))
         if self.down:
@@ -52,7 +63,7 @@ class FakeNode:
             except TimeoutError:
                 error = ShardError(f"{self.name}: deadline", ErrorKind.DEADLINE_EXCEEDED)
                 return dict.fromkeys(shard_ids, error)
-        return await self.inner.search(queries, shard_ids, k, ef, exclude, timeout_s)
+        return await self.inner.search(queries, shard_ids, k, ef, exclude, timeout_s, filters=filters)
 
     async def upsert(
         self,

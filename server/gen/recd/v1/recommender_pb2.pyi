@@ -1,11 +1,23 @@
 from server.gen.recd.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class Retrieval(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RETRIEVAL_UNSPECIFIED: _ClassVar[Retrieval]
+    RETRIEVAL_HNSW: _ClassVar[Retrieval]
+    RETRIEVAL_HNSW_FILTERED: _ClassVar[Retrieval]
+    RETRIEVAL_EXACT_FILTERED: _ClassVar[Retrieval]
+RETRIEVAL_UNSPECIFIED: Retrieval
+RETRIEVAL_HNSW: Retrieval
+RETRIEVAL_HNSW_FILTERED: Retrieval
+RETRIEVAL_EXACT_FILTERED: Retrieval
 
 class RecommendRequest(_message.Message):
     __slots__ = ("user_id", "k", "context", "exclude_item_ids", "filter", "diversity", "include_seen")
@@ -40,18 +52,20 @@ class RecommendRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., context: _Optional[_Mapping[str, str]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., filter: _Optional[_Mapping[str, _common_pb2.AllowedValues]] = ..., diversity: _Optional[float] = ..., include_seen: _Optional[bool] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "coverage", "cache_key", "cache_ttl_seconds", "model_version")
+    __slots__ = ("items", "coverage", "cache_key", "cache_ttl_seconds", "model_version", "retrieval")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     COVERAGE_FIELD_NUMBER: _ClassVar[int]
     CACHE_KEY_FIELD_NUMBER: _ClassVar[int]
     CACHE_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVAL_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[_common_pb2.ScoredItem]
     coverage: _common_pb2.Coverage
     cache_key: str
     cache_ttl_seconds: int
     model_version: str
-    def __init__(self, items: _Optional[_Iterable[_Union[_common_pb2.ScoredItem, _Mapping]]] = ..., coverage: _Optional[_Union[_common_pb2.Coverage, _Mapping]] = ..., cache_key: _Optional[str] = ..., cache_ttl_seconds: _Optional[int] = ..., model_version: _Optional[str] = ...) -> None: ...
+    retrieval: Retrieval
+    def __init__(self, items: _Optional[_Iterable[_Union[_common_pb2.ScoredItem, _Mapping]]] = ..., coverage: _Optional[_Union[_common_pb2.Coverage, _Mapping]] = ..., cache_key: _Optional[str] = ..., cache_ttl_seconds: _Optional[int] = ..., model_version: _Optional[str] = ..., retrieval: _Optional[_Union[Retrieval, str]] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
     __slots__ = ("item_id", "k", "filter")
@@ -71,14 +85,16 @@ class SimilarItemsRequest(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Mapping[str, _common_pb2.AllowedValues]] = ...) -> None: ...
 
 class SimilarItemsResponse(_message.Message):
-    __slots__ = ("items", "coverage", "model_version")
+    __slots__ = ("items", "coverage", "model_version", "retrieval")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     COVERAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVAL_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[_common_pb2.ScoredItem]
     coverage: _common_pb2.Coverage
     model_version: str
-    def __init__(self, items: _Optional[_Iterable[_Union[_common_pb2.ScoredItem, _Mapping]]] = ..., coverage: _Optional[_Union[_common_pb2.Coverage, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    retrieval: Retrieval
+    def __init__(self, items: _Optional[_Iterable[_Union[_common_pb2.ScoredItem, _Mapping]]] = ..., coverage: _Optional[_Union[_common_pb2.Coverage, _Mapping]] = ..., model_version: _Optional[str] = ..., retrieval: _Optional[_Union[Retrieval, str]] = ...) -> None: ...
 
 class Interaction(_message.Message):
     __slots__ = ("user_id", "item_id", "action", "weight", "timestamp_ms")

@@ -27,7 +27,7 @@ class ShardRecords(_message.Message):
     def __init__(self, shard_id: _Optional[int] = ..., records: _Optional[_Iterable[_Union[ShardRecord, _Mapping]]] = ...) -> None: ...
 
 class ShardSearchRequest(_message.Message):
-    __slots__ = ("queries", "n_queries", "dim", "shard_ids", "k", "ef", "exclude")
+    __slots__ = ("queries", "n_queries", "dim", "shard_ids", "k", "ef", "exclude", "constraints")
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     N_QUERIES_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class ShardSearchRequest(_message.Message):
     K_FIELD_NUMBER: _ClassVar[int]
     EF_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
     queries: bytes
     n_queries: int
     dim: int
@@ -42,13 +43,30 @@ class ShardSearchRequest(_message.Message):
     k: int
     ef: int
     exclude: _containers.RepeatedCompositeFieldContainer[LabelList]
-    def __init__(self, queries: _Optional[bytes] = ..., n_queries: _Optional[int] = ..., dim: _Optional[int] = ..., shard_ids: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., ef: _Optional[int] = ..., exclude: _Optional[_Iterable[_Union[LabelList, _Mapping]]] = ...) -> None: ...
+    constraints: _containers.RepeatedCompositeFieldContainer[QueryConstraints]
+    def __init__(self, queries: _Optional[bytes] = ..., n_queries: _Optional[int] = ..., dim: _Optional[int] = ..., shard_ids: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., ef: _Optional[int] = ..., exclude: _Optional[_Iterable[_Union[LabelList, _Mapping]]] = ..., constraints: _Optional[_Iterable[_Union[QueryConstraints, _Mapping]]] = ...) -> None: ...
 
 class LabelList(_message.Message):
     __slots__ = ("labels",)
     LABELS_FIELD_NUMBER: _ClassVar[int]
     labels: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, labels: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class QueryConstraints(_message.Message):
+    __slots__ = ("exclude_labels", "filter")
+    EXCLUDE_LABELS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    exclude_labels: bytes
+    filter: _containers.RepeatedCompositeFieldContainer[AttributeValues]
+    def __init__(self, exclude_labels: _Optional[bytes] = ..., filter: _Optional[_Iterable[_Union[AttributeValues, _Mapping]]] = ...) -> None: ...
+
+class AttributeValues(_message.Message):
+    __slots__ = ("attribute", "values")
+    ATTRIBUTE_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    attribute: str
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, attribute: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ShardSearchResponse(_message.Message):
     __slots__ = ("shards",)
