@@ -150,8 +150,10 @@ def _sorted_unique(labels: NDArray[np.uint64]) -> NDArray[np.uint64]:
 
 
 def is_excluded(labels: NDArray[np.uint64], excluded: NDArray[np.uint64]) -> NDArray[np.bool_]:
-    """Membership of each label (any shape) in a sorted, unique, non-empty array: a binary search per
-    label, in NumPy (no Python set of 10,000 labels per shard per query)."""
+    """Membership of each label (any shape) in a sorted, unique array: a binary search per label, in
+    NumPy (no Python set of 10,000 labels per shard per query)."""
+    if len(excluded) == 0:
+        return np.zeros(np.shape(labels), dtype=np.bool_)
     at = np.minimum(np.searchsorted(excluded, labels), len(excluded) - 1)
     return excluded[at] == labels
 

@@ -21,8 +21,8 @@ import numpy as np
 import numpy.typing as npt
 
 from server import _core
-from server.catalog.labels import Labels, contains_sorted
 from server.catalog.payload import ItemMetadata
+from shards.records import is_excluded
 
 Rows = npt.NDArray[np.int64]
 EmbeddingListener = Callable[[Rows, npt.NDArray[np.float32] | None], None]
@@ -331,7 +331,7 @@ class ItemStore:
         n: int,
         allowed: Mapping[str, frozenset[str]] | None = None,
         list_name: str | None = None,
-        excluded: Labels | None = None,
+        excluded: npt.NDArray[np.uint64] | None = None,
     ) -> Rows:
         """The most popular live items (that pass `allowed` and whose label is not in the sorted
         `excluded`) in a list (default: popular_list), most popular first."""
@@ -345,7 +345,7 @@ class ItemStore:
             mask = self.filter_mask(chunk, allowed or {})
             if excluded is not None and len(excluded):
                 # A heavy user has often seen the head of the list: skip it here, not after the cut.
-                mask &= ~contains_sorted(excluded, self._labels.data[chunk])
+                mask &= ~is_excluded(self._labels.data[chunk], excluded)
             passing = chunk[mask]
             out.append(passing[: n - taken])
             taken += len(out[-1])

@@ -10,10 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from server import _core
-from server.catalog.labels import contains_sorted
 from server.pipeline.context import RequestContext
-
-__all__ = ["Labels", "contains_sorted", "excluded_labels"]
 
 Labels = npt.NDArray[np.uint64]
 

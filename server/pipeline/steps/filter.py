@@ -7,7 +7,8 @@ import numpy as np
 from server.catalog.item_store import ItemStore
 from server.domain import Source
 from server.pipeline.context import CandidateSet, RequestContext
-from server.pipeline.exclusions import contains_sorted, excluded_labels
+from server.pipeline.exclusions import excluded_labels
+from shards.records import is_excluded
 
 
 class FilterCandidates:
@@ -37,7 +38,7 @@ class FilterCandidates:
         # Every source is checked, not only ANN: graph neighbours and popular items are often seen ones.
         banned = excluded_labels(ctx)
         if len(banned):
-            keep &= ~contains_sorted(banned, self._items.labels(unique))
+            keep &= ~is_excluded(self._items.labels(unique), banned)
         ctx.candidates = CandidateSet(unique[keep], merged_bits[keep], merged_graph[keep])
 
     def on_failure(self, ctx: RequestContext) -> None:

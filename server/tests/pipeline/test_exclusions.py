@@ -7,7 +7,8 @@ import pytest
 
 from server import _core
 from server.pipeline.context import RequestContext
-from server.pipeline.exclusions import contains_sorted, excluded_labels
+from server.pipeline.exclusions import excluded_labels
+from shards.records import is_excluded
 
 
 def ctx(**fields: object) -> RequestContext:
@@ -40,11 +41,11 @@ def test_excluded_labels(fields: dict[str, object], expected_ids: list[str]) -> 
 
 
 @pytest.mark.parametrize("n_sorted", [0, 1, 7, 10_000])
-def test_contains_sorted_agrees_with_isin(n_sorted: int) -> None:
+def test_is_excluded_agrees_with_isin(n_sorted: int) -> None:
     rng = np.random.default_rng(n_sorted)
     universe = rng.integers(0, 2**64 - 1, size=20_000, dtype=np.uint64)
     sorted_labels = (
         np.unique(rng.choice(universe, size=n_sorted, replace=False)) if n_sorted else universe[:0]
     )
     probe = np.concatenate([rng.choice(universe, 500), np.array([0, 2**64 - 1], dtype=np.uint64)])
-    np.testing.assert_array_equal(contains_sorted(sorted_labels, probe), np.isin(probe, sorted_labels))
+    np.testing.assert_array_equal(is_excluded(probe, sorted_labels), np.isin(probe, sorted_labels))
