@@ -317,16 +317,22 @@ class Recd:
         await self._warm_search_path()
 
     async def _warm_search_path(self) -> None:
+        # Real item vectors, the Recommend's shard k and ef, and no step budget: a warm-up that a busy
+        # machine slows down must still touch everything rather than be cut off like a request.
         c = self.config.pipeline.candidates
-        ef = self.config.shards.index.ef_search
-        probe = np.zeros((1, self.config.dim), dtype=np.float32)
-        probe[0, 0] = 1.0
+        rows = self.items.rows_of(self.items.sample_ids(8))
+        if len(rows):
+            probe = self.items.vectors(rows)
+        else:
+            probe = np.zeros((1, self.config.dim), dtype=np.float32)
+            probe[0, 0] = 1.0
         per_shard_k = self.router.per_shard_k(c.ann_k, c.shard_k_factor)
         for _ in range(3):
-            await self.router.search(probe, c.ann_k, per_shard_k, ef, None, 10.0)
+            await self.router.search(
+                probe, c.ann_k, per_shard_k, self.config.shards.index.ef_search, None, 10.0
+            )
+        self.items.rebuild_popularity()
         self.items.popular(c.popular_k)
-        for item_id in self.items.sample_ids(3):
-            await self.similar_items(SimilarQuery(item_id, 10, {}), time.monotonic() + 10.0)
 
     async def close(self) -> None:
         await self.warmer.close()

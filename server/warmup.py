@@ -3,8 +3,8 @@
 A first search after a bulk load pays for lazy work (the search threads, hnswlib's per-thread visited
 lists that a resize replaced, the popularity order, first touches of grown tables); paid inside a
 caller's budget it showed as `coverage 0/20, degraded ann` on the first Recommend after a load. So the
-path is run here first, off the request path: a few SimilarItems through the real pipeline (ANN with the
-Recommend's shard k and ef, graph, filter, rank, select) and the popular list.
+path is run here first, off the request path: batched searches of every shard with real item vectors at
+the Recommend's shard k and ef, the ranker, and the popular list.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ class Warmer:
         try:
             await self._warm()
             self.runs += 1
-        except Exception:
+        except Exception as exc:
             # Warming is an optimisation: a failure here must never reach a writer or a caller.
-            log.warning("warming the request path failed", exc_info=True)
+            log.warning("warming the request path failed: %r", exc)
 
     async def close(self) -> None:
         if self._task is not None and not self._task.done():

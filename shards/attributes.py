@@ -143,6 +143,12 @@ class AttributeTable:
         at = np.minimum(np.searchsorted(self._keys, labels), len(self._keys) - 1)
         return np.where(self._keys[at] == labels, self._key_slots[at], -1)
 
+    def count_held(self, labels: NDArray[np.uint64]) -> int:
+        """How many of `labels` are live items here: what a query excluding them must over-fetch by."""
+        slots = self.slots_of(labels)
+        slots = slots[slots >= 0]
+        return int(np.count_nonzero(self._live[slots]))
+
     def live_slots(self) -> NDArray[np.int64]:
         return np.flatnonzero(self._live[: len(self._slot_of)]).astype(np.int64)
 

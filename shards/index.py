@@ -66,11 +66,17 @@ MAX_SCAN_BATCH = 65_536  # keeps one Scan message well under the 64 MiB gRPC mes
 # query still short of k hits fetches this many times more, until the shard has no more matching items.
 OVERFETCH_SLACK = 1.5
 OVERFETCH_GROWTH = 4
+_NOTHING = np.zeros(0, dtype=np.uint64)
 
 
-def first_fetch(k: int, selectivity: float, excluding: bool, live: int) -> int:
-    """How many hits to ask hnswlib for so that about k pass the filter and the exclusions."""
-    want = k / max(selectivity, 1.0 / live) * OVERFETCH_SLACK + (k if excluding else 0)
+def first_fetch(k: int, selectivity: float, held: int, live: int) -> int:
+    """How many hits to ask hnswlib for so that about k pass the filter and the exclusions, `held` being
+    how many excluded items this shard holds: a user's seen items are often exactly its nearest, so
+    over-fetching by all of them at once saves the rounds of growing searches."""
+    if selectivity >= 1.0:
+        want = float(k + held)
+    else:
+        want = k / max(selectivity, 1.0 / live) * OVERFETCH_SLACK + held
     return int(min(live, max(k, math.ceil(want))))
 
 
@@ -335,8 +341,17 @@ class ShardIndex:
             live = len(self._records)
             if live == 0:
                 return hits
+            if exclude:
+                # Most of a query's exclusions (one list for all shards) live in other shards: only the
+                # ones held here cost anything, and a query holding none needs no exclusion at all.
+                held = [self._attributes.count_held(e) if len(e) else 0 for e in exclude]
+                exclude = [e if h else _NOTHING for e, h in zip(exclude, held, strict=True)]
+                if not any(held):
+                    exclude = None
+            else:
+                held = [0] * len(q)
             if exclude or filters:
-                self._constrained_search(q, k, live, hits, exclude, filters)
+                self._constrained_search(q, k, live, hits, exclude, filters, held)
                 return hits
             fetch_k = min(k, live)
             labels, distances = self._knn(q, fetch_k)
@@ -357,6 +372,7 @@ class ShardIndex:
         hits: ShardHits,
         exclude: Sequence[NDArray[np.uint64]] | None,
         filters: Sequence[AttributeFilter | None] | None,
+        held: Sequence[int],
     ) -> None:
         """Search, then drop hits that are excluded or fail the filter, with adaptive over-fetch: the
         first fetch is sized from the filter's estimated selectivity here; a query left with fewer than
@@ -375,8 +391,7 @@ class ShardIndex:
             c = wanted[i]
             if c is not None and c.bound == 0:
                 continue  # nothing here can match: the row stays empty
-            excluding = exclude is not None and len(exclude[i]) > 0
-            fetch[i] = first_fetch(k, c.selectivity if c is not None else 1.0, excluding, live)
+            fetch[i] = first_fetch(k, c.selectivity if c is not None else 1.0, held[i], live)
         while fetch:
             by_size: dict[int, list[int]] = {}
             for i, size in fetch.items():

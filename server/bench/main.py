@@ -23,6 +23,11 @@ SUITES = {
         "run_cluster_bench",
     ),
     "seen": ("The seen set: cost and heavy users", "server.bench.seen", "run_seen_bench"),
+    "quality": (
+        "Recommendation quality through the serving path (recd eval)",
+        "server.bench.quality",
+        "run_quality_bench",
+    ),
     "filters": (
         "Filters inside retrieval: filtered Recommend by selectivity",
         "server.bench.filters",

@@ -293,6 +293,17 @@ class ItemStore:
         view = self._popularity_stats(self.feature_list)
         return (np.log1p(self.popularity(rows, self.feature_list) / view.unit) / view.top).astype(np.float32)
 
+    def rebuild_popularity(self) -> None:
+        """Rebuilds every list's order and scale now, not at the first read past the rebuild interval:
+        after a bulk load, so the answers that follow all see the same order."""
+        with self._lock:
+            names = {self.popular_list, self.feature_list, *self._counts, *self._popularity_views}
+            self._stale_lists.update(names)
+            for name in names:
+                self._popularity_view_at[name] = -float("inf")
+        for name in names:
+            self._popularity_stats(name)
+
     def _popularity_stats(self, list_name: str) -> _PopularityView:
         """A list's popularity order and scale, rebuilt at most once a second after writes: rebuilding
         sorts the whole catalogue, which must not land on every request while items stream in. Between

@@ -38,6 +38,12 @@ class PopularitySync:
         self._task: asyncio.Task[None] | None = None
         self._last_refresh = -float("inf")
         self._closed = False
+        self._applied_counts: object = None
+        self._catalogue_changed = True
+        items.add_listener(self._on_catalogue_change)
+
+    def _on_catalogue_change(self, rows: object, vectors: object) -> None:
+        self._catalogue_changed = True
 
     async def start(self) -> None:
         """Refreshes once now (after the catalogue is hydrated), then every refresh_s in the background."""
@@ -58,9 +64,14 @@ class PopularitySync:
         self._last_refresh = time.monotonic()
         try:
             counts = await self._profiles.item_popularity(_READ_TIMEOUT_S)
-            # Resolving ids to rows is O(counted items): off the event loop, which keeps serving.
-            for list_name, per_item in counts.items():
-                await asyncio.to_thread(self._items.set_popularity_counts, list_name, per_item)
+            # Resolving ids to rows is O(counted items) of Python that holds the GIL even on a worker
+            # thread: skipped when neither the counts (an embedded store answers with the same object
+            # until a write) nor the catalogue (new items take their counts) changed since last time.
+            if counts is not self._applied_counts or self._catalogue_changed:
+                self._catalogue_changed = False
+                for list_name, per_item in counts.items():
+                    await asyncio.to_thread(self._items.set_popularity_counts, list_name, per_item)
+                self._applied_counts = counts
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Literal
 
 import grpc
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
@@ -35,8 +34,6 @@ from server.runtime import Recd
 # the dataset's edges file as it is, or no graph.
 EdgesMode = Literal["train", "dataset", "none"]
 SOURCE_NAMES = {int(s): s.name for s in Source}
-# The item store rebuilds a popularity order at most once a second after its counts change.
-_POPULARITY_REBUILD_WAIT_S = 1.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +79,7 @@ async def settle(recd: Recd) -> None:
     counts, the popularity orders built from them), so that every served answer and the exact
     computation read the same state; then warms the request path as `recd serve` does."""
     await recd.popularity_sync.refresh()
-    await asyncio.sleep(_POPULARITY_REBUILD_WAIT_S)
-    recd.items.popularity_feature(np.empty(0, np.int64))  # rebuilds the feature list's order now
+    recd.items.rebuild_popularity()
     await recd.warm_up()
 
 

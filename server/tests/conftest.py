@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ import pytest
 from server.config import Config, load_config
 
 DIM = 16
+# Tests rank with fixed, similarity-first weights, not the shipped (tuned) ones: see the file.
+TEST_MODEL_FILE = Path(__file__).with_name("similarity_first_model.yaml")
 
 
 @dataclass
@@ -56,6 +59,7 @@ def make_config(**overrides: object) -> Config:
     config.data_dir = None
     config.server.address = "127.0.0.1:0"
     config.ranking.ranker = "cpu"
+    config.ranking.model_file = str(TEST_MODEL_FILE)
     # Generous budgets: CI machines are slow and shared; budgets are exercised by their own tests.
     config.pipeline.budget_ms = 5000.0
     config.pipeline.steps = {

@@ -164,3 +164,12 @@ def test_popular_skips_excluded_labels_before_cutting_the_list() -> None:
     assert [store.item_id(int(r)) for r in top] == ["i3", "i1"]
     filtered = store.popular(5, {"lang": frozenset({"de"})}, excluded=seen)
     assert [store.item_id(int(r)) for r in filtered] == ["i3", "i1"]
+
+
+def test_rebuild_popularity_applies_new_counts_at_once() -> None:
+    store = counted_store()
+    assert order(store) == ["a", "b", "c", "d"]
+    store.set_popularity_counts("all_time", {"d": 10.0})
+    assert order(store) == ["a", "b", "c", "d"]  # within the rebuild interval: the old order
+    store.rebuild_popularity()
+    assert order(store) == ["d", "a", "b", "c"]

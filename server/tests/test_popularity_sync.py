@@ -102,3 +102,30 @@ async def test_pokes_refresh_early_but_at_most_once_per_gap(monkeypatch: pytest.
         assert counts_of(store, "all_time") == [4.0, 1.0]
     finally:
         await sync.close()
+
+
+async def test_unchanged_counts_and_catalogue_are_not_pushed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An embedded store answers with the same object until a write: resolving 200k ids again would
+    hold the GIL for nothing, every refresh_s."""
+    store = items()
+    answer = {"all_time": {"a": 5.0, "new": 7.0}, "trending": {}}
+
+    class SameObject:
+        async def item_popularity(self, timeout_s: float) -> Mapping[str, Mapping[str, float]]:
+            return answer
+
+    pushes: list[str] = []
+    push = store.set_popularity_counts
+    monkeypatch.setattr(store, "set_popularity_counts", lambda name, c: (pushes.append(name), push(name, c)))
+    sync = PopularitySync(SameObject(), store, refresh_s=60.0)  # type: ignore[arg-type]
+    await sync.refresh()
+    assert len(pushes) == 2
+    await sync.refresh()
+    assert len(pushes) == 2  # nothing changed: nothing pushed
+    store.upsert(
+        ["new"], _core.stable_hash64(["new"]), np.ones((1, 2), np.float32), [ItemMetadata({}, 0.0, 0)]
+    )
+    await sync.refresh()
+    assert len(pushes) == 4  # a new item takes its count
+    assert store.popularity(store.rows_of(["new"]), "all_time").tolist() == [7.0]
+    await sync.close()

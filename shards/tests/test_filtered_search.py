@@ -179,7 +179,7 @@ def test_an_estimate_that_is_far_off_is_corrected_by_searching_again(monkeypatch
     for i, q in enumerate(queries):
         expected = np.arange(n)[allowed][np.argsort(-(data[allowed] @ q))[:10]]
         assert overlap(got(hits.labels[i]), expected.astype(np.uint64)) >= 0.9
-    assert sizes[0] == first_fetch(10, a.mean() * b.mean(), False, n) and len(sizes) > 1
+    assert sizes[0] == first_fetch(10, a.mean() * b.mean(), 0, n) and len(sizes) > 1
     assert all(b in (a * index_module.OVERFETCH_GROWTH, n) for a, b in itertools.pairwise(sizes))
 
 
@@ -191,6 +191,31 @@ def test_a_query_whose_neighbourhood_is_all_excluded_still_gets_k(cat: Catalogue
     found = got(hits.labels[0])
     assert len(found) == 10 and not np.isin(found, exclude[0]).any()
     assert overlap(found, cat.labels[nearest[300:310]]) >= 0.9
+
+
+def test_exclusions_over_fetch_by_what_the_shard_holds_in_one_round(
+    cat: Catalogue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q = cat.queries[:2]
+    nearest = np.argsort(-(cat.data @ q[0]))
+    elsewhere = np.setdiff1d(random_labels(np.random.default_rng(9), 5000), cat.labels)  # other shards'
+    exclude = [np.union1d(cat.labels[nearest[:300]], elsewhere), np.sort(elsewhere)]
+    assert cat.index._attributes.count_held(exclude[0]) == 300
+    assert cat.index._attributes.count_held(exclude[1]) == 0
+    sizes: list[int] = []
+    knn = cat.index._knn
+
+    def spy(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        sizes.append(k)
+        return knn(queries, k)
+
+    monkeypatch.setattr(cat.index, "_knn", spy)
+    hits = cat.index.search(q, 10, exclude=exclude)
+    # The first query fetches k + the 300 it holds, at once; the second holds none: a plain k.
+    assert sorted(sizes) == [10, 310]
+    assert not np.isin(got(hits.labels[0]), exclude[0]).any() and len(got(hits.labels[0])) == 10
+    plain = cat.index.search(q[1:], 10)
+    np.testing.assert_array_equal(hits.labels[1], plain.labels[0])
 
 
 def test_ten_thousand_exclusions_are_cheap_and_honoured() -> None:
@@ -217,20 +242,21 @@ def test_ten_thousand_exclusions_are_cheap_and_honoured() -> None:
 
 
 @pytest.mark.parametrize(
-    ("k", "selectivity", "excluding", "live", "expected"),
+    ("k", "selectivity", "held", "live", "expected"),
     [
-        (10, 1.0, False, 1000, 15),
-        (10, 1.0, True, 1000, 25),
-        (10, 0.1, False, 1000, 150),
-        (10, 0.01, False, 1000, 1000),  # more than the shard holds: all of it
-        (10, 0.0, False, 1000, 1000),
-        (20, 0.5, True, 100, 80),
+        (10, 1.0, 0, 1000, 10),
+        (10, 1.0, 7, 1000, 17),  # unfiltered: exactly the excluded items held here on top of k
+        (10, 1.0, 5000, 1000, 1000),
+        (10, 0.1, 0, 1000, 150),
+        (10, 0.01, 0, 1000, 1000),  # more than the shard holds: all of it
+        (10, 0.0, 0, 1000, 1000),
+        (20, 0.5, 20, 100, 80),
     ],
 )
 def test_first_fetch_is_sized_from_the_selectivity(
-    k: int, selectivity: float, excluding: bool, live: int, expected: int
+    k: int, selectivity: float, held: int, live: int, expected: int
 ) -> None:
-    assert first_fetch(k, selectivity, excluding, live) == expected
+    assert first_fetch(k, selectivity, held, live) == expected
 
 
 def test_exclusion_lists_are_sorted_and_unique_after_checking() -> None:

@@ -12,7 +12,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server.client import RecdClient
 from server.domain import Edge, Interaction, ItemRecord, UserProfile
 from server.gen.recd.v1 import catalog_pb2
-from server.tests.conftest import ToyCatalogue
+from server.ranking.model import load_model
+from server.tests.conftest import TEST_MODEL_FILE, ToyCatalogue
+
+GRAPH_WEIGHT = load_model(TEST_MODEL_FILE).side_weights[0]
 
 
 async def load_toy(client: RecdClient, toy: ToyCatalogue) -> None:
@@ -118,7 +121,7 @@ async def test_graph_neighbours_become_candidates(client: RecdClient, toy: ToyCa
     assert all(2 in by_id[f].sources and by_id[f].components.graph > 0 for f in far), [by_id[f] for f in far]
     # the graph score enters the score with the model's weight, and every score is the sum of its parts
     for f in far:
-        assert by_id[f].components.graph == pytest.approx(0.9 * 0.35, rel=1e-3)
+        assert by_id[f].components.graph == pytest.approx(0.9 * GRAPH_WEIGHT, rel=1e-3)
     for item in response.items:
         c = item.components
         assert item.score == pytest.approx(c.similarity + c.graph + c.popularity + c.freshness, abs=2e-3)
