@@ -350,6 +350,8 @@ class ShardIndex:
                     exclude = None
             else:
                 held = [0] * len(q)
+            if exclude and not filters and self._excluding_search(q, k, live, hits, exclude, held):
+                return hits
             if exclude or filters:
                 self._constrained_search(q, k, live, hits, exclude, filters, held)
                 return hits
@@ -363,6 +365,38 @@ class ShardIndex:
 
     def _scores(self, distances: NDArray[np.float32]) -> NDArray[np.float32]:
         return (-distances if self.params.space == "l2" else 1.0 - distances).astype(np.float32)
+
+    def _excluding_search(
+        self,
+        q: NDArray[np.float32],
+        k: int,
+        live: int,
+        hits: ShardHits,
+        exclude: Sequence[NDArray[np.uint64]],
+        held: Sequence[int],
+    ) -> bool:
+        """Exclusions without a filter, the case of every warm user (their seen set): one search over-
+        fetching by the most any query holds here, then a binary search per hit. False (hits untouched
+        by then) when an approximate search returned too few, for the general path to grow the fetch."""
+        fetch = min(live, k + max(held))
+        labels, distances = self._knn(q, fetch)
+        width = min(k, fetch)
+        out_labels = np.full((len(q), k), NO_LABEL, dtype=np.uint64)
+        out_scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        for row, excluded in enumerate(exclude):
+            if not len(excluded):
+                out_labels[row, :width] = labels[row, :width]
+                out_scores[row, :width] = self._scores(distances[row, :width])
+                continue
+            keep = ~is_excluded(labels[row], excluded) & (labels[row] != NO_LABEL)
+            kept = labels[row][keep][:k]
+            if len(kept) < k and fetch < live:
+                return False
+            out_labels[row, : len(kept)] = kept
+            out_scores[row, : len(kept)] = self._scores(distances[row][keep][:k])
+        hits.labels[:] = out_labels
+        hits.scores[:] = out_scores
+        return True
 
     def _constrained_search(
         self,
