@@ -96,11 +96,15 @@ class CandidatesConfig:
     graph_limit_per_hop: int = 10
     graph_min_score: float = 0.05
     popular_k: int = 200
+    # For a user with a vector, popular items are a floor ("fallback": only when ANN and graph left fewer
+    # than k candidates, e.g. a source failed) or candidates like the others ("always": globally popular
+    # items can then outrank personalised ones whenever the model weighs popularity heavily).
+    popular_for_warm_users: Literal["fallback", "always"] = "fallback"
     # A filter whose estimated match count (from the catalogue's per-value counts) is at most this is
     # answered by scoring every matching item exactly instead of a filtered HNSW search (0: never).
-    # `recd bench filters` (200k x 64, CPU per Recommend): 20k matching, exact 1.8 ms vs filtered HNSW
-    # 8.8; 100k matching, 4.4 vs 4.5 (even). Exact grows with the matches (on the frontend), filtered
-    # HNSW shrinks as the filter widens: 50k sits between, where exact is still clearly cheaper.
+    # `recd bench filters` (200k x 64, CPU per Recommend): 20k matching, exact 2.0 ms vs filtered HNSW
+    # 9.5; 100k matching, 4.0 vs 5.3 but the exact scan's p99 reached 80 ms. Exact grows with the matches
+    # (on the frontend), filtered HNSW shrinks as the filter widens: 50k sits between.
     exact_filter_max_items: int = 50_000
     history_limit: int = 50
     # Half-life of an interaction's weight in the user vector.

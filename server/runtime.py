@@ -123,7 +123,7 @@ class Recd:
             list_name=config.popularity.popular_list,
         )
         shared_tail: list[Step] = [
-            FilterCandidates(items),
+            FilterCandidates(items, popular_as_fallback=c.popular_for_warm_users == "fallback"),
             RankCandidates(rank_service, items, model, pc.mmr_pool),
             SelectItems(items, model),
         ]

@@ -10,6 +10,8 @@ from server.pipeline.context import CandidateSet, RequestContext
 from server.pipeline.exclusions import excluded_labels
 from shards.records import is_excluded
 
+_POPULAR_BIT = np.uint8(1 << int(Source.POPULAR))
+
 
 class FilterCandidates:
     name = "filter"
@@ -17,8 +19,11 @@ class FilterCandidates:
     degraded_reason = "filter"
     awaits_io = False
 
-    def __init__(self, items: ItemStore) -> None:
+    def __init__(self, items: ItemStore, popular_as_fallback: bool = False) -> None:
         self._items = items
+        # Warm users' popular-only candidates are dropped while ANN and graph found k (config
+        # pipeline.candidates.popular_for_warm_users): popularity then ranks within their tastes.
+        self._popular_as_fallback = popular_as_fallback
 
     async def run(self, ctx: RequestContext) -> None:
         if not ctx.hits:
@@ -39,6 +44,10 @@ class FilterCandidates:
         banned = excluded_labels(ctx)
         if len(banned):
             keep &= ~is_excluded(self._items.labels(unique), banned)
+        if self._popular_as_fallback and ctx.query_vector is not None:
+            personalised = (merged_bits & ~_POPULAR_BIT) != 0
+            if np.count_nonzero(keep & personalised) >= ctx.k:
+                keep &= personalised
         ctx.candidates = CandidateSet(unique[keep], merged_bits[keep], merged_graph[keep])
 
     def on_failure(self, ctx: RequestContext) -> None:
