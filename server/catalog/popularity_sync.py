@@ -71,6 +71,9 @@ class PopularitySync:
                 self._catalogue_changed = False
                 for list_name, per_item in counts.items():
                     await asyncio.to_thread(self._items.set_popularity_counts, list_name, per_item)
+                # The new orders are sorted here, off the request path: left to the next reader, that
+                # sort of the whole catalogue landed inside a Recommend's popular-step budget.
+                await asyncio.to_thread(self._items.rebuild_popularity)
                 self._applied_counts = counts
         except asyncio.CancelledError:
             raise
