@@ -103,21 +103,26 @@ async def test_a_write_through_one_frontend_reaches_the_others_popular_list(
     config.popularity.refresh_s = 0.2
     frontends: list[Recd] = [wiring.build_recd(config), wiring.build_recd(config)]
     try:
-        for recd in frontends:
-            await recd.upsert_items(catalogue())
-            await recd.popularity_sync.start()
-        writer, reader = frontends
-        await writer.record_interactions(interactions_with_rising(40))
-
-        async def reader_serves_rising() -> bool:
-            query = RecommendQuery("newcomer", 5, {}, frozenset(), {}, 0.0, False)
-            answer = await reader.recommend(query, time.monotonic() + 10.0)
-            return "rising" in [item.item_id for item in answer.items]
-
-        await eventually(reader_serves_rising)
+        await write_through_one_read_through_the_other(frontends)
     finally:
         for recd in frontends:
             await recd.close()
+
+
+async def write_through_one_read_through_the_other(frontends: list[Recd]) -> None:
+    """Interactions recorded through the first frontend make "rising" popular in the second's answers."""
+    for recd in frontends:
+        await recd.upsert_items(catalogue())
+        await recd.popularity_sync.start()
+    writer, reader = frontends
+    await writer.record_interactions(interactions_with_rising(40))
+
+    async def reader_serves_rising() -> bool:
+        query = RecommendQuery("newcomer", 5, {}, frozenset(), {}, 0.0, False)
+        answer = await reader.recommend(query, time.monotonic() + 10.0)
+        return "rising" in [item.item_id for item in answer.items]
+
+    await eventually(reader_serves_rising)
 
 
 @pytest.mark.real
@@ -130,18 +135,7 @@ async def test_two_frontends_on_the_cql_store_share_counts_and_seen_sets() -> No
     config.popularity.refresh_s = 0.2
     frontends = [build_recd(config), build_recd(config)]
     try:
-        for recd in frontends:
-            await recd.upsert_items(catalogue())
-            await recd.popularity_sync.start()
-        writer, reader = frontends
-        await writer.record_interactions(interactions_with_rising(40))
-
-        async def reader_serves_rising() -> bool:
-            query = RecommendQuery("newcomer", 5, {}, frozenset(), {}, 0.0, False)
-            answer = await reader.recommend(query, time.monotonic() + 10.0)
-            return "rising" in [item.item_id for item in answer.items]
-
-        await eventually(reader_serves_rising)
+        await write_through_one_read_through_the_other(frontends)
         # The fans have seen "rising": neither frontend serves it to them again.
         query = RecommendQuery("fan3", 5, {}, frozenset(), {}, 0.0, False)
         for recd in frontends:
