@@ -102,9 +102,9 @@ class CandidatesConfig:
     popular_for_warm_users: Literal["fallback", "always"] = "fallback"
     # A filter whose estimated match count (from the catalogue's per-value counts) is at most this is
     # answered by scoring every matching item exactly instead of a filtered HNSW search (0: never).
-    # `recd bench filters` (200k x 64, CPU per Recommend): 20k matching, exact 2.0 ms vs filtered HNSW
-    # 9.5; 100k matching, 4.0 vs 5.3 but the exact scan's p99 reached 80 ms. Exact grows with the matches
-    # (on the frontend), filtered HNSW shrinks as the filter widens: 50k sits between.
+    # `recd bench filters` (200k x 64, CPU per Recommend): 20k matching, exact 1.9 ms vs filtered HNSW
+    # 9.0; 100k matching, 3.9 vs 5.1. Exact grows with the matches (on the frontend), filtered HNSW
+    # shrinks as the filter widens: 50k keeps a margin below where they meet.
     exact_filter_max_items: int = 50_000
     history_limit: int = 50
     # Half-life of an interaction's weight in the user vector.

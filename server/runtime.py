@@ -331,8 +331,8 @@ class Recd:
             await self.router.search(
                 probe, c.ann_k, per_shard_k, self.config.shards.index.ef_search, None, 10.0
             )
-        self.items.rebuild_popularity()
-        self.items.popular(c.popular_k)
+        # Sorting the popularity orders is O(catalogue): off the event loop, which may be serving.
+        await asyncio.to_thread(self.items.rebuild_popularity)
 
     async def close(self) -> None:
         await self.warmer.close()

@@ -1,10 +1,11 @@
 """Warming the request path: at start, and again once a burst of catalogue writes has gone quiet.
 
-A first search after a bulk load pays for lazy work (the search threads, hnswlib's per-thread visited
-lists that a resize replaced, the popularity order, first touches of grown tables); paid inside a
-caller's budget it showed as `coverage 0/20, degraded ann` on the first Recommend after a load. So the
-path is run here first, off the request path: batched searches of every shard with real item vectors at
-the Recommend's shard k and ef, the ranker, and the popular list.
+The first Recommend after a bulk load was reported coming back with `coverage 0/20, degraded ann`: a
+cold first search ran past the ANN budget. Whatever a first search pays for after many writes (search
+threads, hnswlib's per-thread visited lists, which a resize replaces, first touches of grown tables, the
+popularity orders that the writes made stale), it is paid here instead, off the request path: batched
+searches of every shard with real item vectors at the Recommend's shard k and ef, and a rebuild of the
+popularity orders (at start, the rankers too).
 """
 
 from __future__ import annotations

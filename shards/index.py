@@ -66,18 +66,25 @@ MAX_SCAN_BATCH = 65_536  # keeps one Scan message well under the 64 MiB gRPC mes
 # query still short of k hits fetches this many times more, until the shard has no more matching items.
 OVERFETCH_SLACK = 1.5
 OVERFETCH_GROWTH = 4
-_NOTHING = np.zeros(0, dtype=np.uint64)
 
 
-def first_fetch(k: int, selectivity: float, held: int, live: int) -> int:
-    """How many hits to ask hnswlib for so that about k pass the filter and the exclusions, `held` being
-    how many excluded items this shard holds: a user's seen items are often exactly its nearest, so
-    over-fetching by all of them at once saves the rounds of growing searches."""
+def first_fetch(k: int, selectivity: float, excluded: int, live: int) -> int:
+    """How many hits to ask hnswlib for so that about k pass the filter and the `excluded` labels.
+    Over-fetching by all excluded items would cost a search at k + 500 per shard for a user with 10,000
+    seen items spread over the catalogue, of which a few lie near the query; so the first fetch adds at
+    most k for them, and a query left short searches again (`excluding_refetch`, or growing rounds
+    under a filter)."""
     if selectivity >= 1.0:
-        want = float(k + held)
+        want = float(k + min(excluded, k))
     else:
-        want = k / max(selectivity, 1.0 / live) * OVERFETCH_SLACK + held
+        want = k / max(selectivity, 1.0 / live) * OVERFETCH_SLACK + min(excluded, k)
     return int(min(live, max(k, math.ceil(want))))
+
+
+def excluding_refetch(k: int, held: int, live: int) -> int:
+    """The second fetch of an unfiltered query short of k after the first: by every excluded item held
+    here, which suffices whatever their distance (the user's nearest items may all be seen)."""
+    return min(live, k + held)
 
 
 class ShardIndex:
@@ -341,19 +348,10 @@ class ShardIndex:
             live = len(self._records)
             if live == 0:
                 return hits
-            if exclude:
-                # Most of a query's exclusions (one list for all shards) live in other shards: only the
-                # ones held here cost anything, and a query holding none needs no exclusion at all.
-                held = [self._attributes.count_held(e) if len(e) else 0 for e in exclude]
-                exclude = [e if h else _NOTHING for e, h in zip(exclude, held, strict=True)]
-                if not any(held):
-                    exclude = None
-            else:
-                held = [0] * len(q)
-            if exclude and not filters and self._excluding_search(q, k, live, hits, exclude, held):
+            if exclude and not filters and self._excluding_search(q, k, live, hits, exclude):
                 return hits
             if exclude or filters:
-                self._constrained_search(q, k, live, hits, exclude, filters, held)
+                self._constrained_search(q, k, live, hits, exclude, filters)
                 return hits
             fetch_k = min(k, live)
             labels, distances = self._knn(q, fetch_k)
@@ -373,27 +371,38 @@ class ShardIndex:
         live: int,
         hits: ShardHits,
         exclude: Sequence[NDArray[np.uint64]],
-        held: Sequence[int],
     ) -> bool:
-        """Exclusions without a filter, the case of every warm user (their seen set): one search over-
-        fetching by the most any query holds here, then a binary search per hit. False (hits untouched
-        by then) when an approximate search returned too few, for the general path to grow the fetch."""
-        fetch = min(live, k + max(held))
-        labels, distances = self._knn(q, fetch)
-        width = min(k, fetch)
+        """Exclusions without a filter, the case of every warm user (their seen set): one search
+        over-fetching a little, a binary search per hit, and for the queries left short one more search
+        over-fetching by every excluded item held here (counted only then: a binary search of the whole
+        list per shard cost more than the search). False (hits untouched) in the rare case that an
+        approximate search still returned too few, for the general path to grow the fetch."""
         out_labels = np.full((len(q), k), NO_LABEL, dtype=np.uint64)
         out_scores = np.full((len(q), k), -np.inf, dtype=np.float32)
-        for row, excluded in enumerate(exclude):
-            if not len(excluded):
-                out_labels[row, :width] = labels[row, :width]
-                out_scores[row, :width] = self._scores(distances[row, :width])
-                continue
-            keep = ~is_excluded(labels[row], excluded) & (labels[row] != NO_LABEL)
-            kept = labels[row][keep][:k]
-            if len(kept) < k and fetch < live:
+        rows = np.arange(len(q))
+        fetch = first_fetch(k, 1.0, max(len(e) for e in exclude), live)
+        final = False
+        while True:
+            labels, distances = self._knn(q[rows], fetch)
+            short: list[int] = []
+            for j, row in enumerate(rows.tolist()):
+                keep = labels[j] != NO_LABEL
+                if len(exclude[row]):
+                    keep &= ~is_excluded(labels[j], exclude[row])
+                kept = labels[j][keep][:k]
+                if len(kept) < k and fetch < live:
+                    short.append(row)
+                    continue
+                out_labels[row, : len(kept)] = kept
+                out_scores[row, : len(kept)] = self._scores(distances[j][keep][:k])
+            if not short:
+                break
+            if final:
                 return False
-            out_labels[row, : len(kept)] = kept
-            out_scores[row, : len(kept)] = self._scores(distances[row][keep][:k])
+            rows = np.asarray(short)
+            held = max(self._attributes.count_held(exclude[row]) for row in short)
+            fetch = excluding_refetch(k, held, live)
+            final = True
         hits.labels[:] = out_labels
         hits.scores[:] = out_scores
         return True
@@ -406,7 +415,6 @@ class ShardIndex:
         hits: ShardHits,
         exclude: Sequence[NDArray[np.uint64]] | None,
         filters: Sequence[AttributeFilter | None] | None,
-        held: Sequence[int],
     ) -> None:
         """Search, then drop hits that are excluded or fail the filter, with adaptive over-fetch: the
         first fetch is sized from the filter's estimated selectivity here; a query left with fewer than
@@ -425,7 +433,8 @@ class ShardIndex:
             c = wanted[i]
             if c is not None and c.bound == 0:
                 continue  # nothing here can match: the row stays empty
-            fetch[i] = first_fetch(k, c.selectivity if c is not None else 1.0, held[i], live)
+            excluded = len(exclude[i]) if exclude is not None else 0
+            fetch[i] = first_fetch(k, c.selectivity if c is not None else 1.0, excluded, live)
         while fetch:
             by_size: dict[int, list[int]] = {}
             for i, size in fetch.items():

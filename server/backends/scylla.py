@@ -26,6 +26,8 @@ can write at once:
   idempotent succeeded, so a retry after a failure of those does not.
 - `popularity_clock` holds the newest interaction timestamp, the counts' reference time, as one cell
   written `USING TIMESTAMP` of its value: last-write-wins then keeps the maximum, with no LWT.
+- `popularity_writes` is a counter bumped after each call's counter writes: a refresher reads the
+  counters (whole partitions) only when it moved, and otherwise answers what it read last time.
 """
 
 from __future__ import annotations
@@ -139,6 +141,11 @@ def schema_statements(config: ProfilesConfig) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS {ks}.popularity_clock (
     name text PRIMARY KEY,
     newest_ms bigint
+)""",
+        # Bumped after every call's counter writes: a refresher re-reads the counters only when it moved.
+        f"""CREATE TABLE IF NOT EXISTS {ks}.popularity_writes (
+    name text PRIMARY KEY,
+    writes counter
 )""",
     ]
 
@@ -257,6 +264,8 @@ class _Statements:
     popularity_read: Any
     clock_set: Any
     clock_read: Any
+    writes_bump: Any
+    writes_read: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +333,11 @@ def _connect(config: ProfilesConfig) -> _Connection:
                 f"UPDATE {ks}.popularity_clock USING TIMESTAMP ? SET newest_ms = ? WHERE name = ?"
             ),
             clock_read=prepare(f"SELECT newest_ms FROM {ks}.popularity_clock WHERE name = ?"),
+            # Not idempotent either, but a bump counted twice only costs one extra re-read.
+            writes_bump=prepare(
+                f"UPDATE {ks}.popularity_writes SET writes = writes + 1 WHERE name = ?", idempotent=False
+            ),
+            writes_read=prepare(f"SELECT writes FROM {ks}.popularity_writes WHERE name = ?"),
         )
     except Exception:
         cluster.shutdown()
@@ -358,6 +372,8 @@ class ScyllaProfileStore:
                 raise ValueError(f"popularity.lists.{name} must be > 0 seconds, got {half_life_s}")
         self.popularity_half_lives = dict(half_lives)
         self._trims: dict[str, asyncio.Task[None]] = {}
+        # (write count it was read at, counts): item_popularity's last answer.
+        self._popularity_answer: tuple[int, dict[str, dict[str, float]]] | None = None
         self.config = config
         self._read_cap_s = config.request_timeout_ms / 1000.0
         self._write_timeout_s = config.write_timeout_ms / 1000.0
@@ -558,6 +574,13 @@ class ScyllaProfileStore:
         """
         deadline = time.monotonic() + timeout_s
         timeout_s = min(timeout_s, self._write_timeout_s)
+        # Reading every counted item of a few partitions costs the cluster and this process hundreds of
+        # thousands of rows: done again only when some frontend's write bumped the write count since.
+        result = await self._execute("item_popularity", _writes_read, [_CLOCK_ROW], timeout_s, read=True)
+        row = result.one()
+        writes = 0 if row is None or row[0] is None else int(row[0])
+        if self._popularity_answer is not None and self._popularity_answer[0] == writes:
+            return self._popularity_answer[1]
         result = await self._execute("item_popularity", _clock_read, [_CLOCK_ROW], timeout_s, read=True)
         row = result.one()
         if row is None or row[0] is None:
@@ -580,10 +603,13 @@ class ScyllaProfileStore:
         by_list: dict[str, dict[int, dict[str, float]]] = {name: {} for name in self.popularity_half_lives}
         for name, epoch, values in await asyncio.gather(*reads):
             by_list[name][epoch] = values
-        return {
+        counts = {
             name: popularity.combine(epochs, reference_ms, self.popularity_half_lives[name])
             for name, epochs in by_list.items()
         }
+        # The same object until the next write: the refresher then skips pushing it again.
+        self._popularity_answer = (writes, counts)
+        return counts
 
     # --- operator reads (full scans) --------------------------------------------------------------------
     async def count_users(self) -> int:
@@ -657,6 +683,8 @@ class ScyllaProfileStore:
             _popularity_writes(interactions, self.popularity_half_lives),
             idempotent=False,
         )
+        # After the counters: a refresher that sees the new value reads counters that hold this call.
+        await self._write_all("append_popularity", [(_writes_bump, [_CLOCK_ROW])], idempotent=False)
 
     async def _write_all(
         self,
@@ -732,6 +760,14 @@ def _clock_read(s: _Statements) -> Any:
 
 def _clock_set(s: _Statements) -> Any:
     return s.clock_set
+
+
+def _writes_bump(s: _Statements) -> Any:
+    return s.writes_bump
+
+
+def _writes_read(s: _Statements) -> Any:
+    return s.writes_read
 
 
 def _popularity_read(s: _Statements) -> Any:

@@ -295,7 +295,8 @@ class ItemStore:
 
     def rebuild_popularity(self) -> None:
         """Rebuilds every list's order and scale now, not at the first read past the rebuild interval:
-        after a bulk load, so the answers that follow all see the same order."""
+        after a bulk load or a refresh of the counts, so the answers that follow all see the same order
+        and no request pays for the sort."""
         with self._lock:
             names = {self.popular_list, self.feature_list, *self._counts, *self._popularity_views}
             self._stale_lists.update(names)

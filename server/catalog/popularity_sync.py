@@ -78,6 +78,7 @@ class PopularitySync:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            self._catalogue_changed = True  # whatever was not pushed is pushed by the next refresh
             metrics.POPULARITY_REFRESHES.labels("error").inc()
             log.warning("reading the popularity counts failed (the previous ones stay in use): %s", exc)
             return False

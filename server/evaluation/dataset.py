@@ -22,7 +22,7 @@ from server import validation
 from server.domain import Interaction
 from server.errors import RecdError
 from server.loading.load import find_dataset_files
-from server.loading.readers import Kind, read_records, read_records_skipping
+from server.loading.readers import Kind, read_records
 from server.validation import Limits
 
 # The runtime refuses longer actions (server/runtime.py); such a row would fail its whole batch.
@@ -121,7 +121,7 @@ def _read_interactions(
     malformed: list[ValueError] = []
     try:
         for path in paths:
-            for batch in read_records_skipping(path, "interactions", malformed, 4096):
+            for batch in read_records(path, "interactions", 4096, malformed):
                 report.interactions_read += len(batch)
                 for x in batch:
                     reason = _problem(x, catalogue, limits)

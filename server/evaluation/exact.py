@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from server import _core
 from server.evaluation.split import HeldOut
 from server.ranking.model import RankingModel
 
@@ -212,14 +213,9 @@ def _top_k_1d(values: npt.NDArray[np.float32], k: int) -> Positions:
 
 
 def _top_positions(scores: npt.NDArray[np.float32], k: int) -> list[Positions]:
-    """Per row, the positions of the k best finite scores, best first."""
-    n = scores.shape[1]
-    k = min(k, n)
+    """Per row, the positions of the k best finite scores, best first (the Rust core's top-k)."""
+    k = min(k, scores.shape[1])
     if k == 0:
         return [np.empty(0, np.int64) for _ in range(scores.shape[0])]
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    picked = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-picked, axis=1, kind="stable")
-    best = np.take_along_axis(part, order, axis=1)
-    finite = np.isfinite(np.take_along_axis(picked, order, axis=1))
-    return [row[ok].astype(np.int64) for row, ok in zip(best, finite, strict=True)]
+    positions, _ = _core.topk_rows(np.ascontiguousarray(scores, dtype=np.float32), k)
+    return [row[row >= 0] for row in positions]

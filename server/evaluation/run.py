@@ -141,7 +141,7 @@ async def evaluate_split(
     if options.address is not None:
         address = options.address
         await check_dimension(address, dataset.dim)
-        _say(options, f"loading {len(train)} training interactions into {address}")
+        say(options, f"loading {len(train)} training interactions into {address}")
         started = time.perf_counter()
         _check_load(
             await load_training(address, dataset, train, options.edges, options.batch_size, options.progress)
@@ -152,7 +152,7 @@ async def evaluate_split(
     else:
         server_config = in_process_config(config, dataset.dim, options.budget_scale)
         async with fresh_server(server_config) as server:
-            _say(options, f"loading {len(train)} training interactions into an in-process server")
+            say(options, f"loading {len(train)} training interactions into an in-process server")
             started = time.perf_counter()
             summary = await load_training(
                 server.address, dataset, train, options.edges, options.batch_size, options.progress
@@ -206,7 +206,7 @@ async def evaluate_split(
 
 
 async def _ask(address: str, user_ids: list[str], options: EvalOptions) -> tuple[dict[str, Answer], float]:
-    _say(options, f"asking Recommend (k={options.k}) for {len(user_ids)} users")
+    say(options, f"asking Recommend (k={options.k}) for {len(user_ids)} users")
     started = time.perf_counter()
     answers = await recommend_all(address, user_ids, options.k, options.concurrency, options.progress)
     return answers, time.perf_counter() - started
@@ -246,6 +246,6 @@ def _served_figures(answers: Mapping[str, Answer]) -> ServedFigures:
     )
 
 
-def _say(options: EvalOptions, message: str) -> None:
+def say(options: EvalOptions, message: str) -> None:
     if options.progress:
         print(message, file=sys.stderr, flush=True)

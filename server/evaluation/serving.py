@@ -78,8 +78,7 @@ async def settle(recd: Recd) -> None:
     """After a load, lets the state the server derives in the background catch up (the shared popularity
     counts, the popularity orders built from them), so that every served answer and the exact
     computation read the same state; then warms the request path as `recd serve` does."""
-    await recd.popularity_sync.refresh()
-    recd.items.rebuild_popularity()
+    await recd.popularity_sync.refresh()  # also re-sorts the popularity orders
     await recd.warm_up()
 
 

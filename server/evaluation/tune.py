@@ -20,7 +20,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +29,13 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
+from server import _core
 from server.config import Config
 from server.evaluation.dataset import UnusableInput
 from server.evaluation.exact import ExactPipeline, PoolFeatures, weight_vector
 from server.evaluation.metrics import summarise
 from server.evaluation.report import quality_table
-from server.evaluation.run import EvalOptions, EvalResult, evaluate_split, prepare
+from server.evaluation.run import EvalOptions, EvalResult, evaluate_split, prepare, say
 from server.evaluation.serving import fresh_server, in_process_config, load_training, settle
 from server.evaluation.split import split_last_n
 from server.ranking.model import SIDE_FEATURES, RankingModel, load_model
@@ -88,22 +88,16 @@ class TuneResult:
 def pool_ndcg(pool: PoolFeatures, weights: npt.NDArray[np.float32], k: int) -> float:
     """Mean NDCG@k when each user's pool is ranked by features @ weights (binary relevance)."""
     users, width = pool.valid.shape
-    if users == 0:
+    kk = min(k, width)
+    if users == 0 or kk == 0:
         return 0.0
     scores = pool.features @ weights.astype(np.float32)
     scores[~pool.valid] = -np.inf
-    kk = min(k, width)
     discounts = 1.0 / np.log2(np.arange(k) + 2.0)
     ideal = np.cumsum(discounts)[np.clip(pool.relevant_count, 1, k) - 1]
-    if kk == 0:
-        return 0.0
-    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-    picked = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-picked, axis=1, kind="stable")
-    top = np.take_along_axis(part, order, axis=1)
-    hits = np.take_along_axis(pool.relevant, top, axis=1) & np.isfinite(
-        np.take_along_axis(picked, order, axis=1)
-    )
+    # The Rust core's top-k: -inf (padding) is never picked and comes back as position -1.
+    top, _ = _core.topk_rows(np.ascontiguousarray(scores, dtype=np.float32), kk)
+    hits = np.take_along_axis(pool.relevant, np.maximum(top, 0), axis=1) & (top >= 0)
     dcg = (hits * discounts[:kk]).sum(axis=1)
     return float(np.mean(dcg / ideal))
 
@@ -182,7 +176,7 @@ async def tune(options: EvalOptions, tune_options: TuneOptions, config: Config, 
     catalogue = len(dataset.item_ids)
     seconds: dict[str, float] = {}
     async with fresh_server(in_process_config(config, dataset.dim, options.budget_scale)) as server:
-        _say(options, f"tuning on {len(validation.evaluated)} validation users")
+        say(options, f"tuning on {len(validation.evaluated)} validation users")
         summary = await load_training(
             server.address,
             dataset,
@@ -227,7 +221,7 @@ async def tune(options: EvalOptions, tune_options: TuneOptions, config: Config, 
         ],
     )
     tuned = load_model(tune_options.out)  # what a server will read: proves the file loads
-    _say(options, f"wrote {tune_options.out} ({tuned.version}); measuring both models on the test split")
+    say(options, f"wrote {tune_options.out} ({tuned.version}); measuring both models on the test split")
     test_started = time.perf_counter()
     if tune_options.test == "served":
         tuned_config = copy.deepcopy(config)
@@ -347,8 +341,3 @@ def tune_json(result: TuneResult) -> str:
         data["test_evals"][i]["input"]["skipped"] = dict(e.input.skipped)
     data["test_figures"] = figures_on_test(result)
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
-
-
-def _say(options: EvalOptions, message: str) -> None:
-    if options.progress:
-        print(message, file=sys.stderr, flush=True)

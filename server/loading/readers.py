@@ -75,23 +75,13 @@ def read_edges(path: Path, batch_size: int = 1000) -> Iterator[list[Edge]]:
     return _batches(path, "edges", _edge, batch_size)
 
 
-def read_records(path: Path, kind: Kind, batch_size: int = 1000) -> Iterator[list[Any]]:
-    """Batches of the domain objects of `kind` read from `path`."""
-    readers: dict[Kind, Callable[[Path, int], Iterator[list[Any]]]] = {
-        "items": read_items,
-        "users": read_users,
-        "interactions": read_interactions,
-        "edges": read_edges,
-    }
-    return readers[kind](Path(path), batch_size)
-
-
-def read_records_skipping(
-    path: Path, kind: Kind, skipped: list[ValueError], batch_size: int = 1000
+def read_records(
+    path: Path, kind: Kind, batch_size: int = 1000, skipped: list[ValueError] | None = None
 ) -> Iterator[list[Any]]:
-    """Like `read_records`, but a row with a malformed field (a missing timestamp, a weight that is no
-    number) is left out, its error appended to `skipped`, instead of ending the file. A file that cannot
-    be parsed at all (invalid JSON, a CSV row of the wrong width) still raises."""
+    """Batches of the domain objects of `kind` read from `path`. With `skipped`, a row with a malformed
+    field (a missing timestamp, a weight that is no number) is left out and its error appended there,
+    instead of ending the file; a file that cannot be parsed at all (invalid JSON, a CSV row of the
+    wrong width) still raises."""
     converters: dict[Kind, RowConverter[Any]] = {
         "items": _item,
         "users": _user,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import numpy as np
+import pytest
 
 from server.domain import ItemRecord
 from server.tests.conftest import make_catalogue, make_config
@@ -34,16 +36,24 @@ async def test_a_burst_of_pokes_warms_once_after_it_goes_quiet() -> None:
     await warmer.close()
 
 
-async def test_a_failing_warm_up_is_logged_not_raised(caplog: object) -> None:
+async def test_a_failing_warm_up_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    calls = 0
+
     async def warm() -> None:
+        nonlocal calls
+        calls += 1
         raise RuntimeError("boom")
 
     warmer = Warmer(warm, quiet_s=0.01)
-    warmer.poke()
-    await asyncio.sleep(0.1)
-    assert warmer.runs == 0
+    with caplog.at_level(logging.WARNING, logger="server.warmup"):
+        warmer.poke()
+        await asyncio.sleep(0.1)
+    assert calls == 1 and warmer.runs == 0
+    assert warmer._task is not None and warmer._task.done() and warmer._task.exception() is None
+    assert "warming the request path failed: RuntimeError('boom')" in caplog.text
     warmer.poke()  # still usable afterwards
     await asyncio.sleep(0.1)
+    assert calls == 2
     await warmer.close()
 
 

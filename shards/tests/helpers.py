@@ -1,11 +1,39 @@
-"""Test data and the exact brute-force oracle."""
+"""Test data, the exact brute-force oracle, and a host behind either client."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import numpy as np
 from numpy.typing import NDArray
 
+from shards.client import GrpcShardClient, InProcessShardClient, ShardClient
+from shards.host import ShardHost
 from shards.records import NO_LABEL, RecordBatch
+from shards.service import ShardNodeServer, serve_node
+
+
+@asynccontextmanager
+async def connected(
+    host: ShardHost, transport: str
+) -> AsyncIterator[tuple[ShardClient, ShardNodeServer | None]]:
+    """(client, node) for `host`: in process, or over gRPC through a node on an ephemeral port (closed,
+    with the host, on exit), so one test runs against both transports."""
+    node = None
+    client: ShardClient
+    if transport == "grpc":
+        node = await serve_node(host, "127.0.0.1:0")
+        client = GrpcShardClient(f"127.0.0.1:{node.port}")
+    else:
+        client = InProcessShardClient(host)
+    try:
+        yield client, node
+    finally:
+        await client.close()
+        if node is not None:
+            await node.stop(0)
+        host.close()
 
 
 def unit(rows: NDArray[np.floating]) -> NDArray[np.float32]:

@@ -193,7 +193,7 @@ def test_a_query_whose_neighbourhood_is_all_excluded_still_gets_k(cat: Catalogue
     assert overlap(found, cat.labels[nearest[300:310]]) >= 0.9
 
 
-def test_exclusions_over_fetch_by_what_the_shard_holds_in_one_round(
+def test_exclusions_over_fetch_a_little_then_by_what_the_shard_holds(
     cat: Catalogue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     q = cat.queries[:2]
@@ -211,12 +211,26 @@ def test_exclusions_over_fetch_by_what_the_shard_holds_in_one_round(
 
     monkeypatch.setattr(cat.index, "_knn", spy)
     hits = cat.index.search(q, 10, exclude=exclude)
-    # One search for the batch, fetching k + the 300 the first query holds: no rounds of growing fetches.
-    assert sizes == [310]
+    # One search for the batch at k + at most k, then one for the query left short, by all 300 it holds.
+    assert sizes == [20, 310]
     assert not np.isin(got(hits.labels[0]), exclude[0]).any() and len(got(hits.labels[0])) == 10
     assert overlap(got(hits.labels[0]), cat.labels[nearest[300:310]]) >= 0.9
     plain = cat.index.search(q[1:], 10)  # the second holds none of its exclusions: a plain answer
     assert overlap(got(hits.labels[1]), plain.labels[0]) >= 0.9
+
+
+def test_exclusions_held_far_from_the_query_cost_one_small_search(
+    cat: Catalogue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q = cat.queries[:1]
+    farthest = np.argsort(cat.data @ q[0])[:300]  # seen, but nowhere near what this query wants
+    exclude = [np.sort(cat.labels[farthest])]
+    sizes: list[int] = []
+    knn = cat.index._knn
+    monkeypatch.setattr(cat.index, "_knn", lambda qs, k: (sizes.append(k), knn(qs, k))[1])
+    hits = cat.index.search(q, 10, exclude=exclude)
+    assert sizes == [20]  # k + at most k, not k + all 300 held here
+    assert len(got(hits.labels[0])) == 10 and not np.isin(got(hits.labels[0]), exclude[0]).any()
 
 
 def test_ten_thousand_exclusions_are_cheap_and_honoured() -> None:
@@ -247,7 +261,7 @@ def test_ten_thousand_exclusions_are_cheap_and_honoured() -> None:
     [
         (10, 1.0, 0, 1000, 10),
         (10, 1.0, 7, 1000, 17),  # unfiltered: exactly the excluded items held here on top of k
-        (10, 1.0, 5000, 1000, 1000),
+        (10, 1.0, 5000, 1000, 20),  # at most k more at first: held items are mostly far away
         (10, 0.1, 0, 1000, 150),
         (10, 0.01, 0, 1000, 1000),  # more than the shard holds: all of it
         (10, 0.0, 0, 1000, 1000),

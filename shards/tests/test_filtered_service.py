@@ -12,7 +12,7 @@ import pytest
 from server.gen.recd.v1 import shard_pb2 as pb
 from server.gen.recd.v1 import shard_pb2_grpc
 from shards import convert
-from shards.client import GrpcShardClient, InProcessShardClient, ShardClient
+from shards.client import ShardClient
 from shards.host import ShardHost
 from shards.payload import ItemMetadata, encode_metadata
 from shards.records import (
@@ -25,7 +25,7 @@ from shards.records import (
     ShardHits,
 )
 from shards.service import serve_node
-from shards.tests.helpers import unit
+from shards.tests.helpers import connected, unit
 
 DIM = 16
 SHARDS = 4
@@ -65,18 +65,8 @@ def _host() -> tuple[ShardHost, np.ndarray, np.ndarray]:
 @pytest.fixture(params=["in-process", "grpc"])
 async def env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
     host, data, lang = _host()
-    node = None
-    client: ShardClient
-    if request.param == "grpc":
-        node = await serve_node(host, "127.0.0.1:0")
-        client = GrpcShardClient(f"127.0.0.1:{node.port}")
-    else:
-        client = InProcessShardClient(host)
-    yield Env(host, client, data, lang)
-    await client.close()
-    if node is not None:
-        await node.stop(0)
-    host.close()
+    async with connected(host, request.param) as (client, _):
+        yield Env(host, client, data, lang)
 
 
 def same(a: ShardHits | ShardError, b: ShardHits | ShardError) -> bool:

@@ -13,11 +13,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.gen.recd.v1 import shard_pb2 as pb
 from server.gen.recd.v1 import shard_pb2_grpc
-from shards.client import GrpcShardClient, InProcessShardClient, ShardClient
+from shards.client import GrpcShardClient, ShardClient
 from shards.host import ShardHost
 from shards.records import ErrorKind, IndexParams, RecordBatch, ShardError, ShardHits
 from shards.service import ShardNodeServer, serve_node
-from shards.tests.helpers import batch_of, unit
+from shards.tests.helpers import batch_of, connected, unit
 
 DIM = 16
 SHARDS = 4
@@ -45,18 +45,8 @@ def _host() -> tuple[ShardHost, np.ndarray]:
 @pytest.fixture(params=["in-process", "grpc"])
 async def env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
     host, data = _host()
-    node = None
-    client: ShardClient
-    if request.param == "grpc":
-        node = await serve_node(host, "127.0.0.1:0")
-        client = GrpcShardClient(f"127.0.0.1:{node.port}")
-    else:
-        client = InProcessShardClient(host)
-    yield Env(host, client, data, node)
-    await client.close()
-    if node is not None:
-        await node.stop(0)
-    host.close()
+    async with connected(host, request.param) as (client, node):
+        yield Env(host, client, data, node)
 
 
 @pytest.fixture

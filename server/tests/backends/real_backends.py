@@ -115,6 +115,7 @@ async def drop_scylla(config: ProfilesConfig) -> None:
             "user_seen",
             "item_popularity",
             "popularity_clock",
+            "popularity_writes",
         )
         for table in tables:
             while True:

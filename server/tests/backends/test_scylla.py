@@ -181,6 +181,7 @@ async def test_schema_matches_the_design() -> None:
             "user_seen",
             "item_popularity",
             "popularity_clock",
+            "popularity_writes",
         }
         assert tables["user_interactions"][1]["class"].endswith("TimeWindowCompactionStrategy")
         assert tables["user_interactions"][2] == 86400
@@ -244,7 +245,8 @@ async def test_seen_entries_carry_their_interaction_time_and_counters_come_last(
     assert counters and all(s.batch_type.name == "COUNTER" and not s.is_idempotent for s in counters)
     # The counters (not idempotent) are sent only once every idempotent write was acknowledged.
     first_counter = names.index("popularity_add")
-    assert set(names[first_counter:]) == {"popularity_add"}
+    assert set(names[first_counter:-1]) == {"popularity_add"}
+    assert names[-1] == "writes_bump"  # after the counters: a refresher seeing it reads them all
 
 
 async def test_a_seen_entry_keeps_the_latest_time_whatever_the_arrival_order(store: Any) -> None:
@@ -297,6 +299,18 @@ async def test_popularity_reads_the_newest_epochs_of_each_list_only(store: Any) 
         for epoch in popularity.epochs_to_read(now_ms, half_life_s)
     ]
     assert sorted(reads) == sorted(expected)
+
+
+async def test_popularity_is_read_again_only_after_a_write(store: Any) -> None:
+    await store.append_interactions(events("u1", 3))
+    first = await store.item_popularity(5.0)
+    spy = Spy(store)
+    assert await store.item_popularity(5.0) is first  # nothing written since: no partition read
+    assert [statement_name(store, s) for s, _, _ in spy.calls] == ["writes_read"]
+    await store.append_interactions([Interaction("u2", "i0", "view", 1.0, 2_000)])
+    second = await store.item_popularity(5.0)
+    assert second is not first
+    assert second["all_time"]["i0"] > first["all_time"]["i0"]
 
 
 def closed_port() -> int:
