@@ -25,6 +25,8 @@ __all__ = [
     "NO_ITEM",
     "F16Table",
     "HashRing",
+    "exclude_hits",
+    "merge_candidates",
     "merge_topk",
     "mmr",
     "stable_hash64",
@@ -32,8 +34,8 @@ __all__ = [
 ]
 
 NO_ITEM: int
-"""The label meaning "no item" (2**64 - 1): padding in `merge_topk` inputs and outputs.
-`stable_hash64` never returns it."""
+"""The label meaning "no item" (2**64 - 1): padding in `merge_topk` and `exclude_hits` inputs and
+outputs. `stable_hash64` never returns it."""
 
 DEFAULT_VNODES: int
 """Virtual nodes per `HashRing` member when not given (1024: with 20 members the busiest one
@@ -98,6 +100,52 @@ def merge_topk(
     skipped (padding). A label found in several lists is returned once, with its best score.
     Returns (labels, scores), each (Q, k), sorted by descending score (ties: lower list index
     first), padded with `NO_ITEM` / -inf when fewer than k distinct labels exist. `k` >= 1.
+    """
+
+def exclude_hits(
+    labels: npt.NDArray[np.uint64],
+    scores: npt.NDArray[np.float32],
+    excluded: npt.NDArray[np.uint64],
+    offsets: npt.NDArray[np.int64],
+    k: int,
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Per query, the first `k` hits of its row that are neither padding nor excluded, in order.
+
+    `labels` and `scores` have the same shape (Q, L). Query q's excluded labels are the CSR part
+    `excluded[offsets[q]:offsets[q + 1]]`, which must be sorted ascending (`np.unique` gives that);
+    sortedness is not checked (a part that is not sorted gives unspecified hits, never a crash), an
+    empty part excludes nothing. `offsets` (Q + 1,) must be non-decreasing and within
+    0..len(excluded) (ValueError otherwise). Each row is walked in order; entries whose label is
+    `NO_ITEM` or excluded (a binary search) are dropped, the first `k` others are kept with their
+    scores as given (no score is special here). Returns (labels, scores, kept): (Q, k), (Q, k) and
+    (Q,), each row padded with `NO_ITEM` / -inf after its kept[q] <= k hits. `k` >= 1.
+    """
+
+def merge_candidates(
+    rows: npt.NDArray[np.int64],
+    bits: npt.NDArray[np.uint8],
+    graph: npt.NDArray[np.float32],
+    offsets: npt.NDArray[np.int64],
+    item_labels: npt.NDArray[np.uint64],
+    alive: npt.NDArray[np.bool_],
+    excluded: npt.NDArray[np.uint64],
+    excluded_offsets: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8], npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """The candidate set of each of the B requests of a batch, from what several sources proposed.
+
+    Member b's proposals are `rows[offsets[b]:offsets[b + 1]]` (item rows, the sources' lists
+    concatenated); `bits` (N,) is the bit of the source that proposed each entry and `graph` (N,)
+    its graph score (0 for other sources). `item_labels` and `alive` (R,) describe every item row.
+    Per member, rows that are negative or >= R are dropped, then rows whose `alive[row]` is False
+    and rows whose `item_labels[row]` is in the member's exclusion part
+    `excluded[excluded_offsets[b]:excluded_offsets[b + 1]]` (sorted ascending, not checked, as in
+    `exclude_hits`); the rest is deduplicated by row, OR-ing the bits and keeping the largest graph
+    score (NaN only when every copy is NaN). `offsets` and `excluded_offsets` both have B + 1
+    values, non-decreasing, within the length of the array they split.
+
+    Returns (rows, bits, graph, offsets): each member's unique rows in ascending order, as CSR with
+    new `offsets` (B + 1,) starting at 0. A batch of up to 50,000 proposals runs on the calling
+    thread (a microsecond or two of fixed cost); larger ones spread the members over all cores.
     """
 
 def topk_rows(

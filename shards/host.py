@@ -22,6 +22,7 @@ from shards.index import DEFAULT_SNAPSHOT_EVERY_RECORDS, ShardIndex
 from shards.records import (
     AttributeFilter,
     ErrorKind,
+    Exclusions,
     IndexParams,
     NodeStats,
     QueryFilter,
@@ -238,9 +239,11 @@ def _search_in_turn(
     queries: NDArray[np.float32],
     k: int,
     ef: int,
-    exclude: Sequence[NDArray[np.uint64]] | None,
+    exclude: Exclusions | None,
     filters: Sequence[AttributeFilter | None] | None,
 ) -> None:
+    # Everything here is per shard; what is per batch (validation, the exclusions' CSR) was done once by
+    # start_search.
     for shard, future in work:
         if not future.set_running_or_notify_cancel():
             continue  # the caller stopped waiting (deadline): skip the work

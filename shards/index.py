@@ -33,12 +33,14 @@ import hnswlib
 import numpy as np
 from numpy.typing import NDArray
 
+from server import _core
 from shards import oplog, snapshot
 from shards.attributes import AttributeTable, CompiledFilter
 from shards.records import (
     NO_LABEL,
     AttributeFilter,
     ErrorKind,
+    Exclusions,
     IndexParams,
     QueryFilter,
     RecordBatch,
@@ -337,75 +339,74 @@ class ShardIndex:
         filters: Sequence[AttributeFilter | None] | None = None,
     ) -> ShardHits:
         """`search` for input the host has already validated once for all its shards (exclusion arrays
-        sorted and unique): with 20 shards per query, validating per shard cost more than a small
-        shard's search."""
+        sorted and unique, best as the `Exclusions` check_exclude returns, so that their CSR is built once
+        per call, not once per shard): with 20 shards per query, validating per shard cost more than a
+        small shard's search."""
         self._check_open()
-        hits = ShardHits.empty(len(q), k)
         if not len(q):
-            return hits
+            return ShardHits.empty(0, k)
         self._acquire_read_at_ef(max(ef or self.params.ef_search, k))
         try:
             live = len(self._records)
             if live == 0:
-                return hits
-            if exclude and not filters and self._excluding_search(q, k, live, hits, exclude):
-                return hits
+                return ShardHits.empty(len(q), k)
+            if exclude and not filters:
+                found = self._excluding_search(q, k, live, Exclusions.of(exclude))
+                if found is not None:
+                    return found
             if exclude or filters:
+                hits = ShardHits.empty(len(q), k)
                 self._constrained_search(q, k, live, hits, exclude, filters)
                 return hits
             fetch_k = min(k, live)
             labels, distances = self._knn(q, fetch_k)
         finally:
             self._lock.release_read()
+        if fetch_k == k:  # hnswlib's fresh arrays are the hits as they are
+            return ShardHits(labels, self._scores(distances))
+        hits = ShardHits.empty(len(q), k)
         hits.labels[:, :fetch_k] = labels
         hits.scores[:, :fetch_k] = self._scores(distances)
         return hits
 
     def _scores(self, distances: NDArray[np.float32]) -> NDArray[np.float32]:
-        return (-distances if self.params.space == "l2" else 1.0 - distances).astype(np.float32)
+        return (-distances if self.params.space == "l2" else 1.0 - distances).astype(np.float32, copy=False)
 
     def _excluding_search(
         self,
         q: NDArray[np.float32],
         k: int,
         live: int,
-        hits: ShardHits,
-        exclude: Sequence[NDArray[np.uint64]],
-    ) -> bool:
+        exclude: Exclusions,
+    ) -> ShardHits | None:
         """Exclusions without a filter, the case of every warm user (their seen set): one search
-        over-fetching a little, a binary search per hit, and for the queries left short one more search
+        over-fetching a little, the excluded hits dropped natively for every query at once
+        (`_core.exclude_hits`, a binary search per hit), and for the queries left short one more search
         over-fetching by every excluded item held here (counted only then: a binary search of the whole
-        list per shard cost more than the search). False (hits untouched) in the rare case that an
-        approximate search still returned too few, for the general path to grow the fetch."""
-        out_labels = np.full((len(q), k), NO_LABEL, dtype=np.uint64)
-        out_scores = np.full((len(q), k), -np.inf, dtype=np.float32)
-        rows = np.arange(len(q))
-        fetch = first_fetch(k, 1.0, max(len(e) for e in exclude), live)
-        final = False
-        while True:
-            labels, distances = self._knn(q[rows], fetch)
-            short: list[int] = []
-            for j, row in enumerate(rows.tolist()):
-                keep = labels[j] != NO_LABEL
-                if len(exclude[row]):
-                    keep &= ~is_excluded(labels[j], exclude[row])
-                kept = labels[j][keep][:k]
-                if len(kept) < k and fetch < live:
-                    short.append(row)
-                    continue
-                out_labels[row, : len(kept)] = kept
-                out_scores[row, : len(kept)] = self._scores(distances[j][keep][:k])
-            if not short:
-                break
-            if final:
-                return False
-            rows = np.asarray(short)
-            held = max(self._attributes.count_held(exclude[row]) for row in short)
-            fetch = excluding_refetch(k, held, live)
-            final = True
-        hits.labels[:] = out_labels
-        hits.scores[:] = out_scores
-        return True
+        list per shard cost more than the search). None in the rare case that an approximate search still
+        returned too few, for the general path to grow the fetch."""
+        fetch = first_fetch(k, 1.0, exclude.longest, live)
+        labels, distances = self._knn(q, fetch)
+        out_labels, out_scores, kept = _core.exclude_hits(
+            labels, self._scores(distances), exclude.labels, exclude.offsets, k
+        )
+        if fetch >= live:  # every item here was fetched: a row short of k holds all there is
+            return ShardHits(out_labels, out_scores)
+        short = np.flatnonzero(kept < k)
+        if not len(short):
+            return ShardHits(out_labels, out_scores)
+        held = max(self._attributes.count_held(exclude[row]) for row in short.tolist())
+        fetch = excluding_refetch(k, held, live)
+        again = exclude.take(short)
+        labels, distances = self._knn(q[short], fetch)
+        got_labels, got_scores, got_kept = _core.exclude_hits(
+            labels, self._scores(distances), again.labels, again.offsets, k
+        )
+        if fetch < live and bool((got_kept < k).any()):
+            return None
+        out_labels[short] = got_labels
+        out_scores[short] = got_scores
+        return ShardHits(out_labels, out_scores)
 
     def _constrained_search(
         self,

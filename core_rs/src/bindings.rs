@@ -14,6 +14,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
+use crate::candidates::{self, Items, Proposals};
 use crate::error::CoreError;
 use crate::f16_table::F16Table;
 use crate::hashing::{self, NO_ITEM};
@@ -42,18 +43,24 @@ fn array_arg<'py, T: Element, D: Dimension>(
     name: &str,
     shape: &str,
 ) -> PyResult<PyReadonlyArray<'py, T, D>> {
-    let want = T::get_dtype(obj.py()).to_string();
-    let fix = format!("pass np.ascontiguousarray({name}, dtype=np.{want})");
+    // Worded only on failure: str(dtype) and the formatting cost more than the checks themselves,
+    // and a call with eight small arrays should cost a few microseconds.
+    let want = || T::get_dtype(obj.py()).to_string();
+    let fix = || format!("pass np.ascontiguousarray({name}, dtype=np.{})", want());
     let Ok(untyped) = obj.cast::<PyUntypedArray>() else {
         return Err(invalid(format!(
-            "`{name}` must be a numpy.ndarray of {want} with shape {shape}, got {}; {fix}",
-            type_name(obj)
+            "`{name}` must be a numpy.ndarray of {} with shape {shape}, got {}; {}",
+            want(),
+            type_name(obj),
+            fix()
         )));
     };
     let dtype = untyped.dtype();
     if !dtype.is_equiv_to(&T::get_dtype(obj.py())) {
         return Err(invalid(format!(
-            "`{name}` has dtype {dtype} but {want} is required; {fix}"
+            "`{name}` has dtype {dtype} but {} is required; {}",
+            want(),
+            fix()
         )));
     }
     let ndim = D::NDIM.expect("fixed-dimension arrays only");
@@ -65,12 +72,17 @@ fn array_arg<'py, T: Element, D: Dimension>(
     }
     if !untyped.is_c_contiguous() || !untyped.is_aligned() {
         return Err(invalid(format!(
-            "`{name}` is not a C-contiguous, aligned array (a transposed or strided view?); {fix}"
+            "`{name}` is not a C-contiguous, aligned array (a transposed or strided view?); {}",
+            fix()
         )));
     }
-    let typed = obj
-        .cast::<PyArray<T, D>>()
-        .map_err(|_| invalid(format!("`{name}` is not a {ndim}-d {want} array; {fix}")))?;
+    let typed = obj.cast::<PyArray<T, D>>().map_err(|_| {
+        invalid(format!(
+            "`{name}` is not a {ndim}-d {} array; {}",
+            want(),
+            fix()
+        ))
+    })?;
     typed.try_readonly().map_err(|_| {
         invalid(format!(
             "`{name}` is being written by another call; pass a copy"
@@ -294,6 +306,102 @@ fn topk_rows<'py>(
     Ok((matrix(py, idx, shape[0], k), matrix(py, val, shape[0], k)))
 }
 
+/// Surviving labels and scores, each (Q, k), and how many survived per query (Q,).
+type KeptHits<'py> = (
+    Bound<'py, PyArray2<u64>>,
+    Bound<'py, PyArray2<f32>>,
+    Bound<'py, PyArray1<i64>>,
+);
+
+/// Per query, the first `k` hits whose label is neither padding nor in the query's exclusions.
+#[pyfunction]
+fn exclude_hits<'py>(
+    py: Python<'py>,
+    labels: &Bound<'py, PyAny>,
+    scores: &Bound<'py, PyAny>,
+    excluded: &Bound<'py, PyAny>,
+    offsets: &Bound<'py, PyAny>,
+    k: i64,
+) -> PyResult<KeptHits<'py>> {
+    let k = positive("k", k)?;
+    let labels = array_arg::<u64, Ix2>(labels, "labels", "(Q, L)")?;
+    let scores = array_arg::<f32, Ix2>(scores, "scores", "(Q, L)")?;
+    let excluded = array_arg::<u64, Ix1>(excluded, "excluded", "(M,)")?;
+    let offsets = array_arg::<i64, Ix1>(offsets, "offsets", "(Q + 1,)")?;
+    let shape = shape2(&labels);
+    if scores.shape() != labels.shape() {
+        return Err(CoreError::ShapeMismatch(format!(
+            "`labels` has shape {:?} but `scores` has shape {:?}; they must match",
+            labels.shape(),
+            scores.shape()
+        ))
+        .into());
+    }
+    let (l, s, e, o) = (
+        values(&labels),
+        values(&scores),
+        values(&excluded),
+        values(&offsets),
+    );
+    let (out_labels, out_scores, kept) =
+        py.detach(|| crate::exclude::exclude_hits(l, s, shape, e, o, k))?;
+    Ok((
+        matrix(py, out_labels, shape[0], k),
+        matrix(py, out_scores, shape[0], k),
+        kept.into_pyarray(py),
+    ))
+}
+
+/// Each member's candidates as CSR: rows, bits, graph scores, offsets.
+type CandidateArrays<'py> = (
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<u8>>,
+    Bound<'py, PyArray1<f32>>,
+    Bound<'py, PyArray1<i64>>,
+);
+
+/// The deduplicated, filtered candidate set of each request of a batch.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)] // the Python signature: one argument per array
+fn merge_candidates<'py>(
+    py: Python<'py>,
+    rows: &Bound<'py, PyAny>,
+    bits: &Bound<'py, PyAny>,
+    graph: &Bound<'py, PyAny>,
+    offsets: &Bound<'py, PyAny>,
+    item_labels: &Bound<'py, PyAny>,
+    alive: &Bound<'py, PyAny>,
+    excluded: &Bound<'py, PyAny>,
+    excluded_offsets: &Bound<'py, PyAny>,
+) -> PyResult<CandidateArrays<'py>> {
+    let rows = array_arg::<i64, Ix1>(rows, "rows", "(N,)")?;
+    let bits = array_arg::<u8, Ix1>(bits, "bits", "(N,)")?;
+    let graph = array_arg::<f32, Ix1>(graph, "graph", "(N,)")?;
+    let offsets = array_arg::<i64, Ix1>(offsets, "offsets", "(B + 1,)")?;
+    let item_labels = array_arg::<u64, Ix1>(item_labels, "item_labels", "(R,)")?;
+    let alive = array_arg::<bool, Ix1>(alive, "alive", "(R,)")?;
+    let excluded = array_arg::<u64, Ix1>(excluded, "excluded", "(M,)")?;
+    let excluded_offsets = array_arg::<i64, Ix1>(excluded_offsets, "excluded_offsets", "(B + 1,)")?;
+    let proposals = Proposals {
+        rows: values(&rows),
+        bits: values(&bits),
+        graph: values(&graph),
+        offsets: values(&offsets),
+    };
+    let items = Items {
+        labels: values(&item_labels),
+        alive: values(&alive),
+    };
+    let (e, eo) = (values(&excluded), values(&excluded_offsets));
+    let out = py.detach(|| candidates::merge_candidates(proposals, items, e, eo))?;
+    Ok((
+        out.rows.into_pyarray(py),
+        out.bits.into_pyarray(py),
+        out.graph.into_pyarray(py),
+        out.offsets.into_pyarray(py),
+    ))
+}
+
 /// Maximal Marginal Relevance selection.
 #[pyfunction]
 fn mmr<'py>(
@@ -423,6 +531,8 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(merge_topk, m)?)?;
     m.add_function(wrap_pyfunction!(topk_rows, m)?)?;
     m.add_function(wrap_pyfunction!(mmr, m)?)?;
+    m.add_function(wrap_pyfunction!(exclude_hits, m)?)?;
+    m.add_function(wrap_pyfunction!(merge_candidates, m)?)?;
     m.add_class::<PyHashRing>()?;
     m.add_class::<PyF16Table>()?;
     Ok(())

@@ -233,6 +233,36 @@ def test_exclusions_held_far_from_the_query_cost_one_small_search(
     assert len(got(hits.labels[0])) == 10 and not np.isin(got(hits.labels[0]), exclude[0]).any()
 
 
+def test_an_excluding_search_still_short_after_its_refetch_takes_the_general_path(
+    cat: Catalogue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hnswlib may return fewer hits than asked (after many deletions); simulated here by blanking the
+    second half of every row of a fetch smaller than the shard."""
+    q = cat.queries[:3]
+    live = len(cat.index)
+    exclude = [np.sort(cat.labels[np.argsort(-(cat.data @ x))[:5]]) for x in q]  # each one's 5 nearest
+    sizes: list[int] = []
+    knn = cat.index._knn
+
+    def short_rows(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        sizes.append(k)
+        labels, distances = knn(queries, k)
+        if k < live:
+            labels, distances = labels.copy(), distances.copy()
+            labels[:, k // 2 :] = NO_LABEL
+            distances[:, k // 2 :] = np.inf
+        return labels, distances
+
+    monkeypatch.setattr(cat.index, "_knn", short_rows)
+    hits = cat.index.search(q, 10, exclude=exclude)
+    # k + 5 first, k + the 5 held here again for the three left short, then the general path's growth.
+    assert sizes[:2] == [15, 15] and len(sizes) > 2 and sizes[2] >= 15
+    for i in range(len(q)):
+        found = got(hits.labels[i])
+        assert len(found) == 10 and not np.isin(found, exclude[i]).any()
+        assert overlap(found, cat.oracle(q[i], 10, np.ones(len(cat.labels), bool), exclude[i])) >= 0.9
+
+
 def test_ten_thousand_exclusions_are_cheap_and_honoured() -> None:
     data, queries = clustered(20_000, DIM, seed=6, n_queries=64)
     labels = random_labels(np.random.default_rng(6), 20_000)
@@ -278,6 +308,17 @@ def test_exclusion_lists_are_sorted_and_unique_after_checking() -> None:
     (checked,) = check_exclude([np.array([5, 1, 5, 3], np.uint64)], 1) or []
     np.testing.assert_array_equal(checked, [1, 3, 5])
     assert is_excluded(np.array([1, 2, 5, 9], np.uint64), checked).tolist() == [True, False, True, False]
+
+
+def test_checked_exclusions_are_also_one_csr_for_the_core() -> None:
+    checked = check_exclude([[9, 4], [], np.array([7, 7, 2], np.int64)], 3)
+    assert checked is not None and len(checked) == 3 and checked.longest == 2
+    assert [e.tolist() for e in checked] == [[4, 9], [], [2, 7]]
+    assert checked.labels.dtype == np.uint64 and checked.labels.tolist() == [4, 9, 2, 7]
+    assert checked.offsets.dtype == np.int64 and checked.offsets.tolist() == [0, 2, 2, 4]
+    taken = checked.take(np.array([2, 0]))
+    assert taken.labels.tolist() == [2, 7, 4, 9] and taken.offsets.tolist() == [0, 2, 4]
+    assert check_exclude([[], []], 2) is None
 
 
 @pytest.mark.parametrize(
