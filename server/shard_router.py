@@ -34,6 +34,7 @@ import numpy.typing as npt
 from server import _core, metrics
 from server.cluster.health import HedgePolicy, NodeHealth
 from server.cluster.layout import Layout, Placement
+from server.config import CandidatesConfig
 from server.errors import BackendError
 from shards.client import ShardClient
 from shards.records import NO_LABEL, ErrorKind, QueryFilter, RecordBatch, ShardError, ShardHits
@@ -44,6 +45,13 @@ _WRITE_ATTEMPTS = 4
 
 def shard_names(count: int) -> list[str]:
     return [f"shard-{i:03d}" for i in range(count)]
+
+
+def per_shard_k_for(k: int, shard_count: int, shard_k: int, factor: float) -> int:
+    """Hits to ask of each shard for a merged top-k: `shard_k` (pipeline.candidates.shard_k), raised to
+    ceil(k * factor / shards) once that is larger (a large k is spread over the shards, so each needs
+    its share with slack, not all k), and never more than k."""
+    return max(1, min(k, max(shard_k, math.ceil(k * factor / shard_count))))
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,9 +209,10 @@ class ShardRouter:
     def shard_of(self, item_ids: Sequence[str]) -> npt.NDArray[np.uint32]:
         return self._topology.read.ring.owner(list(item_ids))
 
-    def per_shard_k(self, k: int, factor: float) -> int:
-        """Each shard holds about 1/shards of the true top-k; ask for that share with slack, not all k."""
-        return max(10, min(k, math.ceil(k * factor / self.shard_count)))
+    def per_shard_k(self, k: int, factor: float, shard_k: int = CandidatesConfig.shard_k) -> int:
+        """Hits to ask of each shard for a merged top-k (per_shard_k_for): callers pass the configured
+        pipeline.candidates.shard_k and shard_k_factor; `shard_k` defaults to the config's default."""
+        return per_shard_k_for(k, self.shard_count, shard_k, factor)
 
     async def ensure_started(self) -> None:
         """With a cluster: the first call resolves node addresses, adopts the newest layout the nodes
