@@ -1,4 +1,5 @@
-"""The one place where shard types meet protobuf and gRPC status codes.
+"""The one place where shard types meet protobuf and gRPC status codes (the codes of ErrorKind's one table,
+server/errors.py).
 
 Vectors travel as raw little-endian float32 bytes and labels as packed uint64, except a search's
 exclusions, which travel as little-endian uint64 bytes (10,000 of them encode in microseconds, where a
@@ -15,6 +16,7 @@ import grpc
 import numpy as np
 from numpy.typing import NDArray
 
+from server.errors import kind_of_status
 from server.gen.recd.v1 import shard_pb2 as pb
 from shards.records import (
     AttributeFilter,
@@ -30,25 +32,17 @@ from shards.records import (
     invalid,
 )
 
-_STATUS_OF_KIND = {
-    ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
-    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-    ErrorKind.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
-    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
-    ErrorKind.STALE_LAYOUT: grpc.StatusCode.FAILED_PRECONDITION,
-}
-_KIND_OF_STATUS = {status: kind for kind, status in _STATUS_OF_KIND.items()}
-_KIND_OF_STATUS[grpc.StatusCode.CANCELLED] = ErrorKind.UNAVAILABLE
-_KIND_OF_STATUS[grpc.StatusCode.RESOURCE_EXHAUSTED] = ErrorKind.UNAVAILABLE
+# From a shard node these mean "try another replica", which callers (the router) do for UNAVAILABLE: a call
+# cancelled on the node's side, or turned away by its load.
+_UNAVAILABLE_FROM_A_NODE = frozenset({grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 
 def status_of(error: ShardError) -> grpc.StatusCode:
-    return _STATUS_OF_KIND[error.kind]
+    return error.kind.status
 
 
 def error_of_status(code: grpc.StatusCode | None, details: str | None) -> ShardError:
-    kind = _KIND_OF_STATUS.get(code, ErrorKind.INTERNAL) if code is not None else ErrorKind.INTERNAL
+    kind = ErrorKind.UNAVAILABLE if code in _UNAVAILABLE_FROM_A_NODE else kind_of_status(code)
     return ShardError(details or (code.name if code is not None else "unknown gRPC error"), kind)
 
 

@@ -5,12 +5,16 @@ Everything here is transport-agnostic: the in-process client and the gRPC client
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 import numpy as np
 from numpy.typing import NDArray
+
+# recd's one error-kind enum (a leaf module: it imports nothing of server's or shards'), re-exported here
+# because shard code takes it together with ShardError.
+from server.errors import ErrorKind as ErrorKind
 
 NO_LABEL = np.uint64(2**64 - 1)
 """Reserved label meaning "no item": pads ShardHits rows that have fewer than k hits."""
@@ -18,24 +22,6 @@ NO_LABEL = np.uint64(2**64 - 1)
 MAX_K = 10_000
 MAX_EF = 100_000
 MAX_ITEM_ID_BYTES = 1024
-
-
-class ErrorKind(enum.Enum):
-    """The closed set of shard failures; each maps to exactly one gRPC status code at the edges."""
-
-    INVALID_ARGUMENT = "INVALID_ARGUMENT"
-    NOT_FOUND = "NOT_FOUND"
-    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
-    UNAVAILABLE = "UNAVAILABLE"
-    INTERNAL = "INTERNAL"
-    # The write carried an older cluster layout epoch than the node follows: the data may have moved.
-    STALE_LAYOUT = "STALE_LAYOUT"
-
-    @property
-    def transient(self) -> bool:
-        # Only these may succeed if the caller simply retries (or asks another replica); a stale layout
-        # succeeds once the caller has refreshed its layout.
-        return self in (ErrorKind.DEADLINE_EXCEEDED, ErrorKind.UNAVAILABLE, ErrorKind.STALE_LAYOUT)
 
 
 class ShardError(Exception):
@@ -132,15 +118,59 @@ def check_ef(ef: int) -> None:
         raise invalid(f"ef: must be in 0..{MAX_EF}, got {ef}")
 
 
-def check_exclude(exclude: Sequence[object] | None, n_queries: int) -> list[NDArray[np.uint64]] | None:
+def check_exclude(exclude: Sequence[object] | None, n_queries: int) -> Exclusions | None:
     """None when nothing is excluded, else one label array per query, sorted and unique (the shards look
-    hits up in it with a binary search). The frontend sends them sorted; checking that is cheap."""
+    hits up in it with a binary search), held as `Exclusions`. The frontend sends them sorted; checking
+    that is cheap."""
     if not exclude:
         return None
     if len(exclude) != n_queries:
         raise invalid(f"exclude: expected {n_queries} entries (one per query) or none, got {len(exclude)}")
     lists = [_sorted_unique(as_labels(e, f"exclude[{i}]")) for i, e in enumerate(exclude)]
-    return lists if any(len(e) for e in lists) else None
+    return Exclusions(lists) if any(len(e) for e in lists) else None
+
+
+class Exclusions(Sequence[NDArray[np.uint64]]):
+    """The labels each query of a batch must not return: a sequence of one sorted, unique uint64 array
+    per query, and the same labels as one CSR, `labels` with `offsets` (query i's are
+    labels[offsets[i]:offsets[i + 1]]), the form `server._core.exclude_hits` takes. Built once per search
+    call (check_exclude) and shared, read-only, by every shard the call searches."""
+
+    __slots__ = ("_lists", "labels", "longest", "offsets")
+
+    def __init__(self, lists: Sequence[NDArray[np.uint64]]) -> None:
+        self._lists = list(lists)
+        lengths = np.fromiter((len(e) for e in self._lists), dtype=np.int64, count=len(self._lists))
+        self.offsets = np.zeros(len(self._lists) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=self.offsets[1:])
+        self.labels: NDArray[np.uint64] = (
+            np.concatenate(self._lists).astype(np.uint64, copy=False)
+            if self._lists
+            else np.zeros(0, dtype=np.uint64)
+        )
+        self.longest = int(lengths.max()) if len(lengths) else 0  # the most labels one query excludes
+
+    @classmethod
+    def of(cls, exclude: Sequence[NDArray[np.uint64]]) -> Exclusions:
+        """`exclude` itself when it is Exclusions already, else its arrays (sorted and unique) as one."""
+        return exclude if isinstance(exclude, Exclusions) else cls(exclude)
+
+    def take(self, rows: Sequence[int] | NDArray[np.intp]) -> Exclusions:
+        """The exclusions of the listed queries only, in that order."""
+        return Exclusions([self._lists[i] for i in rows])
+
+    def __len__(self) -> int:
+        return len(self._lists)
+
+    @overload
+    def __getitem__(self, index: int) -> NDArray[np.uint64]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[NDArray[np.uint64]]: ...
+    def __getitem__(self, index: int | slice) -> NDArray[np.uint64] | list[NDArray[np.uint64]]:
+        return self._lists[index]
+
+    def __iter__(self) -> Iterator[NDArray[np.uint64]]:
+        return iter(self._lists)
 
 
 def _sorted_unique(labels: NDArray[np.uint64]) -> NDArray[np.uint64]:

@@ -1,4 +1,5 @@
-"""The Shard gRPC service: a ShardHost behind grpc.aio, plus health checking and graceful shutdown.
+"""The Shard gRPC service: a ShardHost behind grpc.aio, on the life cycle every recd server shares
+(server/lifecycle.py: health checking, graceful shutdown).
 
 Validation lives in the host (so the in-process client behaves the same); this layer only checks what
 exists on the wire alone (byte lengths) and maps ShardError kinds to status codes, once, in `_guard`.
@@ -21,10 +22,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from server.gen.recd.v1 import shard_pb2 as pb
 from server.gen.recd.v1 import shard_pb2_grpc
+from server.lifecycle import ServerLifecycle
 from shards import convert
 from shards.client import DEFAULT_MAX_MESSAGE_BYTES, gather_search
 from shards.host import ShardHost
@@ -252,28 +253,19 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
 
 
 class ShardNodeServer:
-    """A started shard node: its gRPC server, the port it bound, and a graceful stop."""
+    """A started shard node: the port it bound, and a graceful stop."""
 
-    def __init__(
-        self,
-        server: grpc.aio.Server,
-        health_servicer: health.aio.HealthServicer,
-        port: int,
-        executor: cf.ThreadPoolExecutor,
-    ) -> None:
-        self.server = server
-        self.port = port
-        self._health = health_servicer
-        self._executor = executor
+    def __init__(self, lifecycle: ServerLifecycle) -> None:
+        self.lifecycle = lifecycle
+        self.port = lifecycle.port
 
     async def stop(self, grace_s: float | None = 5.0) -> None:
-        """Health turns NOT_SERVING first (load balancers stop sending), then in-flight RPCs get grace_s."""
-        await self._health.enter_graceful_shutdown()
-        await self.server.stop(grace_s)
-        self._executor.shutdown(wait=True)
+        """Health turns NOT_SERVING first (load balancers stop sending), then in-flight RPCs get grace_s,
+        then the service's executor is shut down (see ServerLifecycle.stop)."""
+        await self.lifecycle.stop(grace_s)
 
     async def wait_for_termination(self, timeout_s: float | None = None) -> bool:
-        return await self.server.wait_for_termination(timeout_s)
+        return await self.lifecycle.wait_for_termination(timeout_s)
 
 
 async def serve_node(
@@ -286,20 +278,20 @@ async def serve_node(
     """Start serving `host` on `address` ("127.0.0.1:0" picks a free port: see `.port`). The caller owns
     the host: stop the node first, then close the host (which takes final snapshots). `layout`: the
     cluster layout this node follows, if any (enables GetLayout/SetLayout and write fencing)."""
-    options = [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-    ]
-    server = grpc.aio.server(options=options)
     executor = cf.ThreadPoolExecutor(8, "shard-service")
-    shard_pb2_grpc.add_ShardServicer_to_server(ShardServicer(host, executor, layout), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"could not bind {address}")
-    await server.start()
-    for service in ("", SERVICE_NAME):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    log.info("shard node serving shards %s on port %d", host.shard_ids, port)
-    return ShardNodeServer(server, health_servicer, port, executor)
+    lifecycle = ServerLifecycle(
+        address,
+        lambda server: shard_pb2_grpc.add_ShardServicer_to_server(
+            ShardServicer(host, executor, layout), server
+        ),
+        (SERVICE_NAME,),
+        options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ],
+        # Off the loop: a host call still running (an fsync) finishes before the executor goes.
+        on_close=[lambda: asyncio.to_thread(executor.shutdown, True)],
+    )
+    await lifecycle.start()
+    log.info("shard node serving shards %s on port %d", host.shard_ids, lifecycle.port)
+    return ShardNodeServer(lifecycle)

@@ -1,4 +1,5 @@
-"""RecdError -> gRPC status, in one place, so every RPC answers bad input the same way."""
+"""RecdError -> gRPC status (its kind's, server/errors.py), in one place, so every RPC answers bad input
+the same way."""
 
 from __future__ import annotations
 
@@ -9,18 +10,9 @@ from typing import Any, TypeVar
 
 import grpc
 
-from server.errors import BackendError, ErrorKind, RecdError
+from server.errors import BackendError, RecdError
 
 log = logging.getLogger(__name__)
-
-STATUS = {
-    ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
-    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-    ErrorKind.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    ErrorKind.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
-    ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
-}
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
@@ -33,7 +25,7 @@ def grpc_errors(handler: Handler) -> Handler:
         try:
             return await handler(self, request, context)
         except RecdError as exc:
-            await context.abort(STATUS[exc.kind], exc.message)
+            await context.abort(exc.kind.status, exc.message)
         except BackendError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except grpc.aio.AbortError:

@@ -24,7 +24,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from server import metrics
-from server.backends.single_flight import SingleFlight, get_or_compute
 from server.config import CacheConfig
 
 log = logging.getLogger(__name__)
@@ -109,7 +108,6 @@ class RedisCache:
             health_check_interval=0,
         )
         self._breaker = CircuitBreaker(config.breaker_failures, config.breaker_open_s, clock)
-        self._flights: SingleFlight[bytes] = SingleFlight()
 
     @property
     def breaker_state(self) -> str:
@@ -173,10 +171,6 @@ class RedisCache:
         if not keys:
             return
         await self._call("delete", lambda: self._client.delete(*(self._key(k) for k in keys)))
-
-    async def get_or_compute(self, key: str, compute: Callable[[], Awaitable[bytes]], ttl_s: float) -> bytes:
-        """The cached value, or `compute()`'s (then cached); one compute per key in flight per process."""
-        return await get_or_compute(self, self._flights, key, compute, ttl_s)
 
     async def close(self) -> None:
         try:

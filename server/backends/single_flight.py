@@ -12,8 +12,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from server.backends.base import Cache
-
 T = TypeVar("T")
 
 
@@ -40,27 +38,3 @@ class SingleFlight(Generic[T]):
         # Retrieve the outcome so that a failure nobody waited for is not logged as "never retrieved".
         if not task.cancelled():
             task.exception()
-
-
-async def get_or_compute(
-    cache: Cache,
-    flights: SingleFlight[bytes],
-    key: str,
-    compute: Callable[[], Awaitable[bytes]],
-    ttl_s: float,
-) -> bytes:
-    """The cached value of `key`, or `compute()`'s value stored with `ttl_s`; one compute per key at once.
-
-    Works over any Cache (embedded or Redis): a cache failure is a miss, so an outage costs recomputation,
-    never an error; a failing `compute` raises to every caller waiting on it and stores nothing.
-    """
-    cached = await cache.get(key)
-    if cached is not None:
-        return cached
-
-    async def compute_and_store() -> bytes:
-        value = await compute()
-        await cache.set(key, value, ttl_s)
-        return value
-
-    return await flights.run(key, compute_and_store)

@@ -8,10 +8,8 @@ that never had one starts from the layout the config describes (epoch 1).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +17,7 @@ from pathlib import Path
 
 from server.cluster.layout import Layout, layout_from_config, node_name
 from server.config import Config
+from server.lifecycle import wait_for_stop_signal
 from shards.host import ShardHost
 from shards.records import ErrorKind, IndexParams, NodeLayout, ShardError, invalid
 from shards.service import serve_node
@@ -157,13 +156,8 @@ async def run_node(
     )
     if on_ready is not None:
         on_ready(server.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await wait_for_stop_signal()
     finally:
         await server.stop(config.server.grace_s)
         await asyncio.to_thread(host.close)

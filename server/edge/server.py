@@ -1,22 +1,17 @@
 """`recd edge`: a gRPC server with the frontend's API whose Recommend answers come from the edge cache.
 
-Built from the frontend server's parts (MetricsInterceptor, health, reflection, graceful stop). Handlers
+Built from the frontend server's parts (MetricsInterceptor, the life cycle of server/lifecycle.py). Handlers
 are registered per method rather than as servicers so that requests and answers can stay bytes:
 pass-through RPCs are forwarded without being decoded, and a cache hit is returned without being encoded.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from server.api.server import SERVICE_NAMES, MetricsInterceptor
 from server.backends.base import Cache
@@ -26,6 +21,7 @@ from server.edge.cache import EdgeCache
 from server.edge.origin import Origin, OriginError, OriginPool, RetryBudget
 from server.edge.shared import open_shared_cache
 from server.gen.recd.v1 import catalog_pb2, recommender_pb2
+from server.lifecycle import ServerLifecycle, run_until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -57,37 +53,38 @@ class EdgeServer:
         self.cache = cache
         self.origin = origin
         self.shared = shared
-        self.server = grpc.aio.server(
-            interceptors=[MetricsInterceptor()],
+        self.lifecycle = ServerLifecycle(
+            config.address,
+            self._register,
+            SERVICE_NAMES,
             options=[
                 # As large as the frontend takes: catalogue writes pass through whole.
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
+            interceptors=[MetricsInterceptor()],
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+            reflection_enabled=True,
+            on_close=[cache.close, origin.close, *([shared.close] if shared is not None else [])],
         )
-        for service_name, handlers in self._service_handlers():
-            # Registered as well as generic, as generated code does: a registered method is matched in
-            # gRPC's core, without a per-call lookup in Python.
-            self.server.add_generic_rpc_handlers(
-                (grpc.method_handlers_generic_handler(service_name, handlers),)
-            )
-            self.server.add_registered_method_handlers(service_name, handlers)
-        self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
-        self.port = self.server.add_insecure_port(config.address)
-        if self.port == 0:
-            raise RuntimeError(f"cannot listen on {config.address}")
+
+    @property
+    def port(self) -> int:
+        return self.lifecycle.port
 
     @property
     def address(self) -> str:
-        return f"{self.config.address.rsplit(':', 1)[0]}:{self.port}"
+        return self.lifecycle.address
 
     # --- handlers -----------------------------------------------------------------------------------
+    def _register(self, server: grpc.aio.Server) -> None:
+        for service_name, handlers in self._service_handlers():
+            # Registered as well as generic, as generated code does: a registered method is matched in
+            # gRPC's core, without a per-call lookup in Python.
+            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, handlers),))
+            server.add_registered_method_handlers(service_name, handlers)
+
     def _service_handlers(self) -> Iterable[tuple[str, dict[str, grpc.RpcMethodHandler]]]:
         # Every method of both services, from the protos: an RPC added there is forwarded at once.
         for module, name in ((recommender_pb2, "Recommender"), (catalog_pb2, "Catalog")):
@@ -151,23 +148,13 @@ class EdgeServer:
         return write
 
     # --- life cycle ---------------------------------------------------------------------------------
-    async def _set_health(self, status: Any) -> None:
-        for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, status)
-
     async def start(self) -> None:
-        await self.server.start()
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        await self.lifecycle.start()
         log.info("recd edge serving on %s, origins %s", self.address, ", ".join(self.config.origins))
 
     async def stop(self) -> None:
-        """NOT_SERVING first so balancers drain us, then stop with grace, then close what it holds."""
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.stop(self.config.grace_s)
-        await self.cache.close()
-        await self.origin.close()
-        if self.shared is not None:
-            await self.shared.close()
+        """Drains within edge.grace_s (see ServerLifecycle.stop), then closes the cache and the origins."""
+        await self.lifecycle.stop(self.config.grace_s)
         log.info("recd edge stopped")
 
 
@@ -186,13 +173,4 @@ async def serve_edge(config: EdgeConfig, on_ready: Callable[[], None] | None = N
 
     server = build_edge(config)
     serve_metrics(config.metrics_address)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await server.start()
-    if on_ready is not None:
-        on_ready()
-    await stop.wait()
-    log.info("signal received; draining")
-    await server.stop()
+    await run_until_signalled(server, on_ready)

@@ -1,4 +1,4 @@
-"""RedisCache beyond the Cache contract: fail-open within the timeout, the circuit breaker, single-flight.
+"""RedisCache beyond the Cache contract: fail-open within the timeout, the circuit breaker.
 
 Tests marked `real` use the Redis that deploy/scripts/stack.sh starts; the others need no server
 (a refused port, or a local listener that never answers, stands in for a dead or hung Redis).
@@ -16,7 +16,6 @@ import pytest
 
 from server import metrics
 from server.backends.redis_cache import CircuitBreaker, RedisCache
-from server.backends.single_flight import SingleFlight
 from server.config import CacheConfig
 from server.tests.backends.real_backends import redis_cache, redis_config
 from server.tests.backends.tcp_proxy import TcpProxy
@@ -130,64 +129,6 @@ def test_breaker_state_machine() -> None:
     assert breaker.state == "open" and not breaker.allow()
 
 
-# --- single-flight --------------------------------------------------------------------------------------
-async def test_single_flight_shares_one_computation() -> None:
-    flights: SingleFlight[int] = SingleFlight()
-    calls = 0
-
-    async def compute() -> int:
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(0.02)
-        return 42
-
-    results = await asyncio.gather(*(flights.run("k", compute) for _ in range(100)))
-    assert results == [42] * 100 and calls == 1
-    assert not flights.in_flight("k")
-    assert await flights.run("k", compute) == 42 and calls == 2  # finished flights are not cached
-
-
-async def test_single_flight_survives_a_cancelled_leader_and_shares_failures() -> None:
-    flights: SingleFlight[int] = SingleFlight()
-    release = asyncio.Event()
-
-    async def slow() -> int:
-        await release.wait()
-        return 7
-
-    leader = asyncio.ensure_future(flights.run("k", slow))
-    await asyncio.sleep(0)
-    follower = asyncio.ensure_future(flights.run("k", slow))
-    await asyncio.sleep(0)
-    leader.cancel()
-    release.set()
-    assert await follower == 7
-
-    async def broken() -> int:
-        await asyncio.sleep(0.01)
-        raise RuntimeError("store down")
-
-    outcomes = await asyncio.gather(*(flights.run("b", broken) for _ in range(5)), return_exceptions=True)
-    assert all(isinstance(o, RuntimeError) for o in outcomes)
-
-
-async def test_get_or_compute_without_redis_still_computes_once_per_flight() -> None:
-    cache = cache_at(closed_port())
-    calls = 0
-
-    async def compute() -> bytes:
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(0.02)
-        return b"fresh"
-
-    try:
-        values = await asyncio.gather(*(cache.get_or_compute("k", compute, 60) for _ in range(20)))
-        assert values == [b"fresh"] * 20 and calls == 1
-    finally:
-        await cache.close()
-
-
 # --- against the real Redis -------------------------------------------------------------------------------
 @pytest.fixture
 async def cache() -> AsyncIterator[RedisCache]:
@@ -196,23 +137,6 @@ async def cache() -> AsyncIterator[RedisCache]:
         yield instance
     finally:
         await instance.close()
-
-
-@pytest.mark.real
-async def test_100_concurrent_get_or_compute_on_one_key_compute_once(cache: RedisCache) -> None:
-    calls = 0
-
-    async def compute() -> bytes:
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(0.05)
-        return b"user-vector"
-
-    values = await asyncio.gather(*(cache.get_or_compute("hot", compute, 60) for _ in range(100)))
-    assert values == [b"user-vector"] * 100
-    assert calls == 1
-    assert await cache.get("hot") == b"user-vector"
-    assert await cache.get_or_compute("hot", compute, 60) == b"user-vector" and calls == 1
 
 
 @pytest.mark.real
