@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     hits = None
     with ExitStack() as stack:
         overrides = {"RECD_DATA_DIR": str(args.demo_dir / "state")}
-        frontend, _ = stack.enter_context(recd_server(overrides))
+        frontend, _, _ = stack.enter_context(recd_server(overrides))
         target, edge_metrics = frontend, None
         if args.target == "edge":
             target, edge_metrics, _ = stack.enter_context(edge_process([frontend]))

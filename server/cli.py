@@ -40,12 +40,13 @@ def _config(args: argparse.Namespace) -> Config:
 
 # --- serve / shard ---------------------------------------------------------------------------------
 async def _serve(config: Config, on_ready: Any = None) -> None:
-    from server.api.server import RecdServer, run_until_signalled
+    from server.api.server import RecdServer
+    from server.lifecycle import run_until_signalled
     from server.metrics import serve_metrics
     from server.wiring import build_recd
 
     recd = build_recd(config)
-    await recd.hydrate_catalogue()
+    await recd.catalog.hydrate_catalogue()
     # The items' popularity counts (then every popularity.refresh_s), before the first request.
     await recd.popularity_sync.start()
     await recd.warm_up()
@@ -62,6 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
+    from server.lifecycle import wait_for_stop_signal
     from server.wiring import build_shard_host
     from shards.service import serve_node
 
@@ -83,8 +85,9 @@ def cmd_shard(args: argparse.Namespace) -> int:
         server = await serve_node(host, address)
         log.info("shard node serving shards %s on %s", args.shards or "all", address)
         try:
-            await server.wait_for_termination()
+            await wait_for_stop_signal()
         finally:
+            await server.stop(config.server.grace_s)
             host.close()
 
     asyncio.run(run())
@@ -130,12 +133,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         from server.api.server import RecdServer
+        from server.lifecycle import wait_for_stop_signal
         from server.metrics import serve_metrics
         from server.wiring import build_recd
 
         recd = build_recd(config)
         started = time.monotonic()
-        await recd.hydrate_catalogue()
+        await recd.catalog.hydrate_catalogue()
         await recd.popularity_sync.start()
         await recd.warm_up()
         server = RecdServer(recd, config)
@@ -149,15 +153,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         else:
             await _demo_load(server.address, dataset, recd, marker)
         _print_demo_help(server.address, config)
-        stop = asyncio.Event()
-        import signal
-
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        if args.exit_after is not None:
-            loop.call_later(args.exit_after, stop.set)
-        await stop.wait()
+        await wait_for_stop_signal(args.exit_after)
         await server.stop()
 
     run_server_loop(run(), config)

@@ -42,7 +42,9 @@ class ServerConfig:
 class IndexConfig:
     m: int = 16
     ef_construction: int = 200
-    ef_search: int = 50
+    # The shards' search beam (hnswlib ef; each shard raises it to at least what it is asked to return).
+    # Chosen with pipeline.candidates.shard_k by the sweep of `recd bench ann`: see shard_k there.
+    ef_search: int = 16
     initial_capacity: int = 16_384
 
 
@@ -59,8 +61,6 @@ class ShardsConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     snapshot_every_records: int = 50_000
     group_commit_window_ms: float = 2.0
-    # Concurrent Recommends that arrive together share one Search call per node.
-    search_batch: MicroBatchConfig = field(default_factory=MicroBatchConfig)
 
 
 @dataclass
@@ -72,8 +72,8 @@ class StepConfig:
 
 def _default_steps() -> dict[str, StepConfig]:
     return {
-        "validate": StepConfig(budget_ms=2.0, fail_open=False),
         "hydrate_user": StepConfig(budget_ms=15.0, fail_open=True),
+        "hydrate_item": StepConfig(budget_ms=5.0, fail_open=False),
         "candidates": StepConfig(budget_ms=50.0, fail_open=False),
         "ann": StepConfig(budget_ms=40.0, fail_open=True),
         "graph": StepConfig(budget_ms=25.0, fail_open=True),
@@ -88,8 +88,20 @@ def _default_steps() -> dict[str, StepConfig]:
 class CandidatesConfig:
     # ANN candidates per request before filtering; per-shard k is derived from it.
     ann_k: int = 200
-    # Per-shard k = ceil(ann_k * shard_k_factor / shards), at least 10: the true top-k is spread over
-    # shards, so each shard needs only its share plus slack, not the global k.
+    # Hits asked of each shard for an unfiltered query of merged top-k (ShardRouter.per_shard_k):
+    #   per-shard k = min(k, max(shard_k, ceil(k * shard_k_factor / shards.count)))
+    # The true top-k is spread evenly over the shards (hashing), so each needs its share with slack,
+    # not all k: shard_k covers a small k (a top-10 over 20 shards), the factor term takes over for a
+    # larger k (ann_k 200 over 20 shards: 20 per shard). Exclusions (the seen set) and filters are
+    # over-fetched by each shard itself, on top of this.
+    # shard_k and shards.index.ef_search are what `recd bench ann` picks: the least CPU per query with
+    # recall@10 >= 0.97 against exact search (BENCHMARKS.md, "Sharded ANN": 4 and 16, recall@10 0.970
+    # at half the CPU of the former 10 and 50, 0.995). recall@10 holds for any k, as per-shard k and
+    # ef only grow with it; the recall of the whole top-k of a large k does not (ann_k 200: recall@200
+    # 0.92 at ef 20 vs 0.97 at ef 50). A factor of 2 also cuts short the shards that hold more than
+    # their share of a k of about 30-80: 1-3% of recall@k (k=50 at ef 50: 0.97 with 5 per shard, 0.99
+    # with 10); a factor of 3 makes that < 0.3% but makes ann_k 200 search 30 per shard (ef >= 30).
+    shard_k: int = 4
     shard_k_factor: float = 2.0
     graph_seeds: int = 5
     graph_hops: int = 2
@@ -112,9 +124,34 @@ class CandidatesConfig:
 
 
 @dataclass
+class RequestBatchConfig:
+    # Concurrent requests are gathered into one batch that runs the pipeline once: at most max_batch,
+    # waiting at most max_wait_ms while every batch slot is busy (never when one is free: an idle server
+    # answers at once), with at most in_flight batches running at a time.
+    max_batch: int = 32
+    max_wait_ms: float = 2.0
+    in_flight: int = 2
+
+
+@dataclass
 class PipelineConfig:
     budget_ms: float = 80.0
+    # Steps that wait on I/O stop this long before the deadline, so the compute steps after them (a
+    # millisecond or less) still answer in time with what was found.
+    compute_reserve_ms: float = 3.0
     steps: dict[str, StepConfig] = field(default_factory=_default_steps)
+    # Each pipeline's steps in order (each one's budget and policy is in `steps`; their stage types must
+    # chain from the batch to the selected items, checked at start) and the candidate sources its
+    # "candidates" step runs concurrently.
+    recommend_steps: list[str] = field(
+        default_factory=lambda: ["hydrate_user", "candidates", "filter", "rank", "select"]
+    )
+    recommend_sources: list[str] = field(default_factory=lambda: ["ann", "graph", "popular"])
+    similar_steps: list[str] = field(
+        default_factory=lambda: ["hydrate_item", "candidates", "filter", "rank", "select"]
+    )
+    similar_sources: list[str] = field(default_factory=lambda: ["ann", "graph"])
+    batch: RequestBatchConfig = field(default_factory=RequestBatchConfig)
     candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
     # Ranked candidates MMR chooses from when diversity is asked for (at least 2k): diversity needs
     # candidates from beyond the closest neighbourhood, so the pool is wider than k.
@@ -126,7 +163,6 @@ class RankingConfig:
     ranker: Literal["auto", "gpu", "cpu"] = "auto"
     # None: the model file shipped in server/ranking/default_model.yaml.
     model_file: str | None = None
-    batch: MicroBatchConfig = field(default_factory=MicroBatchConfig)
 
 
 @dataclass
@@ -349,6 +385,22 @@ class Config:
         for name in _default_steps():
             if name not in self.pipeline.steps:
                 problems.append(f"pipeline.steps.{name} is missing")
+        for key in ("recommend_steps", "recommend_sources", "similar_steps", "similar_sources"):
+            for name in getattr(self.pipeline, key):
+                if name not in self.pipeline.steps:
+                    problems.append(f"pipeline.{key} names {name!r}, which has no pipeline.steps entry")
+        b = self.pipeline.batch
+        if b.max_batch < 1 or b.in_flight < 1 or not b.max_wait_ms >= 0:
+            problems.append(
+                f"pipeline.batch needs max_batch >= 1, in_flight >= 1 and max_wait_ms >= 0, got {b}"
+            )
+        c = self.pipeline.candidates
+        if c.shard_k < 1:
+            problems.append(f"pipeline.candidates.shard_k must be >= 1, got {c.shard_k}")
+        if not c.shard_k_factor > 0:
+            problems.append(f"pipeline.candidates.shard_k_factor must be > 0, got {c.shard_k_factor}")
+        if self.shards.index.ef_search < 1:
+            problems.append(f"shards.index.ef_search must be >= 1, got {self.shards.index.ef_search}")
         if self.profiles.seen_limit < 1:
             problems.append(f"profiles.seen_limit must be >= 1, got {self.profiles.seen_limit}")
         problems.extend(self.popularity.problems())

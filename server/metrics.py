@@ -75,6 +75,14 @@ SHARD_LATENCY = Histogram(
     buckets=STEP_BUCKETS_S,
 )
 SHARD_CALLS = Counter("recd_shard_calls_total", "Calls to shard nodes", ["node", "op", "outcome"])
+REQUEST_BATCH = Histogram(
+    "recd_request_batch_size", "Requests per pipeline run", ["pipeline"], buckets=BATCH_BUCKETS
+)
+DEADLINE_ANSWERS = Counter(
+    "recd_deadline_answers_total",
+    "Requests answered from the popular list because their deadline passed while their batch ran",
+    ["pipeline"],
+)
 SEARCH_BATCH = Histogram("recd_ann_batch_size", "Queries per batched shard search", buckets=BATCH_BUCKETS)
 RANK_BATCH = Histogram(
     "recd_rank_batch_size", "Requests per ranking launch", ["ranker"], buckets=BATCH_BUCKETS

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,19 +71,36 @@ class UserStates:
         self._profile_blend = profile_blend
 
     async def get(self, user_id: str, timeout_s: float) -> UserState:
-        cached = await self._cache.get(user_cache_key(user_id))
-        if cached is not None:
-            metrics.CACHE_REQUESTS.labels("user_state", "hit").inc()
-            return decode_state(user_id, cached)
-        metrics.CACHE_REQUESTS.labels("user_state", "miss").inc()
-        profile, history, seen = await asyncio.gather(
-            self._profiles.get_profile(user_id, timeout_s),
-            self._profiles.recent_interactions(user_id, self._history_limit, timeout_s),
-            self._profiles.seen_items(user_id, timeout_s),
-        )
-        state = self.compute(user_id, profile, history, seen)
-        await self._cache.set(user_cache_key(user_id), encode_state(state), self._cache_ttl_s)
-        return state
+        return (await self.get_many([user_id], timeout_s))[0]
+
+    async def get_many(self, user_ids: Sequence[str], timeout_s: float) -> list[UserState]:
+        """The state of each user, aligned with `user_ids`: one multi-get from the cache, one batched
+        read of the profile store for the misses. A user named twice is read once."""
+        unique = list(dict.fromkeys(user_ids))
+        cached = await self._cache.get_many([user_cache_key(u) for u in unique])
+        states: dict[str, UserState] = {}
+        misses = []
+        for user_id, blob in zip(unique, cached, strict=True):
+            if blob is None:
+                misses.append(user_id)
+            else:
+                states[user_id] = decode_state(user_id, blob)
+        if len(states):
+            metrics.CACHE_REQUESTS.labels("user_state", "hit").inc(len(states))
+        if misses:
+            metrics.CACHE_REQUESTS.labels("user_state", "miss").inc(len(misses))
+            records = await self._profiles.read_users(misses, self._history_limit, timeout_s)
+            fresh = [
+                self.compute(u, r.profile, r.history, r.seen) for u, r in zip(misses, records, strict=True)
+            ]
+            await asyncio.gather(
+                *(
+                    self._cache.set(user_cache_key(s.user_id), encode_state(s), self._cache_ttl_s)
+                    for s in fresh
+                )
+            )
+            states.update((s.user_id, s) for s in fresh)
+        return [states[u] for u in user_ids]
 
     def compute(
         self,

@@ -5,11 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from server.errors import invalid
+
+if TYPE_CHECKING:
+    from server.config import Config
 
 MAX_K = 1000
 DEFAULT_K = 10
@@ -26,6 +30,10 @@ class Limits:
     dim: int
     max_batch: int
     max_id_bytes: int = 256
+
+    @classmethod
+    def of(cls, config: Config) -> Limits:
+        return cls(config.dim, config.server.max_batch, config.server.max_id_bytes)
 
 
 def check_id(value: str, field: str, limits: Limits) -> None:

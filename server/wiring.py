@@ -144,8 +144,7 @@ def build_recd(config: Config, host: ShardHost | None = None) -> Recd:
     )
     model = load_model(config.ranking.model_file)
     primary, fallback = build_rankers(config, items, model)
-    batch = config.ranking.batch
-    rank_service = RankService(primary, fallback, batch.max_batch, batch.max_wait_ms / 1000.0)
+    rank_service = RankService(primary, fallback)
     cache = build_cache(config)
     graph = build_graph(config)
     if config.graph.backend != "embedded" and config.graph.neighbour_cache_ttl_s > 0:

@@ -1,22 +1,20 @@
-"""The gRPC server: services, health, reflection, metrics interceptor, admission cap, graceful stop."""
+"""The frontend's gRPC server: its services, the metrics interceptor and the admission cap, on the life
+cycle every recd server shares (server/lifecycle.py: health, reflection, graceful stop)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from server import metrics
 from server.api.services import CatalogService, RecommenderService
 from server.config import Config
 from server.gen.recd.v1 import catalog_pb2, catalog_pb2_grpc, recommender_pb2, recommender_pb2_grpc
+from server.lifecycle import ServerLifecycle
 from server.runtime import Recd
 
 log = logging.getLogger(__name__)
@@ -66,58 +64,41 @@ class RecdServer:
     def __init__(self, recd: Recd, config: Config) -> None:
         self.recd = recd
         self.config = config
-        options = [
-            ("grpc.max_receive_message_length", config.server.max_message_bytes),
-            ("grpc.max_send_message_length", config.server.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ]
-        # Past the cap gRPC answers RESOURCE_EXHAUSTED at once instead of queueing without bound.
-        self.server = grpc.aio.server(
+
+        def register(server: grpc.aio.Server) -> None:
+            recommender = RecommenderService(recd.recommender)
+            recommender_pb2_grpc.add_RecommenderServicer_to_server(recommender, server)
+            catalog_pb2_grpc.add_CatalogServicer_to_server(CatalogService(recd.catalog), server)
+
+        self.lifecycle = ServerLifecycle(
+            config.server.address,
+            register,
+            SERVICE_NAMES,
+            options=[
+                ("grpc.max_receive_message_length", config.server.max_message_bytes),
+                ("grpc.max_send_message_length", config.server.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
             interceptors=[MetricsInterceptor()],
-            options=options,
+            # Past the cap gRPC answers RESOURCE_EXHAUSTED at once instead of queueing without bound.
             maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
+            reflection_enabled=True,
+            on_close=[recd.close],
         )
-        self.health = health.aio.HealthServicer()
-        recommender_pb2_grpc.add_RecommenderServicer_to_server(RecommenderService(recd), self.server)
-        catalog_pb2_grpc.add_CatalogServicer_to_server(CatalogService(recd), self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
-        self.port = self.server.add_insecure_port(config.server.address)
-        if self.port == 0:
-            raise RuntimeError(f"cannot listen on {config.server.address}")
+
+    @property
+    def port(self) -> int:
+        return self.lifecycle.port
 
     @property
     def address(self) -> str:
-        host = self.config.server.address.rsplit(":", 1)[0]
-        return f"{host}:{self.port}"
-
-    async def _set_health(self, status: int) -> None:
-        for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, status)
+        return self.lifecycle.address
 
     async def start(self) -> None:
-        await self.server.start()
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        await self.lifecycle.start()
         log.info("recd serving on %s", self.address)
 
     async def stop(self) -> None:
-        """Health NOT_SERVING first so balancers drain us, then stop with grace, then close backends."""
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.stop(self.config.server.grace_s)
-        await self.recd.close()
+        """Drains within server.grace_s (see ServerLifecycle.stop), then closes the backends."""
+        await self.lifecycle.stop(self.config.server.grace_s)
         log.info("recd stopped")
-
-
-async def run_until_signalled(server: RecdServer, on_ready: Callable[[], None] | None = None) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await server.start()
-    if on_ready is not None:
-        on_ready()
-    await stop.wait()
-    log.info("signal received; draining")
-    await server.stop()

@@ -8,13 +8,14 @@ import grpc
 
 from server.api import convert
 from server.api.errors import grpc_errors
+from server.catalog.catalog import Catalog
 from server.gen.recd.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
     recommender_pb2,
     recommender_pb2_grpc,
 )
-from server.runtime import Recd
+from server.recommender import Recommender
 
 
 def caller_deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -23,14 +24,14 @@ def caller_deadline(context: grpc.aio.ServicerContext) -> float | None:
 
 
 class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
-    def __init__(self, recd: Recd) -> None:
-        self._recd = recd
+    def __init__(self, recommender: Recommender) -> None:
+        self._recommender = recommender
 
     @grpc_errors
     async def Recommend(
         self, request: recommender_pb2.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> recommender_pb2.RecommendResponse:
-        answer = await self._recd.recommend(convert.recommend_query(request), caller_deadline(context))
+        answer = await self._recommender.recommend(convert.recommend_query(request), caller_deadline(context))
         return recommender_pb2.RecommendResponse(
             items=convert.scored_items(answer.items),
             coverage=convert.coverage_of(answer.coverage),
@@ -44,11 +45,12 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
     async def SimilarItems(
         self, request: recommender_pb2.SimilarItemsRequest, context: grpc.aio.ServicerContext
     ) -> recommender_pb2.SimilarItemsResponse:
-        answer = await self._recd.similar_items(convert.similar_query(request), caller_deadline(context))
+        query = convert.similar_query(request)
+        answer = await self._recommender.similar_items(query, caller_deadline(context))
         return recommender_pb2.SimilarItemsResponse(
             items=convert.scored_items(answer.items),
-            coverage=convert.coverage(answer.coverage_total, answer.coverage_ok, answer.degraded),
-            model_version=self._recd.model.version,
+            coverage=convert.coverage_of(answer.coverage),
+            model_version=self._recommender.model.version,
             retrieval=convert.retrieval(answer.retrieval),
         )
 
@@ -56,33 +58,33 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
     async def RecordInteractions(
         self, request: recommender_pb2.RecordInteractionsRequest, context: grpc.aio.ServicerContext
     ) -> recommender_pb2.RecordInteractionsResponse:
-        accepted = await self._recd.record_interactions(convert.interactions(request))
+        accepted = await self._recommender.record_interactions(convert.interactions(request))
         return recommender_pb2.RecordInteractionsResponse(accepted=accepted)
 
 
 class CatalogService(catalog_pb2_grpc.CatalogServicer):
-    def __init__(self, recd: Recd) -> None:
-        self._recd = recd
+    def __init__(self, catalog: Catalog) -> None:
+        self._catalog = catalog
 
     @grpc_errors
     async def UpsertItems(
         self, request: catalog_pb2.UpsertItemsRequest, context: grpc.aio.ServicerContext
     ) -> catalog_pb2.UpsertItemsResponse:
-        upserted = await self._recd.upsert_items(convert.item_records(request))
+        upserted = await self._catalog.upsert_items(convert.item_records(request))
         return catalog_pb2.UpsertItemsResponse(upserted=upserted)
 
     @grpc_errors
     async def DeleteItems(
         self, request: catalog_pb2.DeleteItemsRequest, context: grpc.aio.ServicerContext
     ) -> catalog_pb2.DeleteItemsResponse:
-        deleted = await self._recd.delete_items(list(request.item_ids))
+        deleted = await self._catalog.delete_items(list(request.item_ids))
         return catalog_pb2.DeleteItemsResponse(deleted=deleted)
 
     @grpc_errors
     async def GetItems(
         self, request: catalog_pb2.GetItemsRequest, context: grpc.aio.ServicerContext
     ) -> catalog_pb2.GetItemsResponse:
-        found, missing = await self._recd.get_items(list(request.item_ids))
+        found, missing = await self._catalog.get_items(list(request.item_ids))
         return catalog_pb2.GetItemsResponse(
             items=[convert.item_message(r) for r in found], missing_item_ids=missing
         )
@@ -91,21 +93,21 @@ class CatalogService(catalog_pb2_grpc.CatalogServicer):
     async def UpsertUsers(
         self, request: catalog_pb2.UpsertUsersRequest, context: grpc.aio.ServicerContext
     ) -> catalog_pb2.UpsertUsersResponse:
-        upserted = await self._recd.upsert_users(convert.user_profiles(request))
+        upserted = await self._catalog.upsert_users(convert.user_profiles(request))
         return catalog_pb2.UpsertUsersResponse(upserted=upserted)
 
     @grpc_errors
     async def UpsertEdges(
         self, request: catalog_pb2.UpsertEdgesRequest, context: grpc.aio.ServicerContext
     ) -> catalog_pb2.UpsertEdgesResponse:
-        upserted = await self._recd.upsert_edges(convert.edges(request))
+        upserted = await self._catalog.upsert_edges(convert.edges(request))
         return catalog_pb2.UpsertEdgesResponse(upserted=upserted)
 
     @grpc_errors
     async def Stats(
         self, request: catalog_pb2.StatsRequest, context: grpc.aio.ServicerContext
     ) -> catalog_pb2.StatsResponse:
-        s = await self._recd.stats()
+        s = await self._catalog.stats()
         return catalog_pb2.StatsResponse(
             items=s.items,
             shards=[

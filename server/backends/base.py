@@ -6,7 +6,9 @@ pipeline's budget, not the backend, decides how long a read may take. Failures r
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -18,8 +20,24 @@ from server.domain import Edge, Interaction, UserProfile
 ItemHashes = npt.NDArray[np.uint64]
 
 
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """What the profile store holds about one user that the request path reads."""
+
+    profile: UserProfile | None
+    history: list[Interaction]  # the newest interactions, newest first
+    seen: ItemHashes  # sorted, unique
+
+
 class ProfileStore(Protocol):
     """User profiles and the interaction history (ScyllaDB in production)."""
+
+    async def read_users(
+        self, user_ids: Sequence[str], history_limit: int, timeout_s: float
+    ) -> list[UserRecord]:
+        """Profile, recent history and seen set of each user, aligned with `user_ids` (unique): one read
+        for a batch of requests."""
+        ...
 
     async def get_profile(self, user_id: str, timeout_s: float) -> UserProfile | None: ...
 
@@ -88,3 +106,21 @@ class Cache(Protocol):
     async def delete(self, keys: Sequence[str]) -> None: ...
 
     async def close(self) -> None: ...
+
+
+async def read_users_by_partition(
+    store: ProfileStore, user_ids: Sequence[str], history_limit: int, timeout_s: float
+) -> list[UserRecord]:
+    """`read_users` for a store whose rows live in one partition per user (ScyllaDB): every user's three
+    single-partition reads in flight at once, which a token-aware driver sends straight to the owning
+    replicas; a multi-partition IN query would make one coordinator wait for all of them."""
+
+    async def one(user_id: str) -> UserRecord:
+        profile, history, seen = await asyncio.gather(
+            store.get_profile(user_id, timeout_s),
+            store.recent_interactions(user_id, history_limit, timeout_s),
+            store.seen_items(user_id, timeout_s),
+        )
+        return UserRecord(profile, history, seen)
+
+    return list(await asyncio.gather(*(one(u) for u in user_ids)))

@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 
 from server import _core
 from server.backends import seen as seen_sets
-from server.backends.base import ItemHashes
+from server.backends.base import ItemHashes, UserRecord
 from server.backends.journal import Journal
 from server.config import PopularityConfig
 from server.domain import Interaction, UserProfile
@@ -132,6 +132,25 @@ class InMemoryProfileStore:
 
     async def seen_items(self, user_id: str, timeout_s: float) -> ItemHashes:
         return self._seen.get(user_id, seen_sets.EMPTY)[0]
+
+    async def read_users(
+        self, user_ids: Sequence[str], history_limit: int, timeout_s: float
+    ) -> list[UserRecord]:
+        # In memory: one pass, no coroutine per user.
+        out = []
+        for user_id in user_ids:
+            history = self._histories.get(user_id, ()) if history_limit > 0 else ()
+            out.append(
+                UserRecord(
+                    self._profiles.get(user_id),
+                    [
+                        Interaction(user_id, item_id, action, weight, ts)
+                        for ts, item_id, action, weight in reversed(history[-history_limit:])
+                    ],
+                    self._seen.get(user_id, seen_sets.EMPTY)[0],
+                )
+            )
+        return out
 
     async def item_popularity(self, timeout_s: float) -> Mapping[str, Mapping[str, float]]:
         # Decaying every count is O(items): done once per write version, not once per caller, and on a

@@ -56,7 +56,7 @@ from cassandra.query import BatchStatement, BatchType, tuple_factory
 
 from server import _core, metrics, popularity
 from server.backends import seen as seen_sets
-from server.backends.base import ItemHashes
+from server.backends.base import ItemHashes, UserRecord, read_users_by_partition
 from server.config import PopularityConfig, ProfilesConfig
 from server.domain import Interaction, UserProfile
 from server.errors import BackendError
@@ -523,6 +523,11 @@ class ScyllaProfileStore:
             Interaction(user_id, item_id, action, weight, ts)
             for ts, item_id, action, weight in result.current_rows
         ]
+
+    async def read_users(
+        self, user_ids: Sequence[str], history_limit: int, timeout_s: float
+    ) -> list[UserRecord]:
+        return await read_users_by_partition(self, user_ids, history_limit, timeout_s)
 
     async def seen_items(self, user_id: str, timeout_s: float) -> ItemHashes:
         """One single-partition read of the user's map; entries past seen_limit (the oldest) are left

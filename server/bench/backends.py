@@ -85,7 +85,7 @@ def run_backends_bench(quick: bool = False) -> tuple[str, dict[str, float]]:
         return result, calls / served, (after[cpu] - before[cpu]) / served * 1e3
 
     state = {"RECD_DATA_DIR": str(root / "state")}
-    with recd_server(state) as (address, metrics_address):
+    with recd_server(state) as (address, metrics_address, _):
         embedded, embedded_trips, embedded_cpu = measure(address, metrics_address)
 
     _stack("up")
@@ -93,11 +93,11 @@ def run_backends_bench(quick: bool = False) -> tuple[str, dict[str, float]]:
         real = {**state, **_recd_env()}
         subprocess.run([sys.executable, "-m", "server.cli", "schema", "apply", "--config", REAL_CONFIG],
                        check=True, env={**os.environ, **real})  # fmt: skip
-        with recd_server(real, config=REAL_CONFIG) as (address, _):
+        with recd_server(real, config=REAL_CONFIG) as (address, _, _):
             asyncio.run(_load_real(address, root / "dataset"))
         redis_port = real["RECD_CACHE__URL"].rsplit(":", 1)[1].split("/")[0]
         subprocess.run(["redis-cli", "-p", redis_port, "FLUSHALL"], check=True, capture_output=True)
-        with recd_server(real, config=REAL_CONFIG) as (address, metrics_address):
+        with recd_server(real, config=REAL_CONFIG) as (address, metrics_address, _):
             cold, cold_trips, cold_cpu = measure(address, metrics_address)
             warm, warm_trips, warm_cpu = measure(address, metrics_address)
     finally:

@@ -221,7 +221,7 @@ def _measure_processes(
 
     overrides = {"RECD_DATA_DIR": str(root / "state"), "RECD_RESPONSE__CACHE_TTL_SECONDS": "300"}
     with (
-        recd_server(overrides) as (origin, origin_metrics),
+        recd_server(overrides) as (origin, origin_metrics, _),
         edge_process([origin]) as (edge, edge_metrics, edge_pid),
     ):
         still_degraded = asyncio.run(_warm(edge, hot))

@@ -28,12 +28,14 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow.parquet as pq
 
-from server import _core
+from server import _core, requests
 from server.bench.data import dataset_dir
 from server.bench.report import table
 from server.config import Config, load_config
-from server.domain import Interaction, ItemRecord, Retrieval, Source
-from server.pipeline.context import RequestContext, SourceHits
+from server.domain import Interaction, ItemRecord, RecommendQuery, Retrieval, Source
+from server.errors import RecdError
+from server.pipeline.runner import Answer
+from server.pipeline.stages import Batch, Selected
 from server.runtime import Recd
 from server.wiring import build_recd
 
@@ -113,33 +115,40 @@ async def _warm_users(recd: Recd, cat: Catalogue, n: int) -> dict[str, list[int]
         Interaction(user, cat.ids[row], "view", 1.0, 0) for user, rows in users.items() for row in rows
     ]
     for start in range(0, len(interactions), 5000):
-        await recd.record_interactions(interactions[start : start + 5000])
+        await recd.recommender.record_interactions(interactions[start : start + 5000])
     return users
 
 
-async def _recommend(recd: Recd, user: str, allowed: dict[str, frozenset[str]]) -> RequestContext:
-    """What Recd.recommend runs, keeping the context: the ANN hits are needed for the recall."""
-    ctx = RequestContext(
-        pipeline="recommend",
-        k=K,
-        deadline=time.monotonic() + recd.config.pipeline.budget_ms / 1000.0,
-        filter=dict(allowed),
-        user_id=user,
-    )
-    await recd.recommend_pipeline.run(ctx)
-    return ctx
+@dataclass(frozen=True, slots=True)
+class Traced:
+    answer: Answer
+    selected: Selected  # every stage of the request, the ANN hits among them
 
 
-def _recall(cat: Catalogue, ctx: RequestContext, history: list[int], passing: npt.NDArray[np.bool_]) -> float:
-    ann: SourceHits | None = next((h for h in ctx.hits if h.source == Source.ANN), None)
-    if ann is None or ctx.query_vector is None:
+async def _recommend(recd: Recd, user: str, allowed: dict[str, frozenset[str]]) -> Traced:
+    """What Recommend runs, keeping the stages: the ANN hits are needed for the recall."""
+    query = RecommendQuery(user, K, {}, frozenset(), dict(allowed), 0.0, False)
+    deadline = time.monotonic() + recd.config.pipeline.budget_ms / 1000.0
+    request = requests.recommend_request(query, recd.recommender.limits, deadline)
+    selected, answers = await recd.recommender.recommend_pipeline.trace(Batch((request,)))
+    if isinstance(answers[0], RecdError):
+        raise answers[0]
+    return Traced(answers[0], selected)
+
+
+def _recall(cat: Catalogue, traced: Traced, history: list[int], passing: npt.NDArray[np.bool_]) -> float:
+    candidates = traced.selected.ranked.filtered.candidates
+    ann = next((h for h in candidates.hits if h.source == Source.ANN), None)
+    if ann is None or not candidates.hydrated.has_vector[0]:
         return 0.0
+    vector = candidates.hydrated.vectors[0]
     eligible = passing.copy()
     eligible[history] = False
     rows = np.flatnonzero(eligible)
-    scores = cat.vectors[rows] @ ctx.query_vector
+    scores = cat.vectors[rows] @ vector
     best = rows[np.argpartition(-scores, K)[:K]] if len(rows) > K else rows
-    retrieved = ann.rows[np.argsort(-ann.scores, kind="stable")[:K]]
+    ann_rows, ann_scores = ann.rows.row(0), ann.scores[: len(ann.rows.row(0))]
+    retrieved = ann_rows[np.argsort(-ann_scores, kind="stable")[:K]]
     # ANN rows are catalogue rows; the catalogue was loaded in dataset order, so row == dataset index.
     return len(set(retrieved.tolist()) & set(best.tolist())) / max(1, min(K, len(rows)))
 
@@ -151,7 +160,7 @@ async def _run(recd: Recd, cat: Catalogue, users: dict[str, list[int]], value: s
     for name in names[:16]:  # warm the path (and the filter's cache) before timing
         await _recommend(recd, name, allowed)
     latencies: list[float] = []
-    contexts: list[tuple[str, RequestContext]] = []
+    contexts: list[tuple[str, Traced]] = []
     queue = list(names)
 
     async def worker() -> None:
@@ -165,7 +174,7 @@ async def _run(recd: Recd, cat: Catalogue, users: dict[str, list[int]], value: s
     cpu_before = time.process_time()
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
     cpu_ms = (time.process_time() - cpu_before) / len(names) * 1e3
-    slots = [item for _, ctx in contexts for item in ctx.items]
+    slots = [item for _, ctx in contexts for item in ctx.answer.items]
     for item in slots:
         row = recd.items.row_of(item.item_id)
         assert row is not None and passing[row], f"{item.item_id} does not pass {allowed}"
@@ -175,13 +184,13 @@ async def _run(recd: Recd, cat: Catalogue, users: dict[str, list[int]], value: s
     return Run(
         LABEL.get(value or "", "none (100%)"),
         mode,
-        Counter(Retrieval(ctx.retrieval).name for _, ctx in contexts),
+        Counter(Retrieval(ctx.answer.retrieval).name for _, ctx in contexts),
         personal,
         float(np.mean(recalls)),
         float(np.percentile(lat, 50)),
         float(np.percentile(lat, 99)),
         cpu_ms,
-        sum(1 for _, ctx in contexts if ctx.coverage.degraded),
+        sum(1 for _, ctx in contexts if ctx.answer.coverage.degraded),
     )
 
 
@@ -192,7 +201,7 @@ async def _exclusion_cost(recd: Recd, cat: Catalogue, queries: int = 64) -> list
     labels = _core.stable_hash64(cat.ids)
     q = cat.vectors[rng.choice(len(cat.ids), size=queries, replace=False)]
     c = recd.config.pipeline.candidates
-    per_shard_k = recd.router.per_shard_k(c.ann_k, c.shard_k_factor)
+    per_shard_k = recd.router.per_shard_k(c.ann_k, c.shard_k_factor, c.shard_k)
     ef = recd.config.shards.index.ef_search
     held = min(5000, len(labels) // 2)
     seen = [
@@ -228,20 +237,20 @@ async def _bench(items: int, n_users: int) -> tuple[str, dict[str, float]]:
     try:
         started = time.monotonic()
         for start in range(0, len(records), 5000):
-            await recd.upsert_items(records[start : start + 5000])
+            await recd.catalog.upsert_items(records[start : start + 5000])
         load_s = time.monotonic() - started
         users = await _warm_users(recd, cat, n_users)
-        threshold = recd.exact.max_items
+        threshold = recd.recommender.exact.max_items
         runs = [await _run(recd, cat, users, None, "default")]
         for value in SELECTIVITY:
             runs.append(await _run(recd, cat, users, value, "default"))
             # The other path on the same filter: what the threshold chose against.
-            exact = recd.exact.applies({"sel": frozenset({value})})
-            recd.exact.max_items = 0 if exact else len(cat.ids)
+            exact = recd.recommender.exact.applies({"sel": frozenset({value})})
+            recd.recommender.exact.max_items = 0 if exact else len(cat.ids)
             try:
                 runs.append(await _run(recd, cat, users, value, "HNSW forced" if exact else "exact forced"))
             finally:
-                recd.exact.max_items = threshold
+                recd.recommender.exact.max_items = threshold
         exclusion_rows = await _exclusion_cost(recd, cat)
     finally:
         await recd.close()

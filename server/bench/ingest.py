@@ -45,7 +45,7 @@ def run_ingest_bench(quick: bool = False) -> tuple[str, dict[str, float]]:
         if data_dir:
             shutil.rmtree(data_dir, ignore_errors=True)
             Path(data_dir).mkdir(parents=True)
-        with recd_server({"RECD_DATA_DIR": data_dir}) as (address, _):
+        with recd_server({"RECD_DATA_DIR": data_dir}) as (address, _, _):
             results[label] = asyncio.run(_ingest(address, vectors))
         if data_dir:
             shutil.rmtree(data_dir, ignore_errors=True)

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from server.bench import profile
 from server.bench.loadgen import LoadResult, closed_loop
 from server.bench.report import table
 from server.bench.serverproc import recd_server, scrape
@@ -81,7 +82,10 @@ def run_recommend_bench(
     order = zipf_order(len(users), 1_000_000)
     duration = 5.0 if quick else 20.0
     overrides = {"RECD_DATA_DIR": str(root / "state"), **(env or {})}
-    with recd_server(overrides) as (address, metrics_address):
+    profile_out = Path("data/bench") / f"recommend-{label}.pyspy.txt"
+    profile_out.parent.mkdir(parents=True, exist_ok=True)
+    profile_out.unlink(missing_ok=True)
+    with recd_server(overrides) as (address, metrics_address, pid):
 
         async def recommend(channel, i):  # type: ignore[no-untyped-def]
             stub = recommender_pb2_grpc.RecommenderStub(channel)
@@ -92,7 +96,12 @@ def run_recommend_bench(
             return await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
 
         before = scrape(metrics_address)
-        rec: LoadResult = asyncio.run(closed_loop(recommend, address, CONCURRENCY, duration))
+        if profile.available():
+            # Sampling starts after the load's warm-up second and ends before the load does.
+            with profile.sampled(pid, duration - 1.0, profile_out, delay_s=1.0):
+                rec: LoadResult = asyncio.run(closed_loop(recommend, address, CONCURRENCY, duration))
+        else:
+            rec = asyncio.run(closed_loop(recommend, address, CONCURRENCY, duration))
         after = scrape(metrics_address)
         base: LoadResult = asyncio.run(closed_loop(empty, address, CONCURRENCY, duration))
         after_empty = scrape(metrics_address)
@@ -137,8 +146,23 @@ def run_recommend_bench(
         " `recd serve` on the demo snapshot (20 shards, ef 50). Mean ANN micro-batch:"
         f" {result['ann_batch']:.1f} queries; mean rank batch: {result['rank_batch']:.1f} requests."
     )
-    body += "\n\nWhere a Recommend's time goes (server side, mean per request over the run):\n\n"
-    body += table(["step", "mean ms", "count"], _step_profile(before, after))
+    batches = _mean(before, after, "recd_request_batch_size")
+    result["request_batch"] = batches
+    body += (
+        f" Mean pipeline batch: {batches:.1f} requests. Wall time per step, mean per batch (a step runs"
+        " once for a whole batch):\n\n"
+    )
+    body += table(["step", "mean ms per batch", "batches"], _step_profile(before, after))
+    if profile_out.exists():
+        shares = profile.categorise(profile_out.read_text())
+        body += (
+            "\n\nWhere the server's CPU goes (py-spy, 100 Hz, every thread, during the Recommend phase;"
+            f" `{profile_out}` holds the raw stacks):\n\n"
+        )
+        body += table(["where", "share of samples", "ms per Recommend"], [
+            [name, f"{share:.1%}", f"{share * rec_cpu_ms:.3f}"] for name, share in shares
+        ])  # fmt: skip
+        result.update({f"cpu_share {name}": share for name, share in shares})
     return body, result
 
 

@@ -38,7 +38,7 @@ async def _catalogue(recd: Recd, n_items: int, rng: np.random.Generator) -> np.n
     vectors = centres[rng.integers(0, 50, n_items)] + 0.6 * rng.normal(size=(n_items, DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     for start in range(0, n_items, 5000):
-        await recd.upsert_items(
+        await recd.catalog.upsert_items(
             [
                 ItemRecord(f"i{i:07d}", vectors[i], {}, float(rng.pareto(1.5)), 0)
                 for i in range(start, min(n_items, start + 5000))
@@ -71,14 +71,14 @@ async def _run(n_items: int, requests: int) -> tuple[list[list[object]], dict[st
                 for j, item in enumerate(chunk)
             ]
             t = time.perf_counter()
-            await recd.record_interactions(events)
+            await recd.recommender.record_interactions(events)
             append_s.append(time.perf_counter() - t)
         # One more interaction, timed alone: the cost a user with this seen set pays per feedback event.
         single = []
         for j in range(50):
             event = Interaction(user, f"i{int(nearest[0]):07d}", "view", 1.0, base_ms + (size + j) * 60_000)
             t = time.perf_counter()
-            await recd.record_interactions([event])
+            await recd.recommender.record_interactions([event])
             single.append(time.perf_counter() - t)
         seen_set = set(seen_ids) | {f"i{int(nearest[0]):07d}"}
         timings: dict[bool, list[float]] = {False: [], True: []}
@@ -88,7 +88,7 @@ async def _run(n_items: int, requests: int) -> tuple[list[list[object]], dict[st
             for include_seen in (False, True):
                 query = RecommendQuery(user, K, {}, frozenset(), {}, 0.0, include_seen)
                 t = time.perf_counter()
-                answer = await recd.recommend(query)
+                answer = await recd.recommender.recommend(query)
                 timings[include_seen].append(time.perf_counter() - t)
                 if not include_seen:
                     served_seen += sum(1 for item in answer.items if item.item_id in seen_set)

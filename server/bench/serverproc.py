@@ -40,8 +40,8 @@ def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen[bytes]) 
 @contextmanager
 def recd_server(
     env_overrides: dict[str, str], timeout_s: float = 600.0, config: str | None = None
-) -> Iterator[tuple[str, str]]:
-    """Yields (grpc address, metrics address) of a `recd serve` child; stops it (SIGTERM) afterwards."""
+) -> Iterator[tuple[str, str, int]]:
+    """Yields (grpc address, metrics address, pid) of a `recd serve` child; stops it (SIGTERM) afterwards."""
     address = f"127.0.0.1:{free_port()}"
     metrics = f"127.0.0.1:{free_port()}"
     env = {
@@ -55,7 +55,7 @@ def recd_server(
     proc = subprocess.Popen(args, env=env)
     try:
         wait_serving(address, timeout_s, proc)
-        yield address, metrics
+        yield address, metrics, proc.pid
     finally:
         proc.terminate()
         try:

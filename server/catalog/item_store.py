@@ -70,6 +70,12 @@ class ItemStore:
         self._lock = threading.Lock()
         self._row_of: dict[str, int] = {}
         self._row_of_label: dict[int, int] = {}
+        # (labels sorted, their rows, catalogue size when built): lookup_labels without a dictionary.
+        self._sorted_labels: tuple[npt.NDArray[np.uint64], Rows, int] = (
+            np.empty(0, np.uint64),
+            np.empty(0, np.int64),
+            0,
+        )
         self._ids: list[str] = []
         self._attributes: list[dict[str, str]] = []
         self._labels = _Column(np.uint64, 0, capacity)
@@ -189,15 +195,46 @@ class ItemStore:
         found = [r for r in (get(i) for i in item_ids) if r is not None and alive[r]]
         return np.asarray(found, dtype=np.int64)
 
-    def lookup_labels(self, labels: Iterable[int]) -> Rows:
-        """Rows aligned with `labels`; -1 where the label is unknown or its item deleted."""
-        get = self._row_of_label.get
-        alive = self._alive.data
-        out = []
-        for label in labels:
-            row = get(label)
-            out.append(row if row is not None and alive[row] else -1)
-        return np.asarray(out, dtype=np.int64)
+    def rows_or_missing(self, item_ids: Sequence[str]) -> Rows:
+        """Rows aligned with `item_ids`; -1 where the id is unknown or its item deleted."""
+        get = self._row_of.get
+        rows = np.fromiter((get(i, _MISSING) for i in item_ids), np.int64, len(item_ids))
+        found = rows >= 0
+        rows[found & ~self._alive.data[np.maximum(rows, 0)]] = _MISSING
+        return rows
+
+    def lookup_labels(self, labels: npt.NDArray[np.uint64] | Iterable[int]) -> Rows:
+        """Rows aligned with `labels`; -1 where the label is unknown or its item deleted. Vectorised: a
+        binary search in a sorted copy of the labels, and the dictionary only for items newer than it."""
+        wanted = np.asarray(labels if isinstance(labels, np.ndarray) else list(labels), dtype=np.uint64)
+        sorted_labels, sorted_rows = self._label_index()
+        rows = np.full(len(wanted), _MISSING, dtype=np.int64)
+        if len(sorted_labels):
+            at = np.minimum(np.searchsorted(sorted_labels, wanted), len(sorted_labels) - 1)
+            hit = sorted_labels[at] == wanted
+            rows[hit] = sorted_rows[at[hit]]
+        else:
+            hit = np.zeros(len(wanted), dtype=np.bool_)
+        if not hit.all():
+            get = self._row_of_label.get
+            for i in np.flatnonzero(~hit).tolist():
+                rows[i] = get(int(wanted[i]), _MISSING)
+        found = rows >= 0
+        rows[found & ~self._alive.data[np.maximum(rows, 0)]] = _MISSING
+        return rows
+
+    def _label_index(self) -> tuple[npt.NDArray[np.uint64], Rows]:
+        """Labels sorted, with their rows; rebuilt once enough items arrived since that the dictionary
+        fallback for the newer ones would cost more than the sort (a row's label never changes)."""
+        index = self._sorted_labels
+        size = len(self._ids)
+        if size - index[2] > max(1024, index[2] // 8):
+            with self._lock:
+                size = len(self._ids)
+                labels = self._labels.data[:size].copy()
+            order = np.argsort(labels, kind="stable").astype(np.int64)
+            index = self._sorted_labels = (labels[order], order, size)
+        return index[0], index[1]
 
     def labels(self, rows: Rows) -> npt.NDArray[np.uint64]:
         """The shard labels (stable item hashes) of `rows`."""
@@ -224,6 +261,14 @@ class ItemStore:
             popularity=float(self._popularity.data[row]),
             created_at_ms=int(self._created_at_ms.data[row]),
         )
+
+    def label_column(self) -> npt.NDArray[np.uint64]:
+        """Every row's label (0 past the last row), for native code that looks labels up by row."""
+        return self._labels.data
+
+    def alive_column(self) -> npt.NDArray[np.bool_]:
+        """Whether each row's item is live (False past the last row)."""
+        return self._alive.data
 
     def alive_mask(self, rows: Rows) -> npt.NDArray[np.bool_]:
         return self._alive.data[rows]

@@ -14,23 +14,16 @@ import json
 import zlib
 from dataclasses import dataclass
 
+from server.api import convert
 from server.gen.recd.v1 import recommender_pb2
-from server.validation import DEFAULT_K
+from server.requests import Canonical, canonical
 
-Normal = tuple[object, ...]
+Normal = Canonical
 
 
 def normalise(request: recommender_pb2.RecommendRequest) -> Normal:
-    """The request minus the user id, in a canonical form (the user id is a separate key component)."""
-    return (
-        request.k or DEFAULT_K,
-        sorted((name, sorted(set(allowed.values))) for name, allowed in request.filter.items()),
-        sorted(request.context.items()),
-        sorted(set(request.exclude_item_ids)),
-        # Float noise below what MMR can tell apart must not split entries.
-        round(request.diversity, 4),
-        request.include_seen,
-    )
+    """The request minus the user id, in the canonical form the frontend uses too (server.requests)."""
+    return canonical(convert.recommend_query(request))
 
 
 def time_bucket(now_s: float, user_id: str, width_s: float) -> int:

@@ -103,7 +103,7 @@ def _ratio(a: float, b: float) -> float | None:
 
 def prepare(options: EvalOptions, config: Config) -> tuple[Dataset, Split]:
     """Read and split the dataset; UnusableInput when nothing can be evaluated."""
-    limits = Limits(config.dim, config.server.max_batch, config.server.max_id_bytes)
+    limits = Limits.of(config)
     dataset = read_dataset(options.dataset, limits)
     split = split_last_n(
         dataset.histories, options.holdout, options.min_train, options.max_users, options.seed

@@ -10,7 +10,7 @@ def test_defaults_are_valid() -> None:
     assert config.dim == 64
     assert config.shards.count == 20
     assert config.pipeline.steps["ann"].fail_open is True
-    assert config.pipeline.steps["validate"].fail_open is False
+    assert config.pipeline.steps["filter"].fail_open is False
 
 
 def test_file_then_environment_override(tmp_path: Path) -> None:
@@ -43,6 +43,13 @@ def test_file_then_environment_override(tmp_path: Path) -> None:
         ),
         ({"RECD_POPULARITY__REFRESH_S": "0"}, "popularity.refresh_s must be > 0"),
         ({"RECD_POPULARITY__PRIOR_WEIGHT": "-1"}, "popularity.prior_weight must be >= 0"),
+        ({"RECD_PIPELINE__CANDIDATES__SHARD_K": "0"}, "pipeline.candidates.shard_k must be >= 1"),
+        ({"RECD_PIPELINE__CANDIDATES__SHARD_K": "2.5"}, "pipeline.candidates.shard_k: expected an integer"),
+        (
+            {"RECD_PIPELINE__CANDIDATES__SHARD_K_FACTOR": "0"},
+            "pipeline.candidates.shard_k_factor must be > 0",
+        ),
+        ({"RECD_SHARDS__INDEX__EF_SEARCH": "0"}, "shards.index.ef_search must be >= 1"),
     ],
 )
 def test_bad_values_name_the_key(environ: dict[str, str], message: str) -> None:
@@ -83,3 +90,16 @@ def test_seen_limit_and_popularity_lists() -> None:
     )
     assert config.popularity.lists["weekly"] == 604_800.0 and "trending" in config.popularity.lists
     assert config.popularity.popular_list == "weekly"
+
+
+def test_shard_ann_defaults_are_the_bench_pick() -> None:
+    """pipeline.candidates.shard_k and shards.index.ef_search are what `recd bench ann` chose
+    (BENCHMARKS.md, "Sharded ANN"); the factor still sizes a large k's share per shard."""
+    config = load_config(environ={})
+    c = config.pipeline.candidates
+    assert (c.shard_k, config.shards.index.ef_search) == (4, 16)
+    assert (c.ann_k, c.shard_k_factor) == (200, 2.0)
+    config = load_config(
+        environ={"RECD_PIPELINE__CANDIDATES__SHARD_K": "10", "RECD_SHARDS__INDEX__EF_SEARCH": "50"}
+    )
+    assert (config.pipeline.candidates.shard_k, config.shards.index.ef_search) == (10, 50)

@@ -62,7 +62,7 @@ async def test_item_writes_warm_the_search_path_of_a_frontend() -> None:
     recd = build_recd(make_config())
     recd.warmer._quiet_s = 0.05
     try:
-        await recd.upsert_items(
+        await recd.catalog.upsert_items(
             [
                 ItemRecord(item_id, toy.vectors[i], toy.attributes[i], float(toy.popularity[i]), 0)
                 for i, item_id in enumerate(toy.item_ids)

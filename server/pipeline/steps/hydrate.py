@@ -1,4 +1,4 @@
-"""Step 3: what the request is about: the user's vector and history, or the seed item's vector."""
+"""What the requests are about: each user's vector, history and seen set, or each seed item's vector."""
 
 from __future__ import annotations
 
@@ -7,52 +7,94 @@ import time
 import numpy as np
 
 from server.catalog.item_store import ItemStore
-from server.errors import not_found
-from server.pipeline.context import RequestContext
+from server.errors import RecdError, not_found
+from server.pipeline.exclusions import NO_LABELS, excluded_batch
+from server.pipeline.stages import Batch, Hydrated
 from server.users import UserStates
 
 
-class HydrateUser:
+def cold(batch: Batch, dim: int) -> Hydrated:
+    """Every request as a cold start: no vector, no graph seeds, only the request's own exclusions."""
+    n = len(batch)
+    return Hydrated(
+        batch,
+        np.zeros((n, dim), np.float32),
+        np.zeros(n, np.bool_),
+        ((),) * n,
+        excluded_batch(batch.requests, [NO_LABELS] * n),
+    )
+
+
+class HydrateUsers:
     name = "hydrate_user"
-    # What coverage.degraded_reasons says when this step fails open.
     degraded_reason = "profile"
+    reads = Batch
+    produces = Hydrated
     awaits_io = True
 
-    def __init__(self, users: UserStates) -> None:
+    def __init__(self, users: UserStates, dim: int) -> None:
         self._users = users
+        self._dim = dim
 
-    async def run(self, ctx: RequestContext) -> None:
-        assert ctx.user_id is not None
-        timeout_s = max(0.0, ctx.deadline - time.monotonic())
-        state = await self._users.get(ctx.user_id, timeout_s)
-        ctx.query_vector = state.vector
-        ctx.graph_seed_ids = state.recent_item_ids
-        ctx.seen_labels = state.seen_labels
+    async def run(self, batch: Batch, deadline: float) -> Hydrated:
+        ids = [r.user_id or "" for r in batch.requests]
+        states = await self._users.get_many(ids, max(0.0, deadline - time.monotonic()))
+        n = len(batch)
+        vectors = np.zeros((n, self._dim), np.float32)
+        has_vector = np.zeros(n, np.bool_)
+        for i, state in enumerate(states):
+            if state.vector is not None:
+                vectors[i] = state.vector
+                has_vector[i] = True
+        return Hydrated(
+            batch,
+            vectors,
+            has_vector,
+            tuple(s.recent_item_ids for s in states),
+            excluded_batch(batch.requests, [s.seen_labels for s in states]),
+        )
 
-    def on_failure(self, ctx: RequestContext) -> None:
-        # No profile: the request continues as a cold start (popular + context), reason "hydrate_user".
-        ctx.query_vector = None
-        ctx.graph_seed_ids = ()
-        ctx.seen_labels = np.empty(0, np.uint64)
+    def fallback(self, batch: Batch) -> Hydrated:
+        # No profile: the requests continue as cold starts (popular + context).
+        return cold(batch, self._dim)
 
 
-class HydrateSeedItem:
-    name = "hydrate_user"
-    # What coverage.degraded_reasons says when this step fails open.
+class HydrateSeedItems:
+    name = "hydrate_item"
     degraded_reason = "item"
+    reads = Batch
+    produces = Hydrated
     awaits_io = False
 
     def __init__(self, items: ItemStore) -> None:
         self._items = items
 
-    async def run(self, ctx: RequestContext) -> None:
-        assert ctx.seed_item_id is not None
-        row = self._items.row_of(ctx.seed_item_id)
-        if row is None:
-            raise not_found(f"item {ctx.seed_item_id!r} is not in the catalogue")
-        ctx.query_vector = self._items.vectors(np.asarray([row], dtype=np.int64))[0]
-        # The seed itself is excluded as the request's seed item (pipeline.exclusions).
-        ctx.graph_seed_ids = (ctx.seed_item_id,)
+    async def run(self, batch: Batch, deadline: float) -> Hydrated:
+        n = len(batch)
+        rows = np.full(n, -1, np.int64)
+        rejected: dict[int, RecdError] = {}
+        for i, r in enumerate(batch.requests):
+            row = self._items.row_of(r.seed_item_id or "")
+            if row is None:
+                rejected[i] = not_found(f"item {r.seed_item_id!r} is not in the catalogue")
+            else:
+                rows[i] = row
+        found = rows >= 0
+        vectors = np.zeros((n, self._items.dim), np.float32)
+        if found.any():
+            vectors[found] = self._items.vectors(rows[found])
+        return Hydrated(
+            batch,
+            vectors,
+            found,
+            # The seed itself is excluded as the request's seed item (pipeline.exclusions).
+            tuple(
+                (r.seed_item_id or "",) if ok else ()
+                for r, ok in zip(batch.requests, found.tolist(), strict=True)
+            ),
+            excluded_batch(batch.requests, [NO_LABELS] * n),
+            rejected,
+        )
 
-    def on_failure(self, ctx: RequestContext) -> None:
-        return None
+    def fallback(self, batch: Batch) -> Hydrated:
+        return cold(batch, self._items.dim)

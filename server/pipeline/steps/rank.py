@@ -1,21 +1,24 @@
-"""Step 6: score every candidate with the ranking model (micro-batched FP16 scoring)."""
+"""Score every request's candidates with the ranking model: the whole batch in one ranker call."""
 
 from __future__ import annotations
 
 import time
 
 import numpy as np
+import numpy.typing as npt
 
 from server.catalog.item_store import ItemStore
-from server.pipeline.context import RankedCandidates, RequestContext
+from server.pipeline.stages import Filtered, Ragged, Ranked, ragged_offsets
+from server.ranking.base import RankBatch
 from server.ranking.model import RankingModel
-from server.ranking.service import RankRequest, RankService
+from server.ranking.service import RankService
 
 
 class RankCandidates:
     name = "rank"
-    # What coverage.degraded_reasons says when this step fails open.
     degraded_reason = "rank"
+    reads = Filtered
+    produces = Ranked
     awaits_io = True
 
     def __init__(self, service: RankService, items: ItemStore, model: RankingModel, mmr_pool: int):
@@ -24,52 +27,78 @@ class RankCandidates:
         self._model = model
         self._mmr_pool = mmr_pool
 
-    def side_features(self, ctx: RequestContext) -> np.ndarray:
-        rows = ctx.candidates.rows
+    def side_features(
+        self, rows: npt.NDArray[np.int64], graph: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float32]:
         side = np.empty((len(rows), 3), dtype=np.float32)
-        side[:, 0] = ctx.candidates.graph_scores
+        side[:, 0] = graph
         side[:, 1] = self._items.popularity_feature(rows)
         side[:, 2] = self._items.freshness_feature(
             rows, int(time.time() * 1000), self._model.freshness_half_life_s
         )
         return side
 
-    async def run(self, ctx: RequestContext) -> None:
-        candidates = ctx.candidates
-        if len(candidates.rows) == 0:
-            ctx.ranked = _ranked_by_prior(ctx)
-            return
-        side = self.side_features(ctx)
-        query = ctx.query_vector
-        if query is None:  # cold start: similarity contributes nothing, side features decide
-            query = np.zeros(self._items.dim, dtype=np.float32)
-        want = max(2 * ctx.k, self._mmr_pool) if ctx.diversity > 0 else ctx.k
-        ranked = await self._service.rank(
-            RankRequest(query=query, rows=candidates.rows, side=side, k=min(want, len(candidates.rows))),
-            deadline=ctx.deadline,
+    def wanted(self, filtered: Filtered) -> npt.NDArray[np.int64]:
+        """How many ranked candidates each request keeps: k, or the MMR pool when it asks for diversity."""
+        requests = filtered.hydrated.batch.requests
+        want = np.fromiter(
+            (max(2 * r.k, self._mmr_pool) if r.diversity > 0 else r.k for r in requests),
+            np.int64,
+            len(requests),
         )
-        p = ranked.positions
-        ctx.ranked = RankedCandidates(
-            rows=candidates.rows[p],
-            source_bits=candidates.source_bits[p],
-            scores=ranked.scores,
-            similarity=ranked.similarity,
-            side=side[p],
+        return np.minimum(want, filtered.rows.lengths)
+
+    async def run(self, filtered: Filtered, deadline: float) -> Ranked:
+        rows = filtered.rows
+        if len(rows.values) == 0:
+            return self.fallback(filtered)
+        n = len(rows)
+        lengths = rows.lengths
+        width = int(lengths.max())
+        owners = rows.owners()
+        column = np.arange(len(rows.values)) - rows.offsets[owners]
+        side = self.side_features(rows.values, filtered.graph)
+        padded = np.full((n, width), -1, np.int64)
+        padded[owners, column] = rows.values
+        padded_side = np.zeros((n, width, 3), np.float32)
+        padded_side[owners, column] = side
+        want = self.wanted(filtered)
+        # Cold starts search with a zero vector: similarity contributes nothing, side features decide.
+        batch = RankBatch(filtered.hydrated.vectors, padded, padded_side, max(1, int(want.max())))
+        result, ranker = await self._service.rank(batch, n)
+        # The first want[i] positions of each row, valid ones only, flattened back to ragged arrays.
+        take = (np.arange(batch.k)[None, :] < want[:, None]) & (result.positions >= 0)
+        member, slot = np.nonzero(take)
+        position = result.positions[member, slot]
+        flat = rows.offsets[member] + position
+        return Ranked(
+            filtered,
+            Ragged(rows.values[flat], ragged_offsets(take.sum(axis=1))),
+            filtered.bits[flat],
+            result.scores[member, slot],
+            result.similarity[member, slot],
+            side[flat],
+            ranker,
         )
 
-    def on_failure(self, ctx: RequestContext) -> None:
-        # The answer still goes out, ordered by graph score then popularity, and says it was not ranked.
-        ctx.ranked = _ranked_by_prior(ctx, self._items)
-
-
-def _ranked_by_prior(ctx: RequestContext, items: ItemStore | None = None) -> RankedCandidates:
-    c = ctx.candidates
-    popularity = items.popularity_feature(c.rows) if items is not None else np.zeros(len(c.rows), np.float32)
-    order = np.lexsort((-popularity, -c.graph_scores))
-    side = np.zeros((len(order), 3), np.float32)
-    side[:, 0] = c.graph_scores[order]
-    side[:, 1] = popularity[order]
-    prior = (c.graph_scores + popularity)[order].astype(np.float32)
-    return RankedCandidates(
-        c.rows[order], c.source_bits[order], prior, np.zeros(len(order), np.float32), side
-    )
+    def fallback(self, filtered: Filtered) -> Ranked:
+        """Ordered by graph score, then popularity, and marked as not ranked by the model."""
+        rows = filtered.rows
+        popularity = self._items.popularity_feature(rows.values)
+        owners = rows.owners()
+        order = np.lexsort((-popularity, -filtered.graph, owners))
+        want = self.wanted(filtered)
+        rank_in_row = np.arange(len(order)) - rows.offsets[owners[order]]
+        order = order[rank_in_row < want[owners[order]]]
+        side = np.zeros((len(order), 3), np.float32)
+        side[:, 0] = filtered.graph[order]
+        side[:, 1] = popularity[order]
+        return Ranked(
+            filtered,
+            Ragged(rows.values[order], ragged_offsets(want)),
+            filtered.bits[order],
+            (filtered.graph + popularity)[order].astype(np.float32),
+            np.zeros(len(order), np.float32),
+            side,
+            "prior",
+        )

@@ -1,4 +1,4 @@
-"""Step 7: the final k: MMR diversity when asked, and each item's provenance and score parts."""
+"""The final k of each request: MMR diversity when asked, and each item's provenance and score parts."""
 
 from __future__ import annotations
 
@@ -7,51 +7,59 @@ import numpy as np
 from server import _core
 from server.catalog.item_store import ItemStore
 from server.domain import ScoreComponents, ScoredItem, Source
-from server.pipeline.context import RequestContext
-from server.ranking.model import RankingModel
+from server.pipeline.stages import Ranked, Selected
 
 _SOURCES = tuple(Source)
+# Source tuples by bit pattern: built once, not per item.
+_SOURCES_OF_BITS = tuple(tuple(s for s in _SOURCES if bits & (1 << int(s))) for bits in range(256))
 
 
 class SelectItems:
     name = "select"
-    # What coverage.degraded_reasons says when this step fails open.
     degraded_reason = "select"
+    reads = Ranked
+    produces = Selected
     awaits_io = False
 
-    def __init__(self, items: ItemStore, model: RankingModel) -> None:
+    def __init__(self, items: ItemStore, similarity_weight: float, side_weights: tuple[float, float, float]):
         self._items = items
-        self._model = model
+        self._w_sim = similarity_weight
+        self._w_side = side_weights
 
-    async def run(self, ctx: RequestContext) -> None:
-        ranked = ctx.ranked
-        if ranked is None or len(ranked.rows) == 0:
-            ctx.items = []
-            return
-        order = np.arange(min(ctx.k, len(ranked.rows)))
-        if ctx.diversity > 0 and len(ranked.rows) > 1:
-            vectors = self._items.vectors(ranked.rows)
-            order = _core.mmr(np.ascontiguousarray(ranked.scores, np.float32), vectors, ctx.k, ctx.diversity)
-        w_side = self._model.side_weights
-        items = []
-        for i in order.tolist():
-            row = int(ranked.rows[i])
-            bits = int(ranked.source_bits[i])
-            side = ranked.side[i]
-            items.append(
-                ScoredItem(
-                    item_id=self._items.item_id(row),
-                    score=float(ranked.scores[i]),
-                    sources=tuple(s for s in _SOURCES if bits & (1 << int(s))),
-                    components=ScoreComponents(
-                        similarity=float(ranked.similarity[i]) * self._model.similarity_weight,
-                        graph=float(side[0]) * w_side[0],
-                        popularity=float(side[1]) * w_side[1],
-                        freshness=float(side[2]) * w_side[2],
-                    ),
-                )
+    async def run(self, ranked: Ranked, deadline: float) -> Selected:
+        requests = ranked.filtered.hydrated.batch.requests
+        # Positions (into the ranked arrays) each request answers with, best first.
+        picks = []
+        for i, r in enumerate(requests):
+            lo, hi = int(ranked.rows.offsets[i]), int(ranked.rows.offsets[i + 1])
+            if r.diversity > 0 and hi - lo > 1:
+                vectors = self._items.vectors(ranked.rows.values[lo:hi])
+                order = _core.mmr(np.ascontiguousarray(ranked.scores[lo:hi]), vectors, r.k, r.diversity)
+                picks.append(lo + order)
+            else:
+                picks.append(np.arange(lo, min(hi, lo + r.k)))
+        flat = np.concatenate(picks) if picks else np.empty(0, np.int64)
+        rows = ranked.rows.values[flat].tolist()
+        bits = ranked.bits[flat].tolist()
+        scores = ranked.scores[flat].tolist()
+        similarity = (ranked.similarity[flat].astype(np.float64) * self._w_sim).tolist()
+        side = (ranked.side[flat].astype(np.float64) * np.asarray(self._w_side)).tolist()
+        item_id = self._items.item_id
+        items = [
+            ScoredItem(
+                item_id=item_id(row),
+                score=score,
+                sources=_SOURCES_OF_BITS[b],
+                components=ScoreComponents(similarity=sim, graph=g, popularity=p, freshness=f),
             )
-        ctx.items = items
+            for row, b, score, sim, (g, p, f) in zip(rows, bits, scores, similarity, side, strict=True)
+        ]
+        out = []
+        start = 0
+        for p in picks:
+            out.append(tuple(items[start : start + len(p)]))
+            start += len(p)
+        return Selected(ranked, tuple(out))
 
-    def on_failure(self, ctx: RequestContext) -> None:
-        return None
+    def fallback(self, ranked: Ranked) -> Selected:
+        return Selected(ranked, tuple(() for _ in ranked.filtered.hydrated.batch.requests))

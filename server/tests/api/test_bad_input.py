@@ -270,19 +270,19 @@ async def stub_ok(channel: grpc.aio.Channel) -> None:
 
 async def test_over_the_concurrency_cap_is_resource_exhausted(monkeypatch: pytest.MonkeyPatch) -> None:
     from server.api.server import RecdServer
-    from server.runtime import Recd
+    from server.recommender import Recommender
     from server.wiring import build_recd
 
     config = make_config()
     config.server.max_concurrent_rpcs = 2
     gate = asyncio.Event()
-    original = Recd.recommend
+    original = Recommender.recommend
 
-    async def held(self: Recd, *args: Any, **kwargs: Any) -> Any:
+    async def held(self: Recommender, *args: Any, **kwargs: Any) -> Any:
         await gate.wait()
         return await original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Recd, "recommend", held)
+    monkeypatch.setattr(Recommender, "recommend", held)
     server = RecdServer(build_recd(config), config)
     await server.start()
     try:

@@ -32,7 +32,7 @@ async def test_a_failing_profile_store_degrades_to_cold_start(
     async def down(self: object, *args: object) -> None:
         raise BackendError("profiles", "connection refused")
 
-    monkeypatch.setattr(InMemoryProfileStore, "recent_interactions", down)
+    monkeypatch.setattr(InMemoryProfileStore, "read_users", down)
     response = await client.recommend("zed", k=5)
     assert len(response.items) == 5 and all(list(i.sources) == [3] for i in response.items)
     assert list(response.coverage.degraded_reasons) == ["profile"]
@@ -48,13 +48,13 @@ async def test_a_spent_budget_still_gets_the_popular_fallback(
 
     client = RecdClient(server_address, timeout_s=20.0)
     await load_toy(client, toy)
-    original = InMemoryProfileStore.recent_interactions
+    original = InMemoryProfileStore.read_users
 
     async def slow(self: InMemoryProfileStore, *args: object) -> object:
         await asyncio.sleep(1.0)  # past the whole request budget
         return await original(self, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(InMemoryProfileStore, "recent_interactions", slow)
+    monkeypatch.setattr(InMemoryProfileStore, "read_users", slow)
     response = await client.recommend("late", k=5)
     assert len(response.items) == 5 and all(list(i.sources) == [3] for i in response.items)
     assert "profile" in response.coverage.degraded_reasons

@@ -77,7 +77,7 @@ async def test_recorded_interactions_make_an_item_popular_and_survive_a_restart(
 
     # A new process on the same data: the counts come back from the store before the first request.
     recd = build_recd(config)
-    await recd.hydrate_catalogue()
+    await recd.catalog.hydrate_catalogue()
     await recd.popularity_sync.start()
     server = RecdServer(recd, config)
     await server.start()
@@ -112,14 +112,14 @@ async def test_a_write_through_one_frontend_reaches_the_others_popular_list(
 async def write_through_one_read_through_the_other(frontends: list[Recd]) -> None:
     """Interactions recorded through the first frontend make "rising" popular in the second's answers."""
     for recd in frontends:
-        await recd.upsert_items(catalogue())
+        await recd.catalog.upsert_items(catalogue())
         await recd.popularity_sync.start()
     writer, reader = frontends
-    await writer.record_interactions(interactions_with_rising(40))
+    await writer.recommender.record_interactions(interactions_with_rising(40))
 
     async def reader_serves_rising() -> bool:
         query = RecommendQuery("newcomer", 5, {}, frozenset(), {}, 0.0, False)
-        answer = await reader.recommend(query, time.monotonic() + 10.0)
+        answer = await reader.recommender.recommend(query, time.monotonic() + 10.0)
         return "rising" in [item.item_id for item in answer.items]
 
     await eventually(reader_serves_rising)
@@ -139,7 +139,7 @@ async def test_two_frontends_on_the_cql_store_share_counts_and_seen_sets() -> No
         # The fans have seen "rising": neither frontend serves it to them again.
         query = RecommendQuery("fan3", 5, {}, frozenset(), {}, 0.0, False)
         for recd in frontends:
-            answer = await recd.recommend(query, time.monotonic() + 10.0)
+            answer = await recd.recommender.recommend(query, time.monotonic() + 10.0)
             assert answer.items and "rising" not in [item.item_id for item in answer.items]
     finally:
         for recd in frontends:

@@ -35,7 +35,7 @@ def second_frontend(config: Config, first: Recd, host_config: Config) -> Recd:
     items = ItemStore(config.dim)
     model = load_model(config.ranking.model_file)
     primary, fallback = build_rankers(config, items, model)
-    ranking = RankService(primary, fallback, 64, 0.0003)
+    ranking = RankService(primary, fallback)
     return Recd(config, router, first.profiles, first.graph, first.cache, items, ranking, model)
 
 
