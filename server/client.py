@@ -68,7 +68,7 @@ class RecdClient:
         )
         return await self.recommender.SimilarItems(request, timeout=self.timeout_s)
 
-    # CatalogWriter (server.loading.load) ------------------------------------------------------------
+    # CatalogWriter (server.tools.loading.load) ------------------------------------------------------
     async def upsert_items(self, items: list[ItemRecord]) -> int:
         request = catalog_pb2.UpsertItemsRequest(
             items=[

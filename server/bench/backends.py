@@ -49,7 +49,7 @@ def _recommends(metrics: dict[str, float]) -> float:
 
 async def _load_real(address: str, dataset: Path) -> None:
     from server.client import RecdClient
-    from server.loading.load import load_dataset
+    from server.tools.loading.load import load_dataset
 
     client = RecdClient(address, timeout_s=300.0)
     try:

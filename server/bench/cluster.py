@@ -27,14 +27,14 @@ from server.bench.recommend import zipf_order
 from server.bench.report import table
 from server.bench.serverproc import scrape
 from server.client import RecdClient
-from server.cluster.commands import newest_layout
 from server.cluster.layout import Placement, layout_from_config
 from server.cluster.local import LocalCluster
 from server.cluster.manager import ClusterManager
-from server.cluster.rebalance import Rebalancer, RebalanceReport
 from server.config import load_config
 from server.gen.recd.v1 import recommender_pb2, recommender_pb2_grpc
-from server.loading.load import load_dataset
+from server.tools.cluster.commands import newest_layout
+from server.tools.cluster.rebalance import Rebalancer, RebalanceReport
+from server.tools.loading.load import load_dataset
 from shards.client import GrpcShardClient, ShardClient
 
 NODES = 4

@@ -21,7 +21,7 @@ def dataset_dir(items: int, users: int, dim: int) -> Path:
             m = json.loads(manifest.read_text())
             if m.get("items") == items and m.get("dim") == dim:
                 return candidate
-    from server.datagen import generate
+    from server.tools.datagen import generate
 
     out = BENCH_DATASET / f"{items}x{dim}"
     generate(out, items=items, users=users, dim=dim, seed=7)

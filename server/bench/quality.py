@@ -11,8 +11,8 @@ import asyncio
 
 from server.bench.data import dataset_dir
 from server.config import load_config
-from server.evaluation.report import quality_table
-from server.evaluation.run import EvalOptions, evaluate
+from server.tools.evaluation.report import quality_table
+from server.tools.evaluation.run import EvalOptions, evaluate
 
 
 def run_quality_bench(quick: bool = False) -> tuple[str, dict[str, float]]:

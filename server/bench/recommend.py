@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,9 @@ from server.bench import profile
 from server.bench.loadgen import LoadResult, closed_loop
 from server.bench.report import table
 from server.bench.serverproc import recd_server, scrape
+from server.config import load_config
 from server.gen.recd.v1 import recommender_pb2, recommender_pb2_grpc
+from server.shard_router import per_shard_k_for
 
 CONCURRENCY = 16
 
@@ -85,6 +88,10 @@ def run_recommend_bench(
     profile_out = Path("data/bench") / f"recommend-{label}.pyspy.txt"
     profile_out.parent.mkdir(parents=True, exist_ok=True)
     profile_out.unlink(missing_ok=True)
+    # The settings the server runs with: the defaults, with the same RECD_* overrides it gets.
+    config = load_config(environ={**os.environ, **overrides})
+    c = config.pipeline.candidates
+    per_shard_k = per_shard_k_for(c.ann_k, config.shards.count, c.shard_k, c.shard_k_factor)
     with recd_server(overrides) as (address, metrics_address, pid):
 
         async def recommend(channel, i):  # type: ignore[no-untyped-def]
@@ -143,7 +150,9 @@ def run_recommend_bench(
     body += (
         f"\n\nClosed loop, {CONCURRENCY} concurrent callers from one grpc.aio client process, {duration:.0f} s each"
         f" after 1 s warm-up; Zipf-distributed users of the demo dataset ({len(users):,} users); the server is"
-        " `recd serve` on the demo snapshot (20 shards, ef 50). Mean ANN micro-batch:"
+        f" `recd serve` on the demo snapshot ({config.shards.count} shards, ef {config.shards.index.ef_search},"
+        f" per-shard k {per_shard_k}, pipeline batches of up to {config.pipeline.batch.max_batch},"
+        f" {config.pipeline.batch.in_flight} in flight). Mean ANN micro-batch:"
         f" {result['ann_batch']:.1f} queries; mean rank batch: {result['rank_batch']:.1f} requests."
     )
     batches = _mean(before, after, "recd_request_batch_size")
@@ -154,12 +163,13 @@ def run_recommend_bench(
     )
     body += table(["step", "mean ms per batch", "batches"], _step_profile(before, after))
     if profile_out.exists():
-        shares = profile.categorise(profile_out.read_text())
+        shares, idle = profile.categorise(profile_out.read_text())
         body += (
-            "\n\nWhere the server's CPU goes (py-spy, 100 Hz, every thread, during the Recommend phase;"
-            f" `{profile_out}` holds the raw stacks):\n\n"
+            "\n\nWhere the server's CPU goes (py-spy with native frames, 100 Hz, every thread, during the"
+            f" Recommend phase; {idle:.0%} of the samples were idle waits and are left out; the raw stacks are"
+            f" in `{profile_out}`):\n\n"
         )
-        body += table(["where", "share of samples", "ms per Recommend"], [
+        body += table(["where", "share of CPU samples", "ms per Recommend"], [
             [name, f"{share:.1%}", f"{share * rec_cpu_ms:.3f}"] for name, share in shares
         ])  # fmt: skip
         result.update({f"cpu_share {name}": share for name, share in shares})

@@ -6,5 +6,6 @@
 - `directory`: node names to gRPC clients, re-resolving DNS names.
 - `manager`: the frontend's side: builds the router, probes nodes, follows layout changes.
 - `node`: the shard node process (`recd shard --node-id N`).
-- `rebalance`: `recd shards plan|rebalance`; `local`: `recd cluster up|down`.
+- `local`: the processes behind `recd cluster up|down`. The operator commands themselves
+  (`recd shards plan|rebalance`, `recd cluster up|down`) are in server/tools/cluster.
 """

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from server.cluster.layout import Layout, Placement, layout_from_config, node_name, parse_nodes
-from server.cluster.rebalance import make_plan, sample_ids
 from server.config import ConfigError
 from server.tests.conftest import make_config
+from server.tools.cluster.rebalance import make_plan, sample_ids
 
 NODES = tuple(node_name(i) for i in range(4))
 

@@ -1,0 +1,213 @@
+"""The cluster's CLI: `recd shards plan|rebalance` and `recd cluster up|down` (`recd shard --node-id N`
+is in server/cli.py, next to the other long-running commands)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from server.cluster.layout import Layout, Placement, layout_from_config, node_name, parse_nodes
+from server.config import Config, load_config
+from shards.client import GrpcShardClient, ShardClient
+from shards.records import NodeLayout
+
+ConfigArg = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], with_config: ConfigArg) -> None:
+    shards = sub.add_parser("shards", help="placement of logical shards on shard nodes")
+    shards_sub = shards.add_subparsers(dest="shards_command", required=True)
+    for name, func, text in (
+        ("plan", cmd_plan, "show what moves when nodes or the shard count change"),
+        ("rebalance", cmd_rebalance, "move it online, while serving"),
+    ):
+        p = with_config(shards_sub.add_parser(name, help=text))
+        p.add_argument("--shards", type=int, help="target number of logical shards")
+        p.add_argument("--add-node", action="append", default=[], metavar="ID=HOST:PORT")
+        p.add_argument("--remove-node", action="append", default=[], type=int, metavar="ID")
+        p.add_argument("--replication", type=int, help="target replication factor")
+        if name == "plan":
+            p.add_argument("--sample", type=int, default=100_000, help="synthetic item ids to measure with")
+            p.add_argument("--offline", action="store_true", help="plan from the config, not the nodes")
+        else:
+            p.add_argument("--grace-s", type=float, default=3.0, help="wait before deleting moved data")
+            p.add_argument(
+                "--max-rate", type=float, help="items scanned per second at most (leaves CPU to live traffic)"
+            )
+        p.set_defaults(func=func)
+
+    cluster = sub.add_parser("cluster", help="a local cluster on 127.0.0.1 (tests, benchmarks)")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
+    p = with_config(cluster_sub.add_parser("up", help="start a frontend and N shard nodes"))
+    p.add_argument("--nodes", type=int, default=4)
+    p.add_argument("--replication", type=int, default=0, help="0: 2 with two nodes or more")
+    p.add_argument("--dir", default="data/cluster")
+    p.add_argument("--no-frontend", action="store_true")
+    p.set_defaults(func=cmd_cluster_up)
+    p = cluster_sub.add_parser("down", help="stop what `recd cluster up` started")
+    p.add_argument("--dir", default="data/cluster")
+    p.set_defaults(func=cmd_cluster_down)
+
+
+# --- shards plan / rebalance --------------------------------------------------------------------------
+async def newest_layout(
+    clients: dict[str, ShardClient], fallback: Layout, timeout_s: float = 5.0
+) -> tuple[Layout, list[str]]:
+    """The highest-epoch layout any node follows (or `fallback`), and the nodes that did not answer."""
+    answers = await asyncio.gather(
+        *(c.get_layout(timeout_s) for c in clients.values()), return_exceptions=True
+    )
+    newest = fallback
+    silent = []
+    for name, answer in zip(clients, answers, strict=True):
+        if not isinstance(answer, NodeLayout):
+            silent.append(name)
+        elif answer.layout_json and answer.epoch > newest.epoch:
+            newest = Layout.from_json(answer.layout_json)
+    return newest, silent
+
+
+def _target(args: argparse.Namespace, layout: Layout) -> tuple[Placement, dict[str, str]]:
+    base = layout.target if layout.target is not None else layout.current
+    # parse_nodes numbers bare entries by position; --add-node wants explicit ids.
+    for entry in args.add_node:
+        if "=" not in entry:
+            raise SystemExit(f"--add-node wants ID=HOST:PORT, got {entry!r}")
+    added = parse_nodes(args.add_node)
+    removed = {node_name(i) for i in args.remove_node}
+    nodes = [n for n in (*base.nodes, *added) if n not in removed]
+    placement = Placement(
+        args.shards or base.shard_count,
+        tuple(nodes),
+        args.replication or base.replication,
+        base.vnodes,
+        base.node_vnodes,
+    )
+    return placement, added
+
+
+def _clients(config: Config, addresses: dict[str, str]) -> dict[str, ShardClient]:
+    return {
+        name: GrpcShardClient(
+            address, max_message_bytes=config.server.max_message_bytes, max_reconnect_backoff_ms=500
+        )
+        for name, address in addresses.items()
+    }
+
+
+async def _close(clients: dict[str, ShardClient]) -> None:
+    for client in clients.values():
+        await client.close()
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from server.tools.cluster.rebalance import format_plan, make_plan, sample_ids
+
+    config = load_config(args.config)
+    layout = layout_from_config(config)
+
+    async def run() -> str:
+        nonlocal layout
+        note = "from the config"
+        if not args.offline:
+            clients = _clients(config, dict(layout.addresses))
+            try:
+                layout, silent = await newest_layout(clients, layout, 2.0)
+            finally:
+                await _close(clients)
+            note = (
+                f"nodes follow epoch {layout.epoch} ({layout.phase})" if len(silent) < len(clients) else note
+            )
+        target, _ = _target(args, layout)
+        plan = make_plan(layout.read, target, sample_ids(args.sample), f"{args.sample:,} sample ids")
+        return f"current layout: {note}\n{format_plan(plan)}"
+
+    print(asyncio.run(run()))
+    return 0
+
+
+def cmd_rebalance(args: argparse.Namespace) -> int:
+    from server.tools.cluster.rebalance import Rebalancer
+
+    config = load_config(args.config)
+    configured = layout_from_config(config)
+
+    async def run() -> int:
+        probe = _clients(config, dict(configured.addresses))
+        try:
+            layout, silent = await newest_layout(probe, configured)
+        finally:
+            await _close(probe)
+        if silent:
+            print(f"not answering: {', '.join(silent)}; every node must be up to rebalance")
+            return 1
+        changes = args.shards or args.add_node or args.remove_node or args.replication
+        target, added = _target(args, layout) if changes else (None, {})
+        addresses = {**layout.addresses, **added}
+        clients = _clients(config, addresses)
+        rebalancer = Rebalancer(
+            clients,
+            grace_s=args.grace_s,
+            progress=lambda line: print(line, flush=True),
+            max_items_per_s=args.max_rate,
+        )
+        try:
+            final = await rebalancer.run(layout, target, added)
+        finally:
+            await _close(clients)
+        r = rebalancer.report
+        print(
+            f"layout epoch {r.from_epoch} -> {final.epoch}: {final.current.shard_count} shards on"
+            f" {len(final.current.nodes)} nodes; {r.items_moved:,} of {r.items_scanned:,} items changed"
+            f" shard, {r.records_copied:,} records copied, {r.records_deleted:,} deleted, in {r.seconds:.1f}s"
+        )
+        return 0
+
+    return asyncio.run(run())
+
+
+# --- cluster up / down --------------------------------------------------------------------------------
+def cmd_cluster_up(args: argparse.Namespace) -> int:
+    import yaml
+
+    from server.cluster.local import LocalCluster
+
+    extra: dict[str, Any] = {}
+    if args.config:
+        extra = yaml.safe_load(Path(args.config).read_text()) or {}
+        extra.pop("cluster", None)  # the local cluster writes its own node list
+    cluster = LocalCluster(Path(args.dir), args.nodes, args.replication, extra)
+    try:
+        cluster.up(frontend=not args.no_frontend)
+    except BaseException:
+        cluster.down()
+        raise
+    state = cluster.state
+    print(
+        json.dumps(
+            {
+                "frontend": cluster.frontend_address,
+                "metrics": cluster.metrics_address,
+                "nodes": {k: v.address for k, v in state.nodes.items()},
+                "config": str(cluster.config_path),
+            }
+        )
+    )
+    print(f"stop it with: recd cluster down --dir {args.dir}")
+    return 0
+
+
+def cmd_cluster_down(args: argparse.Namespace) -> int:
+    from server.cluster.local import cluster_down
+
+    root = Path(args.dir)
+    if not (root / "cluster.json").exists():
+        print(f"no cluster state in {root}")
+        return 0
+    pids = cluster_down(root)
+    print(f"stopped {len(pids)} processes")
+    return 0
