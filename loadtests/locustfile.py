@@ -4,7 +4,7 @@
 
 Each user sends, with a think time between calls: ~90% Recommend (filters on a share of them),
 ~8% RecordInteractions, ~2% SimilarItems, for users drawn Zipf from the demo dataset's users (the same
-workload model as `recd bench edge`, server/bench/edge.py). Every RPC is reported to Locust as a request
+workload model as `recd bench edge`, server/tools/bench/edge.py). Every RPC is reported to Locust as a request
 event (name, response time, answer size, exception), so Locust's statistics are per RPC.
 
 Environment (not RECD_*: a RECD_ variable is configuration to recd's own processes):
@@ -40,9 +40,9 @@ import numpy as np  # noqa: E402
 from locust import User, between, events, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
 
-from server.bench.edge import FILTER_SHARE, FILTERS, MIX, ZipfUsers, user_ids  # noqa: E402
 from server.client import allowed_values  # noqa: E402
 from server.gen.recd.v1 import recommender_pb2, recommender_pb2_grpc  # noqa: E402
+from server.tools.bench.edge import FILTER_SHARE, FILTERS, MIX, ZipfUsers, user_ids  # noqa: E402
 
 SCENARIO = os.environ.get("LOADTEST_SCENARIO", "warm")
 if SCENARIO not in ("warm", "cold"):

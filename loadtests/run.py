@@ -25,11 +25,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from loadtests.plot import write_plot
-from server.bench.edge import ZipfUsers, edge_process, user_ids
-from server.bench.recommend import ensure_demo_state
-from server.bench.report import table, write_section
-from server.bench.serverproc import recd_server, scrape
 from server.gen.recd.v1 import recommender_pb2, recommender_pb2_grpc
+from server.tools.bench.edge import ZipfUsers, edge_process, user_ids
+from server.tools.bench.recommend import ensure_demo_state
+from server.tools.bench.report import table, write_section
+from server.tools.bench.serverproc import recd_server, scrape
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 PREFIX = "loadtest"

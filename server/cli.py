@@ -13,9 +13,9 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from server.bench.main import SUITES as BENCH_SUITES
 from server.config import Config, dump_config, load_config
 from server.logs import setup_logging
+from server.tools.bench.main import SUITES as BENCH_SUITES
 
 log = logging.getLogger("recd")
 
@@ -312,7 +312,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from server.bench.main import run_bench
+    from server.tools.bench.main import run_bench
 
     return run_bench(args)
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from server.bench.serverproc import free_port, wait_serving
 from server.client import RecdClient
 from server.domain import Interaction, ItemRecord, UserProfile
 from server.gen.recd.v1 import catalog_pb2
+from server.tools.bench.serverproc import free_port, wait_serving
 
 DIM = 16
 

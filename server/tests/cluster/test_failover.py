@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from server.bench.serverproc import scrape
 from server.cluster.layout import layout_from_config
 from server.config import load_config
 from server.tests.cluster.procs import (
@@ -17,6 +16,7 @@ from server.tests.cluster.procs import (
     start_cluster,
     unit_vectors,
 )
+from server.tools.bench.serverproc import scrape
 
 N_ITEMS = 2000
 

@@ -10,13 +10,13 @@ import pytest
 
 from server.backends.memory_cache import InMemoryCache
 from server.backends.redis_cache import RedisCache
-from server.bench.serverproc import free_port
 from server.config import CacheConfig
 from server.edge.cache import EdgeCache
 from server.edge.origin import OriginError
 from server.edge.shared import FailOpen
 from server.gen.recd.v1 import common_pb2
 from server.tests.edge.fakes import BrokenCache, FakeClock, FakeOrigin, edge_config, item_of, request
+from server.tools.bench.serverproc import free_port
 
 
 def make_edge(

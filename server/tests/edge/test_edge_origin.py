@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from server.bench.serverproc import free_port
 from server.edge.origin import OriginError, OriginPool, RetryBudget
 from server.tests.edge.fakes import FakeClock
+from server.tools.bench.serverproc import free_port
 
 ECHO = "/test.Echo/Echo"
 

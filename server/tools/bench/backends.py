@@ -13,11 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from server.bench.loadgen import LoadResult, closed_loop
-from server.bench.recommend import CONCURRENCY, _user_ids, ensure_demo_state, zipf_order
-from server.bench.report import table
-from server.bench.serverproc import recd_server, scrape
 from server.gen.recd.v1 import recommender_pb2, recommender_pb2_grpc
+from server.tools.bench.loadgen import LoadResult, closed_loop
+from server.tools.bench.recommend import CONCURRENCY, _user_ids, ensure_demo_state, zipf_order
+from server.tools.bench.report import table
+from server.tools.bench.serverproc import recd_server, scrape
 
 STACK = Path("deploy/scripts/stack.sh")
 REAL_CONFIG = "deploy/config/real.yaml"

@@ -12,13 +12,13 @@ import numpy as np
 import pyarrow.parquet as pq
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.bench import profile
-from server.bench.loadgen import LoadResult, closed_loop
-from server.bench.report import table
-from server.bench.serverproc import recd_server, scrape
 from server.config import load_config
 from server.gen.recd.v1 import recommender_pb2, recommender_pb2_grpc
 from server.shard_router import per_shard_k_for
+from server.tools.bench import profile
+from server.tools.bench.loadgen import LoadResult, closed_loop
+from server.tools.bench.report import table
+from server.tools.bench.serverproc import recd_server, scrape
 
 CONCURRENCY = 16
 

@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from server import _core
-from server.bench.report import table
+from server.tools.bench.report import table
 
 TABLE_ROWS = 200_000
 

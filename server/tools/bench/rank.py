@@ -1,4 +1,4 @@
-"""`recd bench rank` / `python -m server.bench.rank [--quick] [--out BENCHMARKS.md]`: the GPU ranker.
+"""`recd bench rank` / `python -m server.tools.bench.rank [--quick] [--out BENCHMARKS.md]`: the GPU ranker.
 
 - Throughput: 256 requests x 1,000 random candidates of a 200,000-row FP16 table, d in {64, 128, 1024},
   in candidates/s and as a fraction of the memory-bandwidth limit: 2*d bytes read per candidate against
@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 
 from server import _core
-from server.bench.report import machine, table
 from server.ranking import gpu
 from server.ranking.base import RankBatch, RankResult
 from server.ranking.cpu import CpuRanker
 from server.ranking.model import load_model
+from server.tools.bench.report import machine, table
 
 TABLE_ROWS = 200_000
 DIMS = (64, 128, 1024)
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     if out:
         Path(out, "rank_bench.json").write_text(json.dumps(result, indent=2, default=float))
     if "--out" in args and not quick:
-        from server.bench.report import write_section
+        from server.tools.bench.report import write_section
 
         command = "recd bench rank"
         write_section(

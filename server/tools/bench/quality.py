@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-from server.bench.data import dataset_dir
 from server.config import load_config
+from server.tools.bench.data import dataset_dir
 from server.tools.evaluation.report import quality_table
 from server.tools.evaluation.run import EvalOptions, evaluate
 

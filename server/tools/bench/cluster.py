@@ -21,17 +21,17 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from server import _core
-from server.bench.data import dataset_dir, exact_top_k, item_vectors, query_vectors
-from server.bench.loadgen import LoadResult, closed_loop
-from server.bench.recommend import zipf_order
-from server.bench.report import table
-from server.bench.serverproc import scrape
 from server.client import RecdClient
 from server.cluster.layout import Placement, layout_from_config
 from server.cluster.local import LocalCluster
 from server.cluster.manager import ClusterManager
 from server.config import load_config
 from server.gen.recd.v1 import recommender_pb2, recommender_pb2_grpc
+from server.tools.bench.data import dataset_dir, exact_top_k, item_vectors, query_vectors
+from server.tools.bench.loadgen import LoadResult, closed_loop
+from server.tools.bench.recommend import zipf_order
+from server.tools.bench.report import table
+from server.tools.bench.serverproc import scrape
 from server.tools.cluster.commands import newest_layout
 from server.tools.cluster.rebalance import Rebalancer, RebalanceReport
 from server.tools.loading.load import load_dataset
@@ -350,15 +350,15 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
-    from server.bench.report import write_section
+    from server.tools.bench.report import write_section
 
-    parser = argparse.ArgumentParser(prog="python -m server.bench.cluster", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m server.tools.bench.cluster", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run (writes nothing)")
     parser.add_argument("--out", default="BENCHMARKS.md")
     args = parser.parse_args(argv)
     body, result = run_cluster_bench(quick=args.quick)
     if not args.quick:
-        write_section(args.out, "cluster", TITLE, "python -m server.bench.cluster", body)
+        write_section(args.out, "cluster", TITLE, "python -m server.tools.bench.cluster", body)
     print(f"## {TITLE}\n\n{body}\n")
     print(json.dumps(result, default=float))
     return 0

@@ -14,10 +14,10 @@ import time
 
 import numpy as np
 
-from server.bench.report import table
 from server.config import Config, load_config
 from server.domain import Interaction, ItemRecord, RecommendQuery
 from server.runtime import Recd
+from server.tools.bench.report import table
 
 K = 10
 DIM = 32

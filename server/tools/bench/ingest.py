@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from server.bench.report import table
-from server.bench.serverproc import recd_server
 from server.client import RecdClient
 from server.domain import ItemRecord
+from server.tools.bench.report import table
+from server.tools.bench.serverproc import recd_server
 
 BATCH = 500
 IN_FLIGHT = 4

@@ -21,12 +21,12 @@ import pyarrow.parquet as pq
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
-from server.bench.loadgen import LoadResult, closed_loop
-from server.bench.recommend import ensure_demo_state
-from server.bench.report import table
-from server.bench.serverproc import free_port, recd_server, scrape, wait_serving
 from server.client import allowed_values
 from server.gen.recd.v1 import common_pb2, recommender_pb2, recommender_pb2_grpc
+from server.tools.bench.loadgen import LoadResult, closed_loop
+from server.tools.bench.recommend import ensure_demo_state
+from server.tools.bench.report import table
+from server.tools.bench.serverproc import free_port, recd_server, scrape, wait_serving
 
 # --- the workload ---------------------------------------------------------------------------------------
 # Classic Zipf (s = 1): the most active user sends ~10% of the traffic of 20,000 users, the top 1% of
@@ -446,11 +446,11 @@ def run_edge_bench(quick: bool = False) -> tuple[str, dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m server.bench.edge [--quick] [--out BENCHMARKS.md]`, until `recd bench edge` runs it."""
+    """`python -m server.tools.bench.edge [--quick] [--out BENCHMARKS.md]`, until `recd bench edge` runs it."""
     import argparse
     import json
 
-    from server.bench.report import write_section
+    from server.tools.bench.report import write_section
 
     parser = argparse.ArgumentParser(description="edge tier benchmarks; results go to BENCHMARKS.md")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run (not written)")
@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     body, result = run_edge_bench(quick=args.quick)
     if not args.quick:
-        command = "python -m server.bench.edge"
+        command = "python -m server.tools.bench.edge"
         write_section(
             args.out, "edge", "Edge tier: cache hits vs an empty RPC, hit rate, coalescing", command, body
         )

@@ -29,14 +29,14 @@ import numpy.typing as npt
 import pyarrow.parquet as pq
 
 from server import _core, requests
-from server.bench.data import dataset_dir
-from server.bench.report import table
 from server.config import Config, load_config
 from server.domain import Interaction, ItemRecord, RecommendQuery, Retrieval, Source
 from server.errors import RecdError
 from server.pipeline.runner import Answer
 from server.pipeline.stages import Batch, Selected
 from server.runtime import Recd
+from server.tools.bench.data import dataset_dir
+from server.tools.bench.report import table
 from server.wiring import build_recd
 
 K = 10

@@ -5,38 +5,38 @@ from __future__ import annotations
 import argparse
 import json
 
-from server.bench.report import write_section
+from server.tools.bench.report import write_section
 
 SUITES = {
-    "score": ("CPU FP16 scoring vs NumPy FP32", "server.bench.score", "run_score_bench"),
-    "ann": ("Sharded ANN: recall and QPS", "server.bench.ann", "run_ann_bench"),
-    "ingest": ("Durable ingest", "server.bench.ingest", "run_ingest_bench"),
-    "recommend": ("Recommend vs an empty RPC", "server.bench.recommend", "run_recommend_bench"),
+    "score": ("CPU FP16 scoring vs NumPy FP32", "server.tools.bench.score", "run_score_bench"),
+    "ann": ("Sharded ANN: recall and QPS", "server.tools.bench.ann", "run_ann_bench"),
+    "ingest": ("Durable ingest", "server.tools.bench.ingest", "run_ingest_bench"),
+    "recommend": ("Recommend vs an empty RPC", "server.tools.bench.recommend", "run_recommend_bench"),
     "edge": (
         "Edge tier: cache hits vs an empty RPC, hit rate, coalescing",
-        "server.bench.edge",
+        "server.tools.bench.edge",
         "run_edge_bench",
     ),
     "cluster": (
         "Shard nodes as processes: a local 4-node cluster",
-        "server.bench.cluster",
+        "server.tools.bench.cluster",
         "run_cluster_bench",
     ),
-    "seen": ("The seen set: cost and heavy users", "server.bench.seen", "run_seen_bench"),
+    "seen": ("The seen set: cost and heavy users", "server.tools.bench.seen", "run_seen_bench"),
     "quality": (
         "Recommendation quality through the serving path (recd eval)",
-        "server.bench.quality",
+        "server.tools.bench.quality",
         "run_quality_bench",
     ),
     "filters": (
         "Filters inside retrieval: filtered Recommend by selectivity",
-        "server.bench.filters",
+        "server.tools.bench.filters",
         "run_filters_bench",
     ),
-    "backends": ("Recommend with the real backends", "server.bench.backends", "run_backends_bench"),
+    "backends": ("Recommend with the real backends", "server.tools.bench.backends", "run_backends_bench"),
     "rankers": (
         "Recommend end to end: GPU ranker vs CPU ranker",
-        "server.bench.recommend",
+        "server.tools.bench.recommend",
         "run_ranker_comparison",
     ),
 }
@@ -51,7 +51,7 @@ def run_bench(args: argparse.Namespace) -> int:
         else [args.suite]
     )
     if args.suite == "rank":
-        from server.bench.rank import main as rank_main
+        from server.tools.bench.rank import main as rank_main
 
         return int(rank_main(["--out", args.out] + (["--quick"] if args.quick else [])) or 0)
     for name in names:
