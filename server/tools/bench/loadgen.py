@@ -62,3 +62,50 @@ async def closed_loop(
 
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
         return LoadResult(len(latencies), errors, duration_s, np.asarray(latencies))
+
+
+async def open_loop(
+    make_call: Callable[[grpc.aio.Channel, int], Awaitable[object]],
+    address: str,
+    rate_per_s: float,
+    duration_s: float,
+    warmup_s: float = 1.0,
+    seed: int = 3,
+) -> LoadResult:
+    """Requests sent at `rate_per_s` on a Poisson schedule whatever the answers' latency (so a slow
+    answer cannot hold the next request back, as it does in a closed loop); latencies of the requests
+    sent after the warm-up."""
+    rng = np.random.default_rng(seed)
+    async with grpc.aio.insecure_channel(address) as channel:
+        latencies: list[float] = []
+        errors = 0
+        start = time.monotonic()
+        measure_from = start + warmup_s
+        stop_at = measure_from + duration_s
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(i: int, measured: bool) -> None:
+            nonlocal errors
+            started = time.monotonic()
+            try:
+                await make_call(channel, i)
+            except grpc.aio.AioRpcError:
+                if measured:
+                    errors += 1
+                return
+            if measured:
+                latencies.append(time.monotonic() - started)
+
+        due = start
+        i = 0
+        while due < stop_at:
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.ensure_future(one(i, due >= measure_from))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            i += 1
+            due += rng.exponential(1.0 / rate_per_s)
+        await asyncio.gather(*tasks)
+        return LoadResult(len(latencies), errors, duration_s, np.asarray(latencies))
