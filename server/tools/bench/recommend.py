@@ -199,12 +199,13 @@ def run_recommend_bench(
 def run_ranker_comparison(quick: bool = False) -> tuple[str, dict[str, float]]:
     """The same Recommend run with `ranking.ranker: gpu` and then `cpu`, on the same machine and data."""
     results = {}
+    bodies = {}
     for ranker in ("gpu", "cpu"):
-        _, results[ranker] = run_recommend_bench(quick, {"RECD_RANKING__RANKER": ranker}, ranker)
+        bodies[ranker], results[ranker] = run_recommend_bench(quick, {"RECD_RANKING__RANKER": ranker}, ranker)
     rows = [
         [f"Recommend, ranker {r}", v["recommend_qps"], v["recommend_p50_ms"], v["recommend_p99_ms"],
          v["empty_qps"], v["ratio"], v["rank_batch"], int(v["errors"]),
-         f"{v['recommend_cpu_ms']:.2f} / {v['empty_cpu_ms']:.2f}"]
+         f"{v['recommend_cpu_ms']:.2f} / {v['empty_cpu_ms']:.2f}", f"{v['cpu_ratio']:.1f}"]
         for r, v in results.items()
     ]  # fmt: skip
     body = table(
@@ -218,12 +219,21 @@ def run_ranker_comparison(quick: bool = False) -> tuple[str, dict[str, float]]:
             "mean rank batch",
             "errors",
             "server CPU ms / request (Recommend / empty)",
+            "CPU ratio",
         ],
         rows,
+    )
+    gpu, cpu = results["gpu"], results["cpu"]
+    body += (
+        f"\n\nThe GPU run answers {gpu['recommend_qps'] / cpu['recommend_qps']:.2f}x the CPU run's QPS and takes"
+        f" {cpu['recommend_cpu_ms'] - gpu['recommend_cpu_ms']:+.3f} ms of CPU per Recommend off the host"
+        " (positive: the GPU run uses less)."
     )
     body += (
         "\n\nEach row is a full `recd bench recommend` run (closed loop, 16 callers, Zipf users of the demo"
         " dataset) against `recd serve` with `RECD_RANKING__RANKER` set; the empty RPC is measured against"
         " the same server in the same run."
     )
+    for ranker, text in bodies.items():
+        body += f"\n\n### The {ranker} run\n\n{text}"
     return body, {f"{r}_{k}": v for r, d in results.items() for k, v in d.items()}
