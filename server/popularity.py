@@ -142,7 +142,8 @@ class DecayedCounts:
         counts = self._values[:n] * np.exp2(np.clip(exponent, -1100.0, 1000.0))
         kept = np.flatnonzero(counts > 0)
         if len(kept) == n:
-            return dict(zip(self._ids, counts.tolist(), strict=True))
+            # Only the first n ids: this runs on a worker thread while writes may append more.
+            return dict(zip(self._ids[:n], counts.tolist(), strict=True))
         ids = self._ids
         return {ids[row]: count for row, count in zip(kept.tolist(), counts[kept].tolist(), strict=True)}
 

@@ -196,12 +196,9 @@ class ItemStore:
         return np.asarray(found, dtype=np.int64)
 
     def rows_or_missing(self, item_ids: Sequence[str]) -> Rows:
-        """Rows aligned with `item_ids`; -1 where the id is unknown or its item deleted."""
-        get = self._row_of.get
-        rows = np.fromiter((get(i, _MISSING) for i in item_ids), np.int64, len(item_ids))
-        found = rows >= 0
-        rows[found & ~self._alive.data[np.maximum(rows, 0)]] = _MISSING
-        return rows
+        """Rows aligned with `item_ids`; -1 where the id is unknown or its item deleted. Through the ids'
+        labels (hashed natively, then found by binary search): half the cost of a dictionary lookup each."""
+        return self.lookup_labels(_core.stable_hash64(item_ids)) if item_ids else np.empty(0, np.int64)
 
     def lookup_labels(self, labels: npt.NDArray[np.uint64] | Iterable[int]) -> Rows:
         """Rows aligned with `labels`; -1 where the label is unknown or its item deleted. Vectorised: a
