@@ -87,9 +87,37 @@ class ItemGraph(Protocol):
         """
         ...
 
+    async def neighbours_many(
+        self,
+        seed_lists: Sequence[Sequence[str]],
+        hops: int,
+        limit_per_hop: int,
+        min_score: float,
+        timeout_s: float,
+    ) -> list[dict[str, float]]:
+        """`neighbours` of each seed list, aligned: one call for a batch of requests."""
+        ...
+
     async def count_edges(self) -> int: ...
 
     async def close(self) -> None: ...
+
+
+async def neighbours_each(
+    graph: ItemGraph,
+    seed_lists: Sequence[Sequence[str]],
+    hops: int,
+    limit_per_hop: int,
+    min_score: float,
+    timeout_s: float,
+) -> list[dict[str, float]]:
+    """`neighbours_many` for a backend that answers each list with a round trip of its own: all of them
+    in flight at once (the Neo4j backend merges concurrent ones into one query)."""
+    return list(
+        await asyncio.gather(
+            *(graph.neighbours(s, hops, limit_per_hop, min_score, timeout_s) for s in seed_lists)
+        )
+    )
 
 
 class Cache(Protocol):

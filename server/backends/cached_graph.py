@@ -16,7 +16,7 @@ import json
 from collections.abc import Sequence
 
 from server import metrics
-from server.backends.base import Cache, ItemGraph
+from server.backends.base import Cache, ItemGraph, neighbours_each
 from server.backends.single_flight import SingleFlight
 from server.domain import Edge
 
@@ -37,6 +37,16 @@ class CachedNeighbours:
         self._flights: SingleFlight[dict[str, float]] = SingleFlight()
         # The request path's shape, so writes know which keys to invalidate.
         self._shape = (hops, limit_per_hop, min_score)
+
+    async def neighbours_many(
+        self,
+        seed_lists: Sequence[Sequence[str]],
+        hops: int,
+        limit_per_hop: int,
+        min_score: float,
+        timeout_s: float,
+    ) -> list[dict[str, float]]:
+        return await neighbours_each(self, seed_lists, hops, limit_per_hop, min_score, timeout_s)
 
     async def neighbours(
         self, item_ids: Sequence[str], hops: int, limit_per_hop: int, min_score: float, timeout_s: float

@@ -77,6 +77,22 @@ class InMemoryItemGraph:
         """See ItemGraph.neighbours. An edge into a seed still uses up one of its source's slots in the
         hop, as in a per-source `ORDER BY score DESC LIMIT n` query; seeds are never expanded twice."""
         # timeout_s is unused: the traversal is bounded by seeds x limit_per_hop^hops and never waits.
+        return self._expand(item_ids, hops, limit_per_hop, min_score)
+
+    async def neighbours_many(
+        self,
+        seed_lists: Sequence[Sequence[str]],
+        hops: int,
+        limit_per_hop: int,
+        min_score: float,
+        timeout_s: float,
+    ) -> list[dict[str, float]]:
+        # In memory: one pass, no coroutine per list.
+        return [self._expand(seeds, hops, limit_per_hop, min_score) for seeds in seed_lists]
+
+    def _expand(
+        self, item_ids: Sequence[str], hops: int, limit_per_hop: int, min_score: float
+    ) -> dict[str, float]:
         seeds = set(item_ids)
         best: dict[str, float] = {}
         frontier = dict.fromkeys(seeds, 1.0)

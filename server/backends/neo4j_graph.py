@@ -27,6 +27,7 @@ from neo4j import AsyncDriver, AsyncGraphDatabase, AsyncManagedTransaction, unit
 from neo4j.exceptions import ClientError
 
 from server import metrics
+from server.backends.base import neighbours_each
 from server.batching import MicroBatcher
 from server.config import GraphConfig
 from server.domain import Edge
@@ -233,6 +234,16 @@ class Neo4jItemGraph:
             self._started = True
 
     # --- reads ----------------------------------------------------------------------------------------
+    async def neighbours_many(
+        self,
+        seed_lists: Sequence[Sequence[str]],
+        hops: int,
+        limit_per_hop: int,
+        min_score: float,
+        timeout_s: float,
+    ) -> list[dict[str, float]]:
+        return await neighbours_each(self, seed_lists, hops, limit_per_hop, min_score, timeout_s)
+
     async def neighbours(
         self,
         item_ids: Sequence[str],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 
 import numpy as np
@@ -45,18 +44,12 @@ class GraphSource:
 
     async def fetch(self, hydrated: Hydrated, applies: npt.NDArray[np.bool_], timeout_s: float) -> SourceHits:
         members = np.flatnonzero(applies).tolist()
-        # Concurrent reads of one batch: the Neo4j backend merges them into one query.
-        found = await asyncio.gather(
-            *(
-                self._graph.neighbours(
-                    hydrated.graph_seeds[i][: self._seeds],
-                    self._hops,
-                    self._limit_per_hop,
-                    self._min_score,
-                    timeout_s,
-                )
-                for i in members
-            )
+        found = await self._graph.neighbours_many(
+            [hydrated.graph_seeds[i][: self._seeds] for i in members],
+            self._hops,
+            self._limit_per_hop,
+            self._min_score,
+            timeout_s,
         )
         n = len(hydrated.batch)
         ids: list[list[str]] = [[] for _ in range(n)]

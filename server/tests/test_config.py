@@ -98,7 +98,7 @@ def test_shard_ann_defaults_are_the_bench_pick() -> None:
     config = load_config(environ={})
     c = config.pipeline.candidates
     assert (c.shard_k, config.shards.index.ef_search) == (4, 16)
-    assert (c.ann_k, c.shard_k_factor) == (200, 2.0)
+    assert (c.ann_k, c.shard_k_factor) == (100, 2.0)
     config = load_config(
         environ={"RECD_PIPELINE__CANDIDATES__SHARD_K": "10", "RECD_SHARDS__INDEX__EF_SEARCH": "50"}
     )

@@ -129,3 +129,18 @@ async def test_count_edges_counts_distinct_pairs(graph: ItemGraph) -> None:
     await graph.upsert_edges([Edge("a", "b", 0.9), Edge("b", "a", 0.9), Edge("a", "c", 0.1)])
     await graph.upsert_edges([Edge("a", "b", 0.5), Edge("c", "a", 0.5)])
     assert await graph.count_edges() == 4
+
+
+@pytest.mark.parametrize(
+    "seed_lists",
+    [[], [["a"]], [["a"], ["b"], ["zzz"], []], [["a", "b"], ["a"], ["a", "b"]]],
+    ids=["none", "one", "mixed", "repeated"],
+)
+async def test_neighbours_many_answers_each_list_like_neighbours(
+    graph: ItemGraph, seed_lists: list[list[str]]
+) -> None:
+    await graph.upsert_edges([Edge("a", "b", 0.9), Edge("b", "c", 0.5), Edge("b", "d", 0.4)])
+    many = await graph.neighbours_many(seed_lists, 2, 10, 0.0, T)
+    assert len(many) == len(seed_lists)
+    for seeds, answer in zip(seed_lists, many, strict=True):
+        assert answer == approx(await graph.neighbours(seeds, 2, 10, 0.0, T))
