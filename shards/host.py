@@ -12,12 +12,14 @@ import functools
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
+from shards import metrics
 from shards.index import DEFAULT_SNAPSHOT_EVERY_RECORDS, ShardIndex
 from shards.records import (
     AttributeFilter,
@@ -247,10 +249,17 @@ def _search_in_turn(
     for shard, future in work:
         if not future.set_running_or_notify_cancel():
             continue  # the caller stopped waiting (deadline): skip the work
+        started = time.thread_time()
         try:
-            future.set_result(shard.search_checked(queries, k, ef, exclude, filters))
+            result = shard.search_checked(queries, k, ef, exclude, filters)
         except BaseException as exc:
             future.set_exception(exc)
+            continue
+        finally:
+            # Counted before the result is handed over, so a reader after the search sees it.
+            metrics.SEARCH_CPU.inc(time.thread_time() - started)
+        metrics.SEARCHES.inc(len(queries))
+        future.set_result(result)
 
 
 def search_outcome(
