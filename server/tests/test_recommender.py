@@ -33,7 +33,9 @@ async def recd(toy: ToyCatalogue) -> AsyncIterator[Recd]:
     for start in range(0, len(records), 500):
         await recd.catalog.upsert_items(records[start : start + 500])
     history = [
-        Interaction(f"u{u}", toy.item_ids[(u * 37 + j) % len(toy.item_ids)], "view", 1.0, 1_700_000_000_000 + j)
+        Interaction(
+            f"u{u}", toy.item_ids[(u * 37 + j) % len(toy.item_ids)], "view", 1.0, 1_700_000_000_000 + j
+        )
         for u in range(40)
         for j in range(5)
     ]
