@@ -52,7 +52,7 @@ async def _serve(config: Config, on_ready: Any = None) -> None:
     await recd.popularity_sync.start()
     await recd.warm_up()
     # The catalogue replica is hundreds of thousands of long-lived objects; frozen, the collector stops
-    # walking them at every full collection (which cost up to 16% of a serving process's CPU).
+    # walking them at every full collection.
     gc.collect()
     gc.freeze()
     server = RecdServer(recd, config)

@@ -258,7 +258,6 @@ def _search_in_turn(
         finally:
             # Counted before the result is handed over, so a reader after the search sees it.
             metrics.SEARCH_CPU.inc(time.thread_time() - started)
-        metrics.SEARCHES.inc(len(queries))
         future.set_result(result)
 
 

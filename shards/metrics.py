@@ -8,4 +8,3 @@ SEARCH_CPU = Counter(
     "recd_shard_search_cpu_seconds_total",
     "CPU time the shard searches took (hnswlib and the Python around it), by the searching threads' clocks",
 )
-SEARCHES = Counter("recd_shard_searches_total", "Queries searched, counted once per shard searched")

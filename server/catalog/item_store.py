@@ -190,10 +190,8 @@ class ItemStore:
 
     def rows_of(self, item_ids: Iterable[str]) -> Rows:
         """Rows of live items; unknown or deleted ids are left out."""
-        get = self._row_of.get
-        alive = self._alive.data
-        found = [r for r in (get(i) for i in item_ids) if r is not None and alive[r]]
-        return np.asarray(found, dtype=np.int64)
+        rows = self.rows_or_missing(item_ids if isinstance(item_ids, list | tuple) else list(item_ids))
+        return rows[rows >= 0]
 
     def rows_or_missing(self, item_ids: Sequence[str]) -> Rows:
         """Rows aligned with `item_ids`; -1 where the id is unknown or its item deleted. Through the ids'
@@ -266,9 +264,6 @@ class ItemStore:
     def alive_column(self) -> npt.NDArray[np.bool_]:
         """Whether each row's item is live (False past the last row)."""
         return self._alive.data
-
-    def alive_mask(self, rows: Rows) -> npt.NDArray[np.bool_]:
-        return self._alive.data[rows]
 
     def filter_mask(self, rows: Rows, allowed: Mapping[str, frozenset[str]]) -> npt.NDArray[np.bool_]:
         """True where the item has, for every filtered attribute, one of the allowed values."""

@@ -3,7 +3,7 @@
 Budgets and policies live in the pipeline config, not in the steps: a step only turns its input stage
 into its output stage, and the runner decides what a failure or an overrun means (the step's fallback
 output and a degraded answer, or failed requests). The runner is also the one place that writes each
-request's coverage and degraded reasons (`Outcome`).
+request's coverage and degraded reasons (`Pipeline.answers`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from server import metrics
 from server.config import StepConfig
@@ -104,12 +104,6 @@ class Answer:
     items: tuple[ScoredItem, ...]
     coverage: Coverage
     retrieval: Retrieval = Retrieval.UNSPECIFIED
-
-
-@dataclass(slots=True)
-class Outcome(Generic[T]):
-    selected: T
-    failed_steps: list[str] = field(default_factory=list)
 
 
 class Pipeline:
