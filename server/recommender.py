@@ -49,7 +49,7 @@ from server.pipeline.steps.rank import RankCandidates
 from server.pipeline.steps.select import SelectItems
 from server.ranking.model import RankingModel
 from server.ranking.service import RankService
-from server.shard_router import ShardRouter
+from server.routing.router import ShardRouter
 from server.users import UserStates
 from server.validation import Limits
 

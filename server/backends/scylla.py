@@ -147,6 +147,16 @@ def schema_statements(config: ProfilesConfig) -> list[str]:
     name text PRIMARY KEY,
     writes counter
 )""",
+        # The cluster layout (shard nodes and their placement), one row changed only by lightweight
+        # transactions on its epoch (server/cluster/layout_store/cql.py).
+        f"""CREATE TABLE IF NOT EXISTS {ks}.cluster_layout (
+    name text PRIMARY KEY,
+    epoch bigint,
+    phase text,
+    document text,
+    updated_at timestamp,
+    updated_by text
+)""",
     ]
 
 

@@ -19,7 +19,7 @@ from server.catalog.item_store import ItemStore
 from server.domain import Retrieval, Source
 from server.errors import BackendError
 from server.pipeline.stages import Hydrated, Ragged, ShardCoverage, SourceHits
-from server.shard_router import ShardRouter
+from server.routing.router import ShardRouter
 from shards.records import NO_LABEL
 
 log = logging.getLogger(__name__)

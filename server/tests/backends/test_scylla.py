@@ -182,6 +182,7 @@ async def test_schema_matches_the_design() -> None:
             "item_popularity",
             "popularity_clock",
             "popularity_writes",
+            "cluster_layout",
         }
         assert tables["user_interactions"][1]["class"].endswith("TimeWindowCompactionStrategy")
         assert tables["user_interactions"][2] == 86400

@@ -23,7 +23,8 @@ from server.catalog.writes import ItemWriter
 from server.domain import Edge, ItemRecord, Retrieval, Source
 from server.errors import BackendError, not_found
 from server.pipeline.stages import Hydrated, Kind
-from server.shard_router import SearchResult, ShardRouter
+from server.routing.router import ShardRouter
+from server.routing.search import SearchResult
 from server.tests.conftest import ToyCatalogue, make_catalogue, make_config
 from server.tests.pipeline.stagekit import hydrated, make_items, per_request, request, seen
 from server.validation import Limits

@@ -19,8 +19,9 @@ import numpy as np
 import numpy.typing as npt
 
 from server import _core
+from server.cluster.layout import shard_names
 from server.config import CandidatesConfig, IndexConfig
-from server.shard_router import per_shard_k_for, shard_names
+from server.routing.search import per_shard_k_for
 from server.tools.bench.data import dataset_dir, exact_top_k, item_vectors, query_vectors
 from server.tools.bench.report import table
 from shards.host import ShardHost

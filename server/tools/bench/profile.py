@@ -30,7 +30,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Rust core (merge, exclusions, scoring, top-k, MMR)", ("_core.abi3.so", "recd_core")),
     ("Python garbage collector", ("gc_collect",)),
     ("shard search, Python around hnswlib", ("shards/",)),
-    ("router and ANN source", ("server/shard_router.py", "server/candidates/ann.py", "server/candidates/exact.py")),
+    ("router and ANN source", ("server/routing/", "server/candidates/ann.py", "server/candidates/exact.py")),
     ("graph source", ("server/candidates/graph.py", "server/backends/memory_graph.py", "neo4j")),
     ("popular source", ("server/candidates/popular.py",)),
     ("hydrate (cache, profile store, user vectors)", ("server/pipeline/steps/hydrate.py", "server/users.py", "server/backends/")),

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from server.cluster.layout import Layout, Placement, layout_from_config, node_name, parse_nodes
+from server.cluster.layout_store.base import LayoutConflict, LayoutStore, open_layout_store, read_or_seed
 from server.config import Config, load_config
+from server.errors import BackendError
 from shards.client import GrpcShardClient, ShardClient
 from shards.records import NodeLayout
 
@@ -115,13 +117,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
         note = "from the config"
         if not args.offline:
             clients = _clients(config, dict(layout.addresses))
+            store = open_layout_store(config, lambda: clients)
             try:
-                layout, silent = await newest_layout(clients, layout, 2.0)
+                stored = await store.read()
+            except BackendError as exc:
+                stored, note = None, f"from the config (the layout store did not answer: {exc})"
             finally:
+                await store.close()
                 await _close(clients)
-            note = (
-                f"nodes follow epoch {layout.epoch} ({layout.phase})" if len(silent) < len(clients) else note
-            )
+            if stored is not None:
+                where = "stored in ScyllaDB:" if store.polled else "nodes follow"
+                layout, note = stored, f"{where} epoch {stored.epoch} ({stored.phase})"
         target, _ = _target(args, layout)
         plan = make_plan(layout.read, target, sample_ids(args.sample), f"{args.sample:,} sample ids")
         return f"current layout: {note}\n{format_plan(plan)}"
@@ -131,33 +137,49 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_rebalance(args: argparse.Namespace) -> int:
-    from server.tools.cluster.rebalance import Rebalancer
+    from server.tools.cluster.rebalance import RebalanceError, Rebalancer
 
     config = load_config(args.config)
     configured = layout_from_config(config)
 
     async def run() -> int:
         probe = _clients(config, dict(configured.addresses))
+        store: LayoutStore = open_layout_store(config, lambda: probe)
         try:
-            layout, silent = await newest_layout(probe, configured)
-        finally:
-            await _close(probe)
-        if silent:
-            print(f"not answering: {', '.join(silent)}; every node must be up to rebalance")
+            followed, _ = await newest_layout(probe, configured)
+            # A store still empty (the layout just moved into ScyllaDB) starts from what the nodes follow.
+            layout = await read_or_seed(store, followed)
+        except BackendError as exc:
+            print(f"cannot read the cluster layout: {exc}")
             return 1
+        finally:
+            await store.close()
+            await _close(probe)
         changes = args.shards or args.add_node or args.remove_node or args.replication
         target, added = _target(args, layout) if changes else (None, {})
-        addresses = {**layout.addresses, **added}
-        clients = _clients(config, addresses)
+        clients = _clients(config, {**layout.addresses, **added})
+        store = open_layout_store(config, lambda: clients)
         rebalancer = Rebalancer(
             clients,
+            store=store,
             grace_s=args.grace_s,
             progress=lambda line: print(line, flush=True),
             max_items_per_s=args.max_rate,
         )
         try:
+            _, silent = await newest_layout(clients, layout)
+            if silent:
+                print(f"not answering: {', '.join(silent)}; every node must be up to rebalance")
+                return 1
             final = await rebalancer.run(layout, target, added)
+        except LayoutConflict as exc:
+            print(f"rebalance refused, nothing changed: {exc}; another rebalance is under way or just ran")
+            return 1
+        except RebalanceError as exc:
+            print(f"rebalance stopped: {exc}")
+            return 1
         finally:
+            await store.close()
             await _close(clients)
         r = rebalancer.report
         print(
@@ -180,6 +202,8 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
     if args.config:
         extra = yaml.safe_load(Path(args.config).read_text()) or {}
         extra.pop("cluster", None)  # the local cluster writes its own node list
+    # Its frontend is one process over the nodes unless the config asks for a worker group.
+    extra.setdefault("workers", {}).setdefault("count", 0)
     cluster = LocalCluster(Path(args.dir), args.nodes, args.replication, extra)
     try:
         cluster.up(frontend=not args.no_frontend)

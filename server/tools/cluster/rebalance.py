@@ -1,12 +1,14 @@
 """What moves when nodes or the shard count change (`recd shards plan`), and moving it online
 (`recd shards rebalance`).
 
-The protocol, from the layout the nodes follow (epoch e, placement A) to a target placement B:
+The protocol, from the stored layout (epoch e, placement A) to a target placement B. Each step stores a
+new epoch in the layout store (server/cluster/layout_store) by compare-and-set, from the epoch the
+previous step stored, and then makes sure every node follows it (a node that has not read it from the
+store yet is handed it):
 
-1. dual (e+1), pushed to every node: nodes open the shards B places on them, empty and "receiving";
-   frontends write to A and B, read from A. A node adopts the epoch only after the writes it already
-   admitted finish, and refuses writes routed by another epoch, so once every node has it, every later
-   write reaches B too.
+1. dual (e+1): nodes open the shards B places on them, empty and "receiving"; frontends write to A and B,
+   read from A. A node adopts the epoch only after the writes it already admitted finish, and refuses
+   writes routed by another epoch, so once every node has it, every later write reaches B too.
 2. copy: every shard of A is scanned from one live replica; each item goes (as a backfill upsert) to the
    replicas B gives its B-shard, unless that replica already holds it. A backfill skips items that live
    writes touched since the shard started receiving, so it never overwrites a newer write. If a target
@@ -17,6 +19,11 @@ The protocol, from the layout the nodes follow (epoch e, placement A) to a targe
 
 A failure before step 4 rolls back to A (a newer epoch of the old placement). Running the command again
 resumes a rebalance that was interrupted after step 1.
+
+Two rebalances started at once compute their first step from the same epoch: the store takes one, and
+the other is refused (LayoutConflict) before it changed anything. A step refused later (another run
+resumed the same rebalance and moved it on) stops this run without a roll-back: the layout is the other
+run's to finish.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from server.cluster.layout import Layout, Placement
+from server.cluster.layout_store.base import LayoutConflict, LayoutStore, describe
+from server.cluster.layout_store.pushed import PushedLayoutStore
 from shards.client import ShardClient
 from shards.records import NodeLayout, RecordBatch, ShardError
 
@@ -141,57 +150,69 @@ class Rebalancer:
         self,
         clients: Mapping[str, ShardClient],
         *,
+        store: LayoutStore | None = None,
         grace_s: float = 2.0,
         batch_size: int = 1024,
         timeout_s: float = 30.0,
         progress: Callable[[str], None] | None = None,
         max_items_per_s: float | None = None,
     ) -> None:
-        """`max_items_per_s`: scan pace (copy and clean-up), so the move leaves CPU to live traffic."""
+        """`store`: where the layout lives (default: on the nodes, through `clients`);
+        `max_items_per_s`: scan pace (copy and clean-up), so the move leaves CPU to live traffic."""
         self._clients = clients
+        self._store = store or PushedLayoutStore(lambda: clients, timeout_s)
         self._rate = max_items_per_s
         self._paced_until = 0.0
         self._grace_s = grace_s
         self._batch_size = batch_size
         self._timeout_s = timeout_s
         self._progress = progress or (lambda line: log.info("%s", line))
-        self._pushed_epoch = 0
+        self._origin = ""  # the document this run started from
+        self._stored: Layout | None = None  # what this run last stored (or resumed from)
+        self._ours: set[str] = set()  # documents this run may roll back from
 
     async def run(self, layout: Layout, target: Placement | None, addresses: Mapping[str, str]) -> Layout:
-        """Moves the cluster from `layout` (what the nodes follow) to `target`, or finishes the
-        rebalance `layout` is in the middle of. Returns the final layout."""
+        """Moves the cluster from `layout` (the stored one) to `target`, or finishes the rebalance
+        `layout` is in the middle of. Returns the final layout. LayoutConflict when the store no longer
+        holds `layout` (another rebalance came first): then this run changed nothing."""
         self.report = RebalanceReport(layout.epoch)
         started = time.monotonic()
-        self._pushed_epoch = layout.epoch
+        self._origin = layout.to_json()
+        self._stored = layout
         if layout.phase == "stable":
             if target is None or target == layout.current:
-                await self._push(layout)  # bring any node that missed it up to date
+                await self._settle(layout)  # bring any node that missed it up to date
                 return layout
             dual = layout.begin(target, addresses)
             self._check_clients(dual)
-            try:
-                await self._phase("dual", self._push(dual))
-            except Exception:
-                await self._roll_back(dual)
-                raise
+            resuming = False
         else:
             dual = layout
             self._check_clients(dual)
-            self._progress(f"resuming the rebalance of epoch {layout.epoch} ({layout.phase})")
             if target is not None and target != layout.target:
                 raise RebalanceError("a different rebalance is under way; run without changes to finish it")
+            self._progress(f"resuming the rebalance of epoch {layout.epoch} ({layout.phase})")
+            self._ours.add(layout.to_json())
+            resuming = True
         try:
+            if not resuming:
+                await self._phase("dual", self._change(dual))
             if dual.phase == "dual":
+                if resuming:
+                    await self._settle(dual)
                 await self._phase("copy", self._copy_all(dual))
                 switched = dual.switch()
-                await self._phase("switch", self._push(switched))
+                await self._phase("switch", self._change(switched))
             else:
                 switched = dual
+                await self._settle(switched)
+        except LayoutConflict:
+            raise  # another run moved the layout on: it is not ours to roll back
         except Exception:
             await self._roll_back(dual)
             raise
         final = switched.finish()
-        await self._phase("finish", self._push(final))
+        await self._phase("finish", self._change(final))
         await asyncio.sleep(self._grace_s)
         await self._phase("cleanup", self._clean_up(final, dual.current))
         await self._phase("drop", self._push(final, drop_unplaced=True))
@@ -211,11 +232,37 @@ class Rebalancer:
         if missing:
             raise RebalanceError(f"no client for nodes {missing}")
 
-    async def _push(self, layout: Layout, drop_unplaced: bool = False) -> None:
-        """Every node learns the layout (also nodes it no longer uses: they must stop taking writes)."""
+    async def _change(self, layout: Layout) -> None:
+        """Stores `layout` in place of the layout this run stored last (LayoutConflict if another run
+        changed it meanwhile), then brings every node to it."""
+        assert self._stored is not None
+        self._ours.add(layout.to_json())  # before: a store that fails part-way may hold it all the same
+        await self._store.compare_and_set(self._stored.epoch, layout)
+        self._stored = layout
+        await self._settle(layout)
+
+    async def _settle(self, layout: Layout) -> None:
+        """Every node follows `layout` (also nodes it no longer uses: they must stop taking writes); one
+        that has not read it from the store yet is handed it."""
         targets = list(dict.fromkeys([*layout.all_nodes, *self._clients]))
-        # Some nodes may take it even if others fail: a roll-back must come after it.
-        self._pushed_epoch = max(self._pushed_epoch, layout.epoch)
+
+        async def follows(node: str) -> bool:
+            try:
+                answer = await self._clients[node].get_layout(self._timeout_s)
+            except ShardError:
+                return False  # handing it over retries, and says what failed
+            if answer.epoch > layout.epoch:
+                raise LayoutConflict(layout.epoch, await self._store.read())
+            return answer.epoch == layout.epoch
+
+        done = await asyncio.gather(*(follows(n) for n in targets))
+        await self._push(layout, nodes=[n for n, ok in zip(targets, done, strict=True) if not ok])
+
+    async def _push(
+        self, layout: Layout, drop_unplaced: bool = False, nodes: Sequence[str] | None = None
+    ) -> None:
+        """Hands `layout` to `nodes` (default: every node)."""
+        targets = list(dict.fromkeys([*layout.all_nodes, *self._clients])) if nodes is None else nodes
 
         async def push(node: str) -> NodeLayout:
             last: Exception | None = None
@@ -234,12 +281,21 @@ class Rebalancer:
         await asyncio.gather(*(push(n) for n in targets))
 
     async def _roll_back(self, dual: Layout) -> None:
-        back = Layout(
-            self._pushed_epoch + 1, dual.current, {n: dual.addresses[n] for n in dual.current.nodes}
-        )
-        self._progress(f"rolling back to the old placement at epoch {back.epoch}")
         try:
-            await self._push(back)
+            # Whatever this run stored last, even if its answer was lost: the store says.
+            stored = await self._store.read()
+            document = stored.to_json() if stored is not None else ""
+            if stored is None or document not in self._ours:
+                self._progress(
+                    "nothing to roll back: the store holds the layout this run started from"
+                    if document == self._origin
+                    else f"not rolling back: the stored layout is another run's ({describe(stored)})"
+                )
+                return
+            self._stored = stored
+            back = Layout(stored.epoch + 1, dual.current, {n: dual.addresses[n] for n in dual.current.nodes})
+            self._progress(f"rolling back to the old placement at epoch {back.epoch}")
+            await self._change(back)
             await asyncio.sleep(self._grace_s)
             await self._push(back, drop_unplaced=True)
         except Exception as exc:  # the original error matters more; the next run resumes from here

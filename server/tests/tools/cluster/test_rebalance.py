@@ -13,7 +13,7 @@ import numpy as np
 from server import _core
 from server.client import RecdClient
 from server.cluster.layout import Layout, Placement, layout_from_config
-from server.cluster.manager import ClusterManager
+from server.cluster.membership.manager import ClusterManager
 from server.config import load_config
 from server.domain import ItemRecord
 from server.tests.cluster.procs import get_items, load_items, similar_load, start_cluster, unit_vectors

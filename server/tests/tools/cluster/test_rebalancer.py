@@ -1,8 +1,12 @@
 """The rebalance protocol against in-process shard nodes: a failed copy rolls back to the old placement,
-an interrupted rebalance resumes, and a paced one keeps its pace."""
+an interrupted rebalance resumes, a paced one keeps its pace, and a rebalance computed from a layout that
+changed meanwhile is refused before it changes anything (of two started at once against Cassandra's
+compare-and-set, exactly one runs)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
 
@@ -11,8 +15,12 @@ import pytest
 
 from server import _core
 from server.cluster.layout import Layout, Placement, node_name
-from server.cluster.node import NodeLayoutKeeper
-from server.tests.cluster.fakes import DIM, unit_vectors
+from server.cluster.layout_store.base import LayoutConflict
+from server.cluster.layout_store.pushed import PushedLayoutStore
+from server.cluster.node.follower import LayoutFollower
+from server.cluster.node.keeper import NodeLayoutKeeper
+from server.tests.cluster.stores import cql_store, cql_store_beside
+from server.tests.routing.fakes import DIM, unit_vectors
 from server.tools.cluster.rebalance import Rebalancer
 from shards.client import GrpcShardClient, ShardClient
 from shards.host import ShardHost
@@ -194,3 +202,78 @@ async def test_adding_a_node_copies_only_the_shards_it_takes(nodes: Nodes) -> No
     for i, shard in enumerate(owners.tolist()):
         assert where[f"r{i}"] == {(n, shard) for n in target.replicas[shard]}
     assert final.addresses[SPARE] == nodes.spare_address
+
+
+async def test_a_rebalance_from_a_layout_that_changed_meanwhile_is_refused_and_changes_nothing(
+    nodes: Nodes,
+) -> None:
+    assert nodes.layout is not None
+    other = nodes.layout.begin(Placement(21, NODES, 2, 64), {})  # another operator's, just begun
+    await PushedLayoutStore(lambda: nodes.clients).compare_and_set(1, other)
+    before = {n: sorted(h.shard_ids) for n, h in nodes.hosts.items()}
+    rebalancer = Rebalancer(nodes.clients, grace_s=0.05)
+    with pytest.raises(LayoutConflict, match="computed from epoch 1, the store holds epoch 2 \\(dual"):
+        await rebalancer.run(nodes.layout, Placement(22, NODES, 2, 64), {})
+    assert rebalancer.report.records_copied == 0
+    for client in nodes.clients.values():
+        assert Layout.from_json((await client.get_layout(5)).layout_json) == other
+    assert {n: sorted(h.shard_ids) for n, h in nodes.hosts.items()} == before
+
+
+@pytest.mark.real
+async def test_two_rebalances_at_once_one_is_refused_and_the_layout_stays_whole(nodes: Nodes) -> None:
+    assert nodes.layout is not None
+    first = await cql_store()
+    await first.compare_and_set(0, nodes.layout)
+    second = await cql_store_beside(first)
+    spare = GrpcShardClient(nodes.spare_address)
+    everyone: dict[str, ShardClient] = {**nodes.clients, SPARE: spare}
+
+    # Every node follows the store, as `recd shard` does with the layout in ScyllaDB.
+    follower_stores = {name: await cql_store_beside(first) for name in everyone}
+
+    async def follow(name: str) -> None:
+        client = everyone[name]
+        epoch = [1]
+
+        async def apply(layout: Layout) -> object:
+            epoch.append((await client.set_layout(layout.to_json(), False, 5)).epoch)
+            return None
+
+        await LayoutFollower(follower_stores[name], lambda: epoch[-1], apply, 0.05, name).run()
+
+    followers = [asyncio.ensure_future(follow(n)) for n in everyone]
+    reshard = Rebalancer(nodes.clients, store=first, grace_s=0.05)
+    grow = Rebalancer({**nodes.clients, SPARE: spare}, store=second, grace_s=0.05)
+    try:
+        outcomes = await asyncio.gather(
+            reshard.run(nodes.layout, Placement(22, NODES, 2, 64), {}),
+            grow.run(nodes.layout, Placement(20, (*NODES, SPARE), 2, 64), {SPARE: nodes.spare_address}),
+            return_exceptions=True,
+        )
+        refused = [o for o in outcomes if isinstance(o, LayoutConflict)]
+        finals = [o for o in outcomes if isinstance(o, Layout)]
+        assert len(refused) == 1 and len(finals) == 1, outcomes
+        loser = grow if isinstance(outcomes[1], LayoutConflict) else reshard
+        assert loser.report.records_copied == 0 and loser.report.phases == []  # refused before any step
+        final = finals[0]
+        assert (final.epoch, final.phase) == (4, "stable")
+        assert await first.read() == final == await second.read()
+        for name, client in everyone.items():  # every node on the winner's layout, and only that
+            got = await client.get_layout(5)
+            assert Layout.from_json(got.layout_json) == final
+            assert got.shard_ids == final.current.shards_of(name)
+        owners = final.current.item_ring.owner([f"r{i}" for i in range(N)])
+        where = items_where(nodes)
+        for i, shard in enumerate(owners.tolist()):
+            assert where[f"r{i}"] == {(n, shard) for n in final.current.replicas[shard]}
+    finally:
+        for task in followers:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for store in follower_stores.values():
+            await store.close()
+        await spare.close()
+        await second.close()
+        await first.close()

@@ -1,4 +1,5 @@
-"""A scriptable shard node for router tests: answers from an in-process host, or fails, or is late."""
+"""A scriptable shard node for router tests: answers from an in-process host, or fails, or is late; and a
+router over a few of them, placed as a cluster layout places them."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from server.cluster.health import HedgePolicy
 from server.cluster.layout import Layout, Placement, node_name
-from server.shard_router import RoutingPolicy, ShardRouter, topology_of
+from server.routing.hedging import HedgePolicy
+from server.routing.router import ShardRouter
+from server.routing.topology import RoutingPolicy, topology_of
 from shards.client import InProcessShardClient
 from shards.host import ShardHost
 from shards.records import (
@@ -35,6 +37,7 @@ class FakeNode:
         self.down = False
         self.delay_s = 0.0
         self.stale = 0  # writes to refuse with STALE_LAYOUT
+        self.fail_scan_after: int | None = None  # batches a scan yields before the connection breaks
         self.searches: list[list[int]] = []
         self.writes = 0
 
@@ -99,7 +102,11 @@ class FakeNode:
 
     async def scan(self, shard_id: int, batch_size: int = 1024) -> AsyncIterator[RecordBatch]:
         self._check()
+        sent = 0
         async for batch in self.inner.scan(shard_id, batch_size):
+            if self.fail_scan_after is not None and sent >= self.fail_scan_after:
+                raise ShardError(f"{self.name}: connection reset", ErrorKind.UNAVAILABLE)
+            sent += 1
             yield batch
 
     async def stats(self, timeout_s: float | None = None) -> NodeStats:
@@ -122,6 +129,7 @@ class FakeNode:
 class Hooks:
     def __init__(self) -> None:
         self.refreshes = 0
+        self.closed = False
 
     async def ensure_started(self) -> None:
         return None
@@ -131,7 +139,7 @@ class Hooks:
         return False
 
     async def close(self) -> None:
-        return None
+        self.closed = True
 
 
 def fake_cluster(

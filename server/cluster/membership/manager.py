@@ -3,8 +3,9 @@
 In the background, every `probe_interval_ms`: a Stats call to every node. A success closes the node's
 circuit (so a restarted node is used again without restarting the frontend); a failure counts towards
 opening it (so a dead node is skipped even before traffic finds out). Stats also carries the layout
-epoch each node follows: a higher one than ours means a rebalance moved on, and the layout is fetched
-and applied. DNS names are re-resolved every `resolve_interval_s`.
+epoch each node follows: a higher one than ours means a rebalance moved on, and the layout is read from
+the layout store (server/cluster/layout_store) and applied; a polled store (ScyllaDB) is also read every
+round. A write a node refuses as stale reads it too. DNS names are re-resolved every `resolve_interval_s`.
 """
 
 from __future__ import annotations
@@ -19,14 +20,18 @@ from collections.abc import Callable
 import grpc
 
 from server import metrics
-from server.cluster.directory import NodeDirectory, Resolver, resolve_host
-from server.cluster.health import HedgePolicy
 from server.cluster.layout import Layout, layout_from_config
+from server.cluster.layout_store.base import LayoutStore, open_layout_store
+from server.addresses import resolve_host
+from server.cluster.membership.directory import NodeDirectory, Resolver
 from server.config import Config
+from server.errors import BackendError
 from server.gen.recd.v1 import shard_pb2, shard_pb2_grpc
-from server.shard_router import RoutingPolicy, ShardRouter, topology_of
+from server.routing.hedging import HedgePolicy
+from server.routing.router import ShardRouter
+from server.routing.topology import RoutingPolicy, topology_of
 from shards.client import GrpcShardClient, ShardClient
-from shards.records import NodeLayout, NodeStats, ShardError
+from shards.records import NodeStats, ShardError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +74,10 @@ class ClusterManager:
         layout: Layout | None = None,
         make_client: Callable[[str], ShardClient] | None = None,
         resolver: Resolver = resolve_host,
+        store: LayoutStore | None = None,
     ) -> None:
+        """`store`: where the layout lives (default: the config's, server/cluster/layout_store); the
+        manager owns it."""
         self._config = config
         c = config.cluster
         self._layout = layout or newest_layout_now(layout_from_config(config), c.probe_timeout_ms / 1000.0)
@@ -83,6 +91,7 @@ class ClusterManager:
 
         self._directory = NodeDirectory(make_client or grpc_client, resolver)
         self._directory.set_unresolved(self._layout.addresses)
+        self._store = store or open_layout_store(config, self._directory.clients)
         self.router = ShardRouter.for_cluster(
             config.dim,
             topology_of(self._layout),
@@ -97,6 +106,7 @@ class ClusterManager:
         self._start_lock: asyncio.Lock | None = None
         self._refresh_lock: asyncio.Lock | None = None
         self._monitor: asyncio.Task[None] | None = None
+        self._store_failing = False
         metrics.LAYOUT_EPOCH.set(self._layout.epoch)
 
     @property
@@ -113,7 +123,7 @@ class ClusterManager:
             if self._started:
                 return
             await self._follow_addresses()
-            # Nodes may have moved on (a rebalance) since our config was written: route by their layout.
+            # The layout may have moved on (a rebalance) since the config was written: route by the store.
             await self.refresh_layout()
             self._monitor = asyncio.get_running_loop().create_task(self._run_monitor())
             self._started = True
@@ -122,24 +132,19 @@ class ClusterManager:
         if self._refresh_lock is None:
             self._refresh_lock = asyncio.Lock()
         async with self._refresh_lock:
-            clients = self._directory.clients()
-            answers = await asyncio.gather(
-                *(c.get_layout(self._probe_timeout_s) for c in clients.values()), return_exceptions=True
-            )
-            newest: NodeLayout | None = None
-            for answer in answers:
-                if not isinstance(answer, NodeLayout) or not answer.layout_json:
-                    continue
-                if answer.epoch > max(self._layout.epoch, newest.epoch if newest else 0):
-                    newest = answer
-            if newest is None:
-                return False
             try:
-                layout = Layout.from_json(newest.layout_json)
-            except ValueError as exc:
-                log.error("node %s sent an unusable layout: %s", newest.node_name, exc)
+                stored = await self._store.read()
+            except BackendError as exc:
+                if not self._store_failing:  # once, not every probe round
+                    log.warning("cannot read the cluster layout: %s", exc)
+                self._store_failing = True
                 return False
-            await self.apply(layout)
+            if self._store_failing:
+                log.info("the cluster layout can be read again")
+            self._store_failing = False
+            if stored is None or stored.epoch <= self._layout.epoch:
+                return False
+            await self.apply(stored)
             return True
 
     async def apply(self, layout: Layout) -> None:
@@ -164,6 +169,7 @@ class ClusterManager:
                 await self._monitor
             self._monitor = None
         await self._directory.close()
+        await self._store.close()
 
     # --- background -------------------------------------------------------------------------------------
     async def _follow_addresses(self) -> None:
@@ -199,5 +205,5 @@ class ClusterManager:
                 metrics.SHARD_PROBES.labels(node, "error").inc()
             elif isinstance(answer, BaseException):
                 raise answer
-        if newest > self._layout.epoch:
+        if newest > self._layout.epoch or self._store.polled:
             await self.refresh_layout()

@@ -11,8 +11,8 @@ import pytest
 
 from server import _core
 from server.cluster.layout import Layout, Placement, node_name
-from server.cluster.node import NodeLayoutKeeper, load_layout
-from server.tests.cluster.fakes import DIM, unit_vectors
+from server.cluster.node.keeper import NodeLayoutKeeper, load_layout
+from server.tests.routing.fakes import DIM, unit_vectors
 from shards.client import GrpcShardClient
 from shards.host import ShardHost
 from shards.index import ShardIndex

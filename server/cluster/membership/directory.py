@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import socket
 from collections.abc import Awaitable, Callable, Mapping
 
+from server.addresses import is_ip, join_address, resolve_host, split_address
 from shards.client import ShardClient
 
 log = logging.getLogger(__name__)
@@ -22,29 +21,6 @@ log = logging.getLogger(__name__)
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 # In-flight calls on a replaced client get this long before it is closed.
 RETIRE_AFTER_S = 30.0
-
-
-async def resolve_host(host: str, port: int) -> list[str]:
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    # IPv4 first: loopback names often resolve to both, and nodes bind 127.0.0.1 by default.
-    return sorted({str(info[4][0]) for info in infos}, key=lambda ip: (":" in ip, ip))
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def join_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class NodeDirectory:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.cluster.directory import NodeDirectory
+from server.cluster.membership.directory import NodeDirectory
 
 
 class Client:

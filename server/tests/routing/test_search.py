@@ -1,5 +1,5 @@
-"""The router over replicated shards: one call per node, failover, hedging, breaker, partial answers,
-write quorum and stale layouts. Nodes are in-process fakes, so every case is fast and deterministic."""
+"""The fan-out over replicated shards: one call per node, failover, hedging, the breaker, partial
+answers. Nodes are in-process fakes, so every case is fast and deterministic."""
 
 from __future__ import annotations
 
@@ -7,14 +7,11 @@ import asyncio
 import time
 
 import numpy as np
-import pytest
 
 from server import _core
-from server.cluster.health import HedgePolicy, NodeHealth
-from server.errors import BackendError
-from server.shard_router import NO_LABEL
-from server.tests.cluster.fakes import fake_cluster, unit_vectors
-from shards.records import RecordBatch
+from server.routing.hedging import HedgePolicy
+from server.tests.routing.fakes import fake_cluster, unit_vectors
+from shards.records import NO_LABEL, RecordBatch
 
 N_ITEMS = 2000
 
@@ -82,15 +79,6 @@ async def test_no_hedge_without_budget() -> None:
     assert result.calls == 4 and result.shards_ok == 20  # waited for the late node
 
 
-def test_hedge_budget_is_a_fraction_of_rpcs() -> None:
-    policy = HedgePolicy("fixed", budget=0.5, burst=2.0)
-    assert policy.try_take(2) and not policy.try_take(1)
-    policy.on_calls(4)  # 4 first-wave RPCs earn 2 hedged ones
-    assert policy.try_take(2) and not policy.try_take(1)
-    policy.on_calls(100)
-    assert policy.try_take(2) and not policy.try_take(1)  # capped at the burst
-
-
 async def test_a_late_node_without_replicas_makes_a_partial_answer_in_time() -> None:
     router, fakes, layout, _ = fake_cluster(nodes=4, replication=1)
     _, vectors = await load(router)
@@ -117,70 +105,3 @@ async def test_a_node_that_keeps_failing_is_skipped_then_tried_again() -> None:
     assert router.health("node-1").state == "half_open"
     await search(router, vectors[:2])  # the trial call succeeds and closes the circuit
     assert router.health("node-1").state == "closed"
-
-
-def test_breaker_and_p95() -> None:
-    now = [0.0]
-    health = NodeHealth("n", failures_to_open=2, open_s=1.0, clock=lambda: now[0])
-    health.record_failure()
-    assert health.allow()
-    health.record_failure()
-    assert not health.allow() and health.state == "open"
-    now[0] = 1.5
-    assert health.allow() and health.state == "half_open"
-    health.record_failure()  # failed trial: open again
-    assert not health.allow()
-    health.record_success(0.01)
-    assert health.state == "closed"
-    for i in range(100):
-        health.record_success(0.001 * (i % 10 + 1))
-    assert health.p95_s is not None and 0.009 <= health.p95_s <= 0.0101
-    policy = HedgePolicy("p95", after_s=0.05, min_s=0.002)
-    assert policy.delay_s(health) == pytest.approx(health.p95_s)
-    assert HedgePolicy("off").delay_s(health) is None
-
-
-async def test_writes_need_every_replica_by_default() -> None:
-    router, fakes, _layout, _ = fake_cluster(nodes=3, replication=2)
-    fakes["node-0"].down = True
-    with pytest.raises(BackendError, match="acknowledged by 1 of 2 replicas"):
-        await load(router, 200)
-
-
-async def test_write_acks_one_tolerates_a_lost_replica() -> None:
-    router, fakes, _, _ = fake_cluster(nodes=3, replication=2, write_acks=1)
-    fakes["node-0"].down = True
-    ids, _ = await load(router, 200)
-    # Readable from the replicas that took it. (node-0 missed these writes: with write_acks < R a
-    # returning node serves stale reads until repaired, which is why the default is every replica.)
-    got = await router.fetch(ids, _core.stable_hash64(ids), 5)
-    assert sorted(got.item_ids) == sorted(ids)
-
-
-async def test_acknowledged_writes_are_on_every_replica() -> None:
-    router, fakes, layout, _ = fake_cluster(nodes=4, replication=2)
-    ids, _ = await load(router, 500)
-    shards = layout.current.item_ring.owner(ids)
-    labels = _core.stable_hash64(ids)
-    for shard in range(20):
-        wanted = set(labels[shards == shard].tolist())
-        for node in layout.current.replicas[shard]:
-            held = fakes[node].host.fetch(shard, list(wanted))
-            assert set(held.labels.tolist()) == wanted
-
-
-async def test_a_stale_layout_refreshes_and_retries() -> None:
-    router, fakes, _, hooks = fake_cluster(nodes=3, replication=2)
-    fakes["node-2"].stale = 1
-    await load(router, 100)
-    assert hooks.refreshes == 1
-
-
-async def test_fetch_and_delete_fail_over() -> None:
-    router, fakes, _, _ = fake_cluster(nodes=3, replication=2, write_acks=1)
-    ids, _ = await load(router, 300)
-    fakes["node-1"].down = True
-    got = await router.fetch(ids, _core.stable_hash64(ids), 5)
-    assert len(got) == 300
-    deleted = await router.delete(ids[:50], _core.stable_hash64(ids[:50]), 5)
-    assert deleted == 50

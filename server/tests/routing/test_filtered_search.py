@@ -1,15 +1,14 @@
-"""Filters and exclusions through the cluster router: carried per query to every node, through
-failover, and through the whole-cluster view."""
+"""Filters and exclusions through the router over replicated shards: carried per query to every node, and
+through failover."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from server import _core
-from server.shard_router import NO_LABEL
-from server.tests.cluster.fakes import fake_cluster, unit_vectors
+from server.tests.routing.fakes import fake_cluster, unit_vectors
 from shards.payload import ItemMetadata, encode_metadata
-from shards.records import RecordBatch, ShardHits
+from shards.records import NO_LABEL, RecordBatch
 
 N_ITEMS = 2000
 
@@ -50,14 +49,3 @@ async def test_each_query_keeps_its_filter_and_exclusions_through_failover() -> 
         passing &= ~np.isin(labels, exclude[i])
         best = np.flatnonzero(passing)[np.argsort(-(vectors[passing] @ queries[i]))[:10]]
         assert len(set(rows.tolist()) & set(best.tolist())) >= 9
-
-
-async def test_the_cluster_view_passes_filters_to_a_live_replica() -> None:
-    router, fakes, _, _ = fake_cluster(nodes=4, replication=2)
-    labels, vectors, colour = await load(router)
-    fakes["node-0"].down = True
-    view = router.nodes[0].client
-    answers = await view.search(vectors[:2], [0, 5, 11], 5, 50, None, 5.0, filters=[{"colour": ["blue"]}] * 2)
-    for hits in answers.values():
-        assert isinstance(hits, ShardHits)
-        assert (colour[rows_of(labels, hits.labels.ravel())] == "blue").all()

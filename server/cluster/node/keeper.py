@@ -1,34 +1,26 @@
-"""A shard node process (`recd shard --node-id N`): the shards the layout places on node-N, served over gRPC.
+"""What a shard node follows: the cluster layout, kept in `<data_dir>/node-N/layout.json` (written
+atomically before it is followed), so a restart resumes the layout it had, whatever the config file says.
 
-The node keeps the latest layout it was given in `<data_dir>/node-N/layout.json` (written atomically
-before it is followed), so a restart resumes the layout it had, whatever the config file says; a node
-that never had one starts from the layout the config describes (epoch 1).
+The keeper is the LayoutKeeper of shards/service.py: a newer layout, handed over through the node's
+SetLayout (which lets the writes already admitted finish first), opens the shards it places here (empty)
+and, when asked, drops the ones it no longer places here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from server.cluster.layout import Layout, layout_from_config, node_name
-from server.config import Config
-from server.lifecycle import wait_for_stop_signal
+from server.cluster.layout import Layout
 from shards.host import ShardHost
-from shards.records import ErrorKind, IndexParams, NodeLayout, ShardError, invalid
-from shards.service import serve_node
+from shards.records import ErrorKind, NodeLayout, ShardError, invalid
 
 log = logging.getLogger(__name__)
 
 LAYOUT_FILE = "layout.json"
-
-
-def node_dir(config: Config, node_id: int) -> Path | None:
-    return Path(config.data_dir) / f"node-{node_id}" if config.data_dir is not None else None
 
 
 def load_layout(directory: Path | None) -> Layout | None:
@@ -55,7 +47,7 @@ def save_layout(directory: Path | None, layout: Layout) -> None:
 
 
 class NodeLayoutKeeper:
-    """The LayoutKeeper of shards/service.py: follows layouts by opening, receiving and dropping shards."""
+    """Follows layouts by opening, receiving and dropping shards."""
 
     def __init__(self, name: str, host: ShardHost, directory: Path | None, layout: Layout) -> None:
         self.name = name
@@ -112,52 +104,3 @@ class NodeLayoutKeeper:
             self._host.shard_ids,
         )
         return self.current()
-
-
-def index_params(config: Config) -> IndexParams:
-    idx = config.shards.index
-    return IndexParams(
-        dim=config.dim,
-        space="ip",
-        m=idx.m,
-        ef_construction=idx.ef_construction,
-        ef_search=idx.ef_search,
-        initial_capacity=idx.initial_capacity,
-    )
-
-
-async def run_node(
-    config: Config,
-    node_id: int,
-    address: str | None = None,
-    on_ready: Callable[[int], None] | None = None,
-) -> None:
-    """Serves until SIGTERM/SIGINT, then stops gracefully (final snapshots)."""
-    name = node_name(node_id)
-    directory = node_dir(config, node_id)
-    layout = load_layout(directory) or layout_from_config(config)
-    listen = address or layout.addresses.get(name)
-    if listen is None:
-        raise SystemExit(
-            f"{name} is not in the cluster layout (epoch {layout.epoch}: {', '.join(layout.all_nodes)}); "
-            "give it --address to start it empty and add it with `recd shards rebalance --add-node`"
-        )
-    host = ShardHost(
-        index_params(config),
-        directory,
-        layout.hosted(name),
-        snapshot_every_records=config.shards.snapshot_every_records,
-        group_commit_window_s=config.shards.group_commit_window_ms / 1000.0,
-    )
-    keeper = NodeLayoutKeeper(name, host, directory, layout)
-    server = await serve_node(host, listen, max_message_bytes=config.server.max_message_bytes, layout=keeper)
-    log.info(
-        "%s serving shards %s on port %d (layout epoch %d)", name, host.shard_ids, server.port, layout.epoch
-    )
-    if on_ready is not None:
-        on_ready(server.port)
-    try:
-        await wait_for_stop_signal()
-    finally:
-        await server.stop(config.server.grace_s)
-        await asyncio.to_thread(host.close)

@@ -1,4 +1,5 @@
-"""Sharded search through the router: recall against exact search, and partial answers."""
+"""Sharded search through the router over in-process shards: recall against exact search, how many hits
+each shard is asked for, and a partial answer that says so."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import pytest
 
 from server import _core
 from server.config import load_config
-from server.shard_router import NO_LABEL, ShardNode, ShardRouter, per_shard_k_for
+from server.routing.router import ShardRouter
+from server.routing.search import per_shard_k_for
+from server.routing.topology import ShardNode
 from shards.client import InProcessShardClient
 from shards.host import ShardHost
-from shards.records import ErrorKind, IndexParams, RecordBatch, ShardError
+from shards.records import NO_LABEL, ErrorKind, IndexParams, RecordBatch, ShardError
 
 DIM = 32
 
@@ -121,7 +124,7 @@ class HalfBrokenClient:
 
 async def test_partial_answer_reports_coverage(loaded: tuple[ShardRouter, list[str], np.ndarray]) -> None:
     router, ids, vectors = loaded
-    inner = router.nodes[0].client
+    inner = router.client("local")
     broken = ShardRouter(DIM, 20, 1024, [ShardNode("local", HalfBrokenClient(inner), tuple(range(20)))])  # type: ignore[arg-type]
     result = await broken.search(vectors[:5], 10, 10, 100, None, 30)
     assert (result.shards_total, result.shards_ok) == (20, 10)
