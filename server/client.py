@@ -85,6 +85,16 @@ class RecdClient:
         response = await self.catalog.UpsertItems(request, timeout=self.timeout_s)
         return int(response.upserted)
 
+    async def delete_items(self, item_ids: list[str]) -> int:
+        request = catalog_pb2.DeleteItemsRequest(item_ids=item_ids)
+        return int((await self.catalog.DeleteItems(request, timeout=self.timeout_s)).deleted)
+
+    async def get_items(self, item_ids: list[str]) -> tuple[list[str], list[str]]:
+        """(ids found, ids missing): what this frontend's catalogue holds of `item_ids`."""
+        request = catalog_pb2.GetItemsRequest(item_ids=item_ids)
+        response = await self.catalog.GetItems(request, timeout=self.timeout_s)
+        return [i.item_id for i in response.items], list(response.missing_item_ids)
+
     async def upsert_users(self, users: list[UserProfile]) -> int:
         request = catalog_pb2.UpsertUsersRequest(
             users=[

@@ -13,13 +13,14 @@ import numpy as np
 
 from server.backends.base import Cache, ItemGraph, ProfileStore
 from server.catalog.catalog import Catalog
+from server.catalog.feed import CatalogueFeed
 from server.catalog.item_store import ItemStore
 from server.catalog.popularity_sync import PopularitySync
 from server.config import Config
 from server.ranking.model import RankingModel
 from server.ranking.service import RankService
 from server.recommender import Recommender
-from server.shard_router import ShardRouter
+from server.routing.router import ShardRouter
 from server.users import UserStates
 from server.warmup import Warmer
 
@@ -47,7 +48,8 @@ class Recd:
         self.rank_service = rank_service
         self.model = model
         self.warmer = Warmer(self._warm_search_path)
-        # Started after hydrate_catalogue (cli), or by the first write through this frontend.
+        self.feed = CatalogueFeed(router, items, config.shards.feed.retry_ms / 1000.0)
+        # Started after sync_catalogue (cli), or by the first write through this frontend.
         self.popularity_sync = PopularitySync(profiles, items, config.popularity.refresh_s)
         c = config.pipeline.candidates
         self.users = UserStates(
@@ -61,6 +63,12 @@ class Recd:
         )
 
     # --- life cycle -----------------------------------------------------------------------------------
+    async def sync_catalogue(self) -> int:
+        """Fills the catalogue replica from the shards and keeps following their change feeds, so that
+        writes through other frontends show here too. Returns the items held once synced."""
+        await self.router.ensure_started()
+        return await self.feed.start(self.config.shards.feed.start_timeout_s)
+
     async def warm_up(self) -> None:
         """Runs the request path once before serving, so the first caller does not pay for lazy set-up
         (thread pools, kernel compilation, first index touches) and see a degraded answer. Runs again
@@ -89,11 +97,11 @@ class Recd:
         await asyncio.to_thread(self.items.rebuild_popularity)
 
     async def close(self) -> None:
+        await self.feed.close()
         await self.warmer.close()
         await self.popularity_sync.close()
         self.rank_service.close()
-        for node in self.router.nodes:
-            await node.client.close()
+        await self.router.close()
         await self.profiles.close()
         await self.graph.close()
         await self.cache.close()

@@ -13,11 +13,23 @@ and the ordering of weights is the same whenever the history happened.
 
 The seen set (every item the user has interacted with, up to `profiles.seen_limit`) is separate from the
 recent window: the window builds the vector, the seen set is what answers must not contain.
+
+Cached states are versioned, because the cache is shared by every frontend (Redis, or the worker
+group's state node) and a write and a read of one user can interleave: a Recommend that read the
+profile store before an interaction was written must not cache that old state after the write's
+invalidation, or every frontend would serve it until the TTL. So a write gives the user a new random
+version token (and deletes the state); a reader fetches the token with the state in the same multi-get,
+uses the state only when it was cached under the current token, and caches what it reads from the store
+under the token it saw before reading. A state cached by a reader that raced a write carries the old
+token and is never used. Tokens outlive states (`_VERSION_TTL_EXTRA_S`), so an expired token cannot make
+an older state current again; only an early eviction of a token by memory pressure could, which the
+write's delete of the state makes a double coincidence.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -47,8 +59,17 @@ class UserState:
 
 
 def user_cache_key(user_id: str) -> str:
-    # u2: the encoding carries the seen set; a u1 entry (no seen set) must never be read as one.
-    return f"recd:u2:{user_id}"
+    # u3: the entry starts with its version token; u2 and older entries must never be read as one.
+    return f"recd:u3:{user_id}"
+
+
+def user_version_key(user_id: str) -> str:
+    return f"recd:uv:{user_id}"
+
+
+_TOKEN_BYTES = 8
+_NO_TOKEN = b"\0" * _TOKEN_BYTES  # a user never written to since their token expired
+_VERSION_TTL_EXTRA_S = 3600.0
 
 
 class UserStates:
@@ -77,14 +98,20 @@ class UserStates:
         """The state of each user, aligned with `user_ids`: one multi-get from the cache, one batched
         read of the profile store for the misses. A user named twice is read once."""
         unique = list(dict.fromkeys(user_ids))
-        cached = await self._cache.get_many([user_cache_key(u) for u in unique])
+        n = len(unique)
+        found = await self._cache.get_many(
+            [user_version_key(u) for u in unique] + [user_cache_key(u) for u in unique]
+        )
         states: dict[str, UserState] = {}
         misses = []
-        for user_id, blob in zip(unique, cached, strict=True):
-            if blob is None:
-                misses.append(user_id)
+        tokens: dict[str, bytes] = {}
+        for user_id, token, blob in zip(unique, found[:n], found[n:], strict=True):
+            token = token if token is not None and len(token) == _TOKEN_BYTES else _NO_TOKEN
+            if blob is not None and blob[:_TOKEN_BYTES] == token:
+                states[user_id] = decode_state(user_id, blob[_TOKEN_BYTES:])
             else:
-                states[user_id] = decode_state(user_id, blob)
+                misses.append(user_id)
+                tokens[user_id] = token
         if len(states):
             metrics.CACHE_REQUESTS.labels("user_state", "hit").inc(len(states))
         if misses:
@@ -95,7 +122,9 @@ class UserStates:
             ]
             await asyncio.gather(
                 *(
-                    self._cache.set(user_cache_key(s.user_id), encode_state(s), self._cache_ttl_s)
+                    self._cache.set(
+                        user_cache_key(s.user_id), tokens[s.user_id] + encode_state(s), self._cache_ttl_s
+                    )
                     for s in fresh
                 )
             )
@@ -144,7 +173,21 @@ class UserStates:
         return _unit(w @ vectors)
 
     async def invalidate(self, user_ids: Iterable[str]) -> None:
-        await self._cache.delete([user_cache_key(u) for u in set(user_ids)])
+        """After a write of these users' data (durable first): every frontend's next read goes to the
+        store, and no read that started before now can cache what it read (see the module doc)."""
+        unique = set(user_ids)
+        ttl_s = self._cache_ttl_s + _VERSION_TTL_EXTRA_S
+        await asyncio.gather(
+            *(self._cache.set(user_version_key(u), _new_token(), ttl_s) for u in unique),
+            self._cache.delete([user_cache_key(u) for u in unique]),
+        )
+
+
+def _new_token() -> bytes:
+    while True:
+        token = os.urandom(_TOKEN_BYTES)
+        if token != _NO_TOKEN:
+            return token
 
 
 def _unit(v: npt.NDArray[np.float32] | None) -> npt.NDArray[np.float32] | None:

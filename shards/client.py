@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 from server.gen.recd.v1 import shard_pb2 as pb
 from server.gen.recd.v1 import shard_pb2_grpc
 from shards import convert
+from shards.changes import FeedRead
 from shards.host import ShardHost, search_outcome
 from shards.records import (
     ErrorKind,
@@ -93,6 +94,10 @@ class ShardClient(Protocol):
 
     def scan(self, shard_id: int, batch_size: int = 1024) -> AsyncIterator[RecordBatch]:
         """Every live item of one shard, in batches."""
+        ...
+
+    def follow(self, shard_id: int, incarnation: int, after: int) -> AsyncIterator[FeedRead]:
+        """The shard's change feed from a cursor (ShardHost.follow): endless until a reset or an error."""
         ...
 
     async def stats(self, timeout_s: float | None = None) -> NodeStats: ...
@@ -231,6 +236,9 @@ class InProcessShardClient:
                 return
             yield batch
 
+    def follow(self, shard_id: int, incarnation: int, after: int) -> AsyncIterator[FeedRead]:
+        return self.host.follow(shard_id, incarnation, after)
+
     async def stats(self, timeout_s: float | None = None) -> NodeStats:
         return await self._call("stats", timeout_s, self.host.stats)
 
@@ -345,6 +353,18 @@ class GrpcShardClient:
         try:
             async for message in call:
                 yield convert.batch_from_proto(message.records, self._dim, "records")
+        except grpc.aio.AioRpcError as exc:
+            raise convert.error_of_status(exc.code(), exc.details()) from None
+        finally:
+            call.cancel()
+
+    async def follow(self, shard_id: int, incarnation: int, after: int) -> AsyncIterator[FeedRead]:
+        call = self._stub.Changes(
+            pb.ShardChangesRequest(shard_id=shard_id, incarnation=incarnation, after_lsn=after)
+        )
+        try:
+            async for message in call:
+                yield convert.changes_from_proto(message, self._dim)
         except grpc.aio.AioRpcError as exc:
             raise convert.error_of_status(exc.code(), exc.details()) from None
         finally:

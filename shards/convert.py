@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 
 from server.errors import kind_of_status
 from server.gen.recd.v1 import shard_pb2 as pb
+from shards.changes import Change, FeedRead
 from shards.records import (
     AttributeFilter,
     ErrorKind,
@@ -99,6 +100,35 @@ def batch_from_proto(records: Sequence[pb.ShardRecord], dim: int | None, where: 
 
 
 # ---------------------------------------------------------------------- search
+def changes_to_proto(shard_id: int, read: FeedRead) -> pb.ShardChanges:
+    return pb.ShardChanges(
+        incarnation=read.incarnation,
+        position=read.position,
+        reset=read.reset,
+        changes=[
+            pb.ShardChange(
+                lsn=change.lsn,
+                applied_at=change.applied_at,
+                upserts=batch_to_proto(shard_id, change.upserts).records
+                if change.upserts is not None
+                else (),
+                deleted_labels=as_labels(change.deletes).tolist() if change.deletes is not None else (),
+            )
+            for change in read.changes
+        ],
+    )
+
+
+def changes_from_proto(msg: pb.ShardChanges, dim: int | None) -> FeedRead:
+    changes = tuple(
+        Change(change.lsn, change.applied_at, upserts=batch_from_proto(change.upserts, dim, "upserts"))
+        if change.upserts
+        else Change(change.lsn, change.applied_at, deletes=labels_from(change.deleted_labels))
+        for change in msg.changes
+    )
+    return FeedRead(msg.incarnation, msg.position, changes, msg.reset)
+
+
 def search_request(
     queries: NDArray[np.float32],
     shard_ids: Sequence[int],

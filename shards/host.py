@@ -7,19 +7,21 @@ every core), writes on one worker per shard (they mostly wait on disk).
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import functools
 import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
 from shards import metrics
+from shards.changes import DEFAULT_RETAIN_ITEMS, FeedRead
 from shards.index import DEFAULT_SNAPSHOT_EVERY_RECORDS, ShardIndex
 from shards.records import (
     AttributeFilter,
@@ -39,6 +41,8 @@ from shards.records import (
     unknown_shard,
 )
 
+FEED_HEARTBEAT_S = 2.0
+
 
 class ShardHost:
     def __init__(
@@ -50,6 +54,7 @@ class ShardHost:
         search_threads: int | None = None,
         snapshot_every_records: int = DEFAULT_SNAPSHOT_EVERY_RECORDS,
         group_commit_window_s: float = 0.002,
+        feed_retain_items: int = DEFAULT_RETAIN_ITEMS,
     ) -> None:
         self.params = params
         ids = sorted(set(shard_ids))
@@ -60,9 +65,11 @@ class ShardHost:
         self._root = Path(data_dir) if data_dir is not None else None
         self._snapshot_every = snapshot_every_records
         self._group_commit_window_s = group_commit_window_s
+        self._feed_retain_items = feed_retain_items
         # Replaced, never mutated, when shards come and go (rebalancing), so readers need no lock.
         self._shards: dict[int, ShardIndex] = {}
         self._membership = threading.Lock()
+        self._closed = False
         self.add_shards(ids)
 
     def _open_shard(self, shard_id: int) -> ShardIndex:
@@ -72,6 +79,7 @@ class ShardHost:
             self._shard_dir(shard_id),
             snapshot_every_records=self._snapshot_every,
             group_commit_window_s=self._group_commit_window_s,
+            feed_retain_items=self._feed_retain_items,
         )
 
     def _shard_dir(self, shard_id: int) -> Path | None:
@@ -216,6 +224,32 @@ class ShardHost:
     def scan(self, shard_id: int, batch_size: int = 1024) -> Iterator[RecordBatch]:
         return self.shard(shard_id).scan(batch_size)
 
+    async def follow(
+        self, shard_id: int, incarnation: int, after: int, heartbeat_s: float = FEED_HEARTBEAT_S
+    ) -> AsyncIterator[FeedRead]:
+        """A shard's change feed from a cursor, until the caller stops: changes as they are applied, a
+        read with no changes every `heartbeat_s` while nothing happens (the follower's sign of life),
+        and a reset as the last read when the cursor cannot be served (see shards.changes)."""
+        log = self.shard(shard_id).changes
+        position = after
+        due = True  # the first read is always sent: it tells the follower its cursor holds
+        while True:
+            current = self._shards.get(shard_id)
+            if current is None or current.changes is not log:
+                raise unknown_shard(shard_id)  # the shard moved away (rebalancing) or was reopened
+            if log.needs_disk(incarnation, position):
+                read = await asyncio.to_thread(log.read, incarnation, position)
+            else:
+                read = log.read(incarnation, position)  # the ring: only a lock, fine on the loop
+            if read.changes or read.reset or due:
+                yield read
+            if read.reset:
+                return
+            position = read.position
+            due = False
+            if not read.changes:
+                due = not await log.wait_beyond(position, heartbeat_s)
+
     def stats(self) -> NodeStats:
         return NodeStats(self.dim, [shard.stats() for shard in self._shards.values()])
 
@@ -224,7 +258,12 @@ class ShardHost:
         return dict(zip(ids, self._write_pool.map(lambda i: self._shards[i].snapshot(), ids), strict=True))
 
     def close(self) -> None:
-        """Final snapshots (in parallel), then the pools."""
+        """Final snapshots (in parallel), then the pools. Closing twice is harmless (several in-process
+        frontends of a test may share one host)."""
+        with self._membership:
+            if self._closed:
+                return
+            self._closed = True
         list(self._write_pool.map(lambda shard: shard.close(), self._shards.values()))
         self._search_pool.shutdown(wait=True, cancel_futures=True)
         self._write_pool.shutdown(wait=True)

@@ -36,6 +36,7 @@ from numpy.typing import NDArray
 from server import _core
 from shards import oplog, snapshot
 from shards.attributes import AttributeTable, CompiledFilter
+from shards.changes import DEFAULT_RETAIN_ITEMS, Change, ChangeLog
 from shards.records import (
     NO_LABEL,
     AttributeFilter,
@@ -101,6 +102,7 @@ class ShardIndex:
         snapshot_every_records: int = DEFAULT_SNAPSHOT_EVERY_RECORDS,
         group_commit_window_s: float = 0.002,
         add_chunk: int = DEFAULT_ADD_CHUNK,
+        feed_retain_items: int = DEFAULT_RETAIN_ITEMS,
     ) -> None:
         self.shard_id = shard_id
         self.params = params
@@ -128,6 +130,9 @@ class ShardIndex:
             self._index = self._new_index(params.initial_capacity)
         else:
             self._index = self._open(self._dir, group_commit_window_s)
+        self.changes = ChangeLog(
+            self._applied_lsn + 1, feed_retain_items, self._logged_changes if self._wal is not None else None
+        )
 
     # ------------------------------------------------------------------ opening
     def _new_index(self, capacity: int) -> hnswlib.Index:
@@ -206,7 +211,7 @@ class ShardIndex:
             self._touch(batch.labels)
             final = batch
             lsn = self._log(lambda: oplog.encode_upsert(final))
-        self._in_turn(lsn, lambda: self._apply_upsert(final))
+        self._in_turn(lsn, lambda: self._apply_upsert(final), lambda: self.changes.append(lsn, upserts=final))
         self._count_applied(len(final))
         return len(final)
 
@@ -218,7 +223,9 @@ class ShardIndex:
             return 0
         self._touch(arr)
         lsn = self._log(lambda: oplog.encode_delete(arr))
-        deleted = self._in_turn(lsn, lambda: self._apply_delete(arr))
+        deleted = self._in_turn(
+            lsn, lambda: self._apply_delete(arr), lambda: self.changes.append(lsn, deletes=arr)
+        )
         self._count_applied(len(arr))
         return deleted
 
@@ -259,17 +266,46 @@ class ShardIndex:
                 f"shard {self.shard_id}: write-ahead log failed: {exc}", ErrorKind.UNAVAILABLE
             ) from exc
 
-    def _in_turn(self, lsn: int, apply: Callable[[], int]) -> int:
+    def _in_turn(self, lsn: int, apply: Callable[[], int], publish: Callable[[], None]) -> int:
+        """Applies the write with this LSN after every earlier one, then publishes it to the change feed
+        (still in LSN order: the next writer waits until this one has advanced `_applied_lsn`)."""
         with self._turn:
             while self._applied_lsn != lsn - 1:
                 self._turn.wait()
+        applied = False
         try:
-            return apply()
+            result = apply()
+            applied = True
+            return result
         finally:
             # Advance even on failure, or every later writer would wait forever.
             with self._turn:
+                if applied:
+                    publish()
+                else:
+                    self.changes.skip(lsn)
                 self._applied_lsn = lsn
                 self._turn.notify_all()
+
+    def _logged_changes(self, after: int) -> Iterator[Change] | None:
+        """The change feed's older tail, re-read from the WAL; None once segments holding it are gone."""
+        wal = self._wal
+        if wal is None or wal.first_lsn > after + 1:
+            return None
+        return self._replay_changes(wal, after)
+
+    @staticmethod
+    def _replay_changes(wal: WriteAheadLog, after: int) -> Iterator[Change]:
+        try:
+            for lsn, record in wal.replay(after_lsn=after):
+                op = oplog.decode(record)
+                if isinstance(op, oplog.UpsertOp):
+                    yield Change(lsn, 0.0, upserts=op.batch)
+                else:
+                    yield Change(lsn, 0.0, deletes=op.labels)
+        except (OSError, WALError):
+            # A snapshot dropped the segment meanwhile: what was read stands, the next read resets.
+            return
 
     def _apply_upsert(self, batch: RecordBatch) -> int:
         for start in range(0, len(batch), self._add_chunk):

@@ -4,7 +4,7 @@
 Validation lives in the host (so the in-process client behaves the same); this layer only checks what
 exists on the wire alone (byte lengths) and maps ShardError kinds to status codes, once, in `_guard`.
 
-A node that follows a cluster layout (a LayoutKeeper, see server/cluster/node.py) also fences writes by
+A node that follows a cluster layout (a LayoutKeeper, see server/cluster/node/keeper.py) also fences writes by
 layout epoch: a write carrying another epoch than the node's (older: the writer must refresh; newer: the
 node has not been moved yet) is refused with STALE_LAYOUT, and the writer retries. A layout
 change waits for the writes already past the check, so once SetLayout returns, every later write was
@@ -211,6 +211,16 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
             if batch is None:
                 return
             yield convert.batch_to_proto(request.shard_id, batch)
+
+    async def Changes(
+        self, request: pb.ShardChangesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ShardChanges]:
+        feed = self._host.follow(request.shard_id, request.incarnation, request.after_lsn)
+        while True:
+            read = await _guard(context, lambda: anext(feed, None))
+            if read is None:
+                return
+            yield convert.changes_to_proto(request.shard_id, read)
 
     async def Stats(
         self, request: pb.ShardStatsRequest, context: grpc.aio.ServicerContext

@@ -1,21 +1,20 @@
 """The Catalog side of recd (mirrors the Catalog gRPC service): item, user and edge writes, item reads,
-statistics, and filling the catalogue replica from the shards at start. Speaks domain types only."""
+and statistics. Speaks domain types only (the replica is kept in step by catalog/feed.py)."""
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from server import metrics, validation
+from server import validation
 from server.backends.base import ItemGraph, ProfileStore
 from server.catalog.item_store import ItemStore
 from server.catalog.writes import ItemWriter
 from server.config import Config
 from server.domain import Edge, ItemRecord, UserProfile
 from server.errors import invalid
-from server.shard_router import ShardRouter
+from server.routing.router import ShardRouter
 from server.users import UserStates
 from server.validation import Limits
 
@@ -92,11 +91,8 @@ class Catalog:
         return len(edges)
 
     async def stats(self) -> Stats:
-        per_shard: dict[int, tuple[int, int]] = {}
-        for node in self._router.nodes:
-            node_stats = await node.client.stats(5.0)
-            for s in node_stats.shards:
-                per_shard[s.shard_id] = (s.items, s.deleted)
+        shard_stats = await self._router.stats(5.0)
+        per_shard = {s.shard_id: (s.items, s.deleted) for s in shard_stats.shards}
         idx = self.config.shards.index
         return Stats(
             items=len(self._items),
@@ -112,14 +108,3 @@ class Catalog:
             },
             model_version=self._model_version(),
         )
-
-    async def hydrate_catalogue(self) -> int:
-        """Fills the in-memory catalogue from what the shards hold (after a restart)."""
-        started = time.monotonic()
-        for node in self._router.nodes:
-            for shard in node.shard_ids:
-                async for batch in node.client.scan(shard, 4096):
-                    self.item_writer.hydrate(batch)
-        log.info("catalogue hydrated: %d items in %.1fs", len(self._items), time.monotonic() - started)
-        metrics.ITEMS.set(len(self._items))
-        return len(self._items)

@@ -13,7 +13,7 @@ from server.catalog.item_store import ItemStore
 from server.catalog.payload import ItemMetadata, decode_metadata, encode_metadata
 from server.domain import ItemRecord
 from server.errors import invalid
-from server.shard_router import ShardRouter
+from server.routing.router import ShardRouter
 from server.validation import Limits
 from shards.records import RecordBatch
 
@@ -70,10 +70,13 @@ class ItemWriter:
         validation.check_ids(item_ids, "item_ids", self._limits)
         unique = list(dict.fromkeys(item_ids))
         labels = _core.stable_hash64(unique)
+        # Counted before the shards are written: the change feed may apply the delete to the catalogue
+        # before the acknowledgement comes back.
+        live = int((self._items.lookup_labels(labels) >= 0).sum())
         await self._router.delete(unique, labels, self._timeout_s)
-        deleted = self._items.delete(unique)
+        self._items.delete(unique)
         metrics.ITEMS.set(len(self._items))
-        return len(deleted)
+        return live
 
     async def get(self, item_ids: Sequence[str]) -> tuple[list[ItemRecord], list[str]]:
         validation.check_batch(len(item_ids), "item_ids", self._limits)
@@ -90,11 +93,3 @@ class ItemWriter:
         records = [found[i] for i in item_ids if i in found]
         missing = [i for i in item_ids if i not in found]
         return records, missing
-
-    def hydrate(self, batch: RecordBatch) -> None:
-        """Loads records scanned from a shard at start-up into the catalogue."""
-        if len(batch.item_ids) == 0:
-            return
-        meta = [decode_metadata(p) for p in batch.payloads]
-        self._items.upsert(batch.item_ids, batch.labels, batch.vectors, meta)
-        metrics.ITEMS.set(len(self._items))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -112,3 +114,41 @@ async def test_interactions_invalidate_the_cached_state(items: ItemStore) -> Non
     assert (await s.get("u", 1.0)).recent_item_ids == first.recent_item_ids  # still cached
     await s.invalidate(["u"])
     assert (await s.get("u", 1.0)).recent_item_ids[0] == "b"
+
+
+async def test_a_read_that_raced_a_write_never_caches_the_old_state(items: ItemStore) -> None:
+    """The read starts before the interaction is written and finishes after its invalidation: what it
+    caches is tagged with the old version and never served."""
+    s = states(items)
+    profiles = s._profiles
+    await profiles.append_interactions([Interaction("u", "a", "view", 1.0, 0)])
+    read_started = asyncio.Event()
+    write_done = asyncio.Event()
+    real_read = profiles.read_users
+
+    async def slow_read(user_ids, limit, timeout_s):  # type: ignore[no-untyped-def]
+        records = await real_read(user_ids, limit, timeout_s)  # the old history
+        read_started.set()
+        await write_done.wait()
+        return records
+
+    profiles.read_users = slow_read  # type: ignore[method-assign]
+    racing = asyncio.create_task(s.get("u", 1.0))
+    await read_started.wait()
+    await profiles.append_interactions([Interaction("u", "b", "view", 50.0, 1)])
+    await s.invalidate(["u"])
+    write_done.set()
+    assert (await racing).recent_item_ids == ("a",)  # it answers with what it read...
+    profiles.read_users = real_read  # type: ignore[method-assign]
+    assert (await s.get("u", 1.0)).recent_item_ids[0] == "b"  # ...but did not cache it over the write
+
+
+async def test_frontends_sharing_a_cache_see_each_others_invalidations(items: ItemStore) -> None:
+    profiles, cache = InMemoryProfileStore(None), InMemoryCache(1 << 20)
+    a = UserStates(profiles, cache, items, 50, 86400, 60)
+    b = UserStates(profiles, cache, items, 50, 86400, 60)
+    await profiles.append_interactions([Interaction("u", "a", "view", 1.0, 0)])
+    assert (await b.get("u", 1.0)).recent_item_ids == ("a",)  # cached by b
+    await profiles.append_interactions([Interaction("u", "c", "view", 1.0, 1)])
+    await a.invalidate(["u"])  # the write went through frontend a
+    assert (await b.get("u", 1.0)).recent_item_ids[0] == "c"

@@ -13,14 +13,7 @@ import pytest
 
 from server.config import Config
 from server.tests.api.test_end_to_end import *  # noqa: F403 (the same tests, collected again here)
-from server.tests.backends.real_backends import (
-    drop_neo4j,
-    drop_redis,
-    drop_scylla,
-    neo4j_config,
-    redis_config,
-    scylla_keyspace,
-)
+from server.tests.backends.real_backends import on_real_backends
 from server.tests.conftest import make_config
 
 pytestmark = pytest.mark.real
@@ -28,14 +21,5 @@ pytestmark = pytest.mark.real
 
 @pytest.fixture
 async def config() -> AsyncIterator[Config]:
-    config = make_config()
-    # Per-call ceilings with room for a slow shared test machine (the steps' budgets still apply).
-    config.profiles = await scylla_keyspace(request_timeout_ms=1000.0)
-    config.graph = neo4j_config(query_timeout_ms=1000.0)
-    config.cache = redis_config(timeout_ms=100.0)
-    try:
+    async with on_real_backends(make_config()) as config:
         yield config
-    finally:
-        await drop_scylla(config.profiles)
-        await drop_neo4j(config.graph)
-        await drop_redis(config.cache)

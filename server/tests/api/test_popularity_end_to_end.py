@@ -77,7 +77,7 @@ async def test_recorded_interactions_make_an_item_popular_and_survive_a_restart(
 
     # A new process on the same data: the counts come back from the store before the first request.
     recd = build_recd(config)
-    await recd.catalog.hydrate_catalogue()
+    await recd.sync_catalogue()
     await recd.popularity_sync.start()
     server = RecdServer(recd, config)
     await server.start()

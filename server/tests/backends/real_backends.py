@@ -14,12 +14,13 @@ import dataclasses
 import os
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from server.config import CacheConfig, GraphConfig, ProfilesConfig
+from server.config import CacheConfig, Config, GraphConfig, ProfilesConfig
 
 START_HINT = "start it with deploy/scripts/stack.sh up (make test does)"
 
@@ -116,6 +117,7 @@ async def drop_scylla(config: ProfilesConfig) -> None:
             "item_popularity",
             "popularity_clock",
             "popularity_writes",
+            "cluster_layout",
         )
         for table in tables:
             while True:
@@ -209,3 +211,19 @@ async def redis_cache(tmp_path: Path | None = None, **overrides: Any) -> Any:
                 await super().close()
 
     return DisposableRedisCache(redis_config(**overrides))
+
+
+@contextlib.asynccontextmanager
+async def on_real_backends(config: Config) -> AsyncIterator[Config]:
+    """`config` with every state role on its real system, isolated for one test (fresh keyspace, node
+    label, key prefix) and cleaned up afterwards, with per-call ceilings that leave room for a slow
+    shared test machine (the steps' budgets still apply)."""
+    config.profiles = await scylla_keyspace(request_timeout_ms=1000.0)
+    config.graph = neo4j_config(query_timeout_ms=1000.0)
+    config.cache = redis_config(timeout_ms=100.0)
+    try:
+        yield config
+    finally:
+        await drop_scylla(config.profiles)
+        await drop_neo4j(config.graph)
+        await drop_redis(config.cache)

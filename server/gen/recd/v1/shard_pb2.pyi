@@ -197,3 +197,37 @@ class ShardLayout(_message.Message):
     node_name: str
     incarnation: int
     def __init__(self, epoch: _Optional[int] = ..., layout_json: _Optional[str] = ..., shard_ids: _Optional[_Iterable[int]] = ..., node_name: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...
+
+class ShardChangesRequest(_message.Message):
+    __slots__ = ("shard_id", "incarnation", "after_lsn")
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    AFTER_LSN_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    incarnation: int
+    after_lsn: int
+    def __init__(self, shard_id: _Optional[int] = ..., incarnation: _Optional[int] = ..., after_lsn: _Optional[int] = ...) -> None: ...
+
+class ShardChange(_message.Message):
+    __slots__ = ("lsn", "applied_at", "upserts", "deleted_labels")
+    LSN_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPSERTS_FIELD_NUMBER: _ClassVar[int]
+    DELETED_LABELS_FIELD_NUMBER: _ClassVar[int]
+    lsn: int
+    applied_at: float
+    upserts: _containers.RepeatedCompositeFieldContainer[ShardRecord]
+    deleted_labels: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, lsn: _Optional[int] = ..., applied_at: _Optional[float] = ..., upserts: _Optional[_Iterable[_Union[ShardRecord, _Mapping]]] = ..., deleted_labels: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ShardChanges(_message.Message):
+    __slots__ = ("incarnation", "position", "reset", "changes")
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    incarnation: int
+    position: int
+    reset: bool
+    changes: _containers.RepeatedCompositeFieldContainer[ShardChange]
+    def __init__(self, incarnation: _Optional[int] = ..., position: _Optional[int] = ..., reset: _Optional[bool] = ..., changes: _Optional[_Iterable[_Union[ShardChange, _Mapping]]] = ...) -> None: ...

@@ -66,6 +66,11 @@ class ShardStub:
                 request_serializer=recd_dot_v1_dot_shard__pb2.ShardStatsRequest.SerializeToString,
                 response_deserializer=recd_dot_v1_dot_shard__pb2.ShardStatsResponse.FromString,
                 _registered_method=True)
+        self.Changes = channel.unary_stream(
+                '/recd.v1.Shard/Changes',
+                request_serializer=recd_dot_v1_dot_shard__pb2.ShardChangesRequest.SerializeToString,
+                response_deserializer=recd_dot_v1_dot_shard__pb2.ShardChanges.FromString,
+                _registered_method=True)
         self.GetLayout = channel.unary_unary(
                 '/recd.v1.Shard/GetLayout',
                 request_serializer=recd_dot_v1_dot_shard__pb2.ShardGetLayoutRequest.SerializeToString,
@@ -122,6 +127,15 @@ class ShardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Changes(self, request, context):
+        """One shard's change feed from a cursor, for the frontends' catalogue replicas: changes as they are
+        applied, a message without changes every few seconds while nothing happens, and a reset (always the
+        last message) when the cursor cannot be served: scan the shard, then follow from the position given.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetLayout(self, request, context):
         """The cluster layout this node follows (which node hosts which logical shards, numbered by an epoch).
         Frontends poll it and adopt the highest epoch they see.
@@ -170,6 +184,11 @@ def add_ShardServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=recd_dot_v1_dot_shard__pb2.ShardStatsRequest.FromString,
                     response_serializer=recd_dot_v1_dot_shard__pb2.ShardStatsResponse.SerializeToString,
+            ),
+            'Changes': grpc.unary_stream_rpc_method_handler(
+                    servicer.Changes,
+                    request_deserializer=recd_dot_v1_dot_shard__pb2.ShardChangesRequest.FromString,
+                    response_serializer=recd_dot_v1_dot_shard__pb2.ShardChanges.SerializeToString,
             ),
             'GetLayout': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLayout,
@@ -346,6 +365,33 @@ class Shard:
             '/recd.v1.Shard/Stats',
             recd_dot_v1_dot_shard__pb2.ShardStatsRequest.SerializeToString,
             recd_dot_v1_dot_shard__pb2.ShardStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Changes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/recd.v1.Shard/Changes',
+            recd_dot_v1_dot_shard__pb2.ShardChangesRequest.SerializeToString,
+            recd_dot_v1_dot_shard__pb2.ShardChanges.FromString,
             options,
             channel_credentials,
             insecure,
