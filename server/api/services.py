@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 
 from server.api import convert
 from server.api.errors import grpc_errors
 from server.catalog.catalog import Catalog
+from server.catalog.deletions import HEARTBEAT_S, DeletionLog
 from server.gen.recd.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
@@ -62,9 +64,17 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         return recommender_pb2.RecordInteractionsResponse(accepted=accepted)
 
 
+# A watcher's since_ms may run ahead of this frontend's clock by this much (skew between machines).
+MAX_SINCE_AHEAD_MS = 60_000
+
+
 class CatalogService(catalog_pb2_grpc.CatalogServicer):
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(
+        self, catalog: Catalog, deletions: DeletionLog | None = None, heartbeat_s: float = HEARTBEAT_S
+    ) -> None:
         self._catalog = catalog
+        self._deletions = deletions
+        self._heartbeat_s = heartbeat_s
 
     @grpc_errors
     async def UpsertItems(
@@ -125,3 +135,22 @@ class CatalogService(catalog_pb2_grpc.CatalogServicer):
             ),
             model_version=s.model_version,
         )
+
+    # Not under grpc_errors: a stream is an async generator, and nothing in it raises a RecdError.
+    async def WatchDeletes(  # type: ignore[override]
+        self, request: catalog_pb2.WatchDeletesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[catalog_pb2.DeletedItems]:
+        if self._deletions is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server keeps no deletion log")
+            return
+        now_ms = int(time.time() * 1000)
+        if request.since_ms < 0 or request.since_ms > now_ms + MAX_SINCE_AHEAD_MS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"since_ms must be 0 (new deletes only) or a Unix time in milliseconds no later than "
+                f"{MAX_SINCE_AHEAD_MS} ms past this server's clock ({now_ms}); got {request.since_ms}",
+            )
+        async for batch in self._deletions.follow(request.since_ms, self._heartbeat_s):
+            yield catalog_pb2.DeletedItems(
+                item_ids=batch.item_ids, position_ms=batch.position_ms, covers_from_ms=batch.covers_from_ms
+            )

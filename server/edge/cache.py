@@ -9,6 +9,7 @@
 
 A hit returns the origin's serialised answer as it was stored, so the hit path parses the request,
 builds the key, and does one dictionary lookup: no protobuf encoding, no await on anything remote.
+An entry (either level) that may hold an item deleted since it was stored is a miss (server/edge/deletes.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from server import metrics
 from server.backends.base import Cache
 from server.backends.single_flight import SingleFlight
 from server.config import EdgeConfig
+from server.edge.deletes import RecentDeletes
 from server.edge.entry import Entry, entry_size
 from server.edge.keys import KeyParts, normalise, time_bucket
 from server.edge.lru import ByteLRU
@@ -44,10 +46,18 @@ class EdgeCache:
         origin: Origin,
         shared: Cache | None = None,
         clock: Clock = time.time,
+        deletes: RecentDeletes | None = None,
     ) -> None:
         self._config = config
         self._origin = origin
         self._shared = shared
+        # Fed by a DeleteWatch (server.py); without one it stays empty and admits everything.
+        self.deletes = deletes or RecentDeletes(
+            config.max_ttl_s + config.stale_grace_s + config.delete_margin_s,
+            config.delete_margin_s,
+            config.max_deleted_ids,
+            clock=clock,
+        )
         # Wall clock: entry times are compared by every replica that reads them from Redis.
         self._clock = clock
         self.l1: ByteLRU[Entry] = ByteLRU(config.cache.max_bytes, entry_size)
@@ -67,6 +77,7 @@ class EdgeCache:
         counter = metrics.EDGE_CACHE.labels
         self._l1_hit, self._l1_stale, self._l1_miss = (counter("l1", o) for o in ("hit", "stale", "miss"))
         self._l2_hit, self._l2_stale, self._l2_miss = (counter("l2", o) for o in ("hit", "stale", "miss"))
+        self._l1_deleted, self._l2_deleted = counter("l1", "deleted"), counter("l2", "deleted")
         self._coalesced = counter("origin", "coalesced")
 
     # --- the request path ---------------------------------------------------------------------------
@@ -91,6 +102,10 @@ class EdgeCache:
         key = parts.key()
         now = self._clock()
         entry = self.l1.get(key)
+        if entry is not None and not self.deletes.admits(entry):
+            self._l1_deleted.inc()
+            self.l1.pop(key)
+            entry = None
         if entry is not None:
             if entry.is_fresh(now):
                 self._l1_hit.inc()
@@ -134,9 +149,14 @@ class EdgeCache:
         return await self._from_origin(raw, parts)
 
     async def _shared_entry(self, key: str) -> Entry | None:
+        """The shared level's entry, None when it has none or may hold a deleted item."""
         assert self._shared is not None
         blob = await self._shared.get(key)
-        return None if blob is None else Entry.decode(blob)
+        entry = None if blob is None else Entry.decode(blob)
+        if entry is not None and not self.deletes.admits(entry):
+            self._l2_deleted.inc()
+            return None
+        return entry
 
     async def _from_origin(self, raw: bytes, parts: KeyParts) -> bytes:
         self.origin_calls += 1
@@ -161,7 +181,10 @@ class EdgeCache:
         # version, so an answer computed before a write can never be stored where post-write lookups go.
         key = parts.with_model(response.model_version).key()
         now = self._clock()
-        entry = Entry(answer, now + ttl, now + ttl + self._config.stale_grace_s)
+        if not self.deletes.admits_items(now, (item.item_id for item in response.items)):
+            # An origin that has not applied a delete yet: answer the caller, keep nothing.
+            return
+        entry = Entry(answer, now + ttl, now + ttl + self._config.stale_grace_s, now)
         self._put_l1(key, entry)
         if self._shared is not None:
             # In the background: the caller has its answer; the shared level is a help, not a step.

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 # str header), so that the in-process bound stays honest when answers are small.
 ENTRY_OVERHEAD_BYTES = 160
 
-_HEADER = struct.Struct("<dd")
+# (fresh_until, stale_until, stored_at). Changing it needs a new edge.key_version: old blobs would misread.
+_HEADER = struct.Struct("<ddd")
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,8 @@ class Entry:
     # which is per process, would not mean the same instant everywhere.
     fresh_until: float
     stale_until: float
+    # When the answer came from the origin: deletes heard of since may be in it (server/edge/deletes.py).
+    stored_at: float
 
     def is_fresh(self, now: float) -> bool:
         return now < self.fresh_until
@@ -28,15 +31,15 @@ class Entry:
         return now < self.stale_until
 
     def encode(self) -> bytes:
-        return _HEADER.pack(self.fresh_until, self.stale_until) + self.response
+        return _HEADER.pack(self.fresh_until, self.stale_until, self.stored_at) + self.response
 
     @staticmethod
     def decode(blob: bytes) -> Entry | None:
         """None for a blob that is not an entry (another writer, a truncated value): treated as a miss."""
         if len(blob) < _HEADER.size:
             return None
-        fresh_until, stale_until = _HEADER.unpack_from(blob)
-        return Entry(blob[_HEADER.size :], fresh_until, stale_until)
+        fresh_until, stale_until, stored_at = _HEADER.unpack_from(blob)
+        return Entry(blob[_HEADER.size :], fresh_until, stale_until, stored_at)
 
 
 def entry_size(key: str, entry: Entry) -> int:

@@ -18,7 +18,9 @@ from server.backends.base import Cache
 from server.client import MAX_MESSAGE_BYTES
 from server.config import EdgeConfig
 from server.edge.cache import EdgeCache
+from server.edge.deletes import DeleteWatch
 from server.edge.origin import Origin, OriginError, OriginPool, RetryBudget
+from server.edge.resolve import Resolver, resolve_target
 from server.edge.shared import open_shared_cache
 from server.gen.recd.v1 import catalog_pb2, recommender_pb2
 from server.lifecycle import ServerLifecycle, run_until_signalled
@@ -48,11 +50,19 @@ NOT_RETRYABLE = frozenset({"/recd.v1.Recommender/RecordInteractions"})
 
 
 class EdgeServer:
-    def __init__(self, config: EdgeConfig, cache: EdgeCache, origin: Origin, shared: Cache | None) -> None:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        cache: EdgeCache,
+        origin: Origin,
+        shared: Cache | None,
+        watch: DeleteWatch | None = None,
+    ) -> None:
         self.config = config
         self.cache = cache
         self.origin = origin
         self.shared = shared
+        self.watch = watch
         self.lifecycle = ServerLifecycle(
             config.address,
             self._register,
@@ -66,7 +76,12 @@ class EdgeServer:
             interceptors=[MetricsInterceptor()],
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
             reflection_enabled=True,
-            on_close=[cache.close, origin.close, *([shared.close] if shared is not None else [])],
+            on_close=[
+                cache.close,
+                *([watch.close] if watch is not None else []),
+                origin.close,
+                *([shared.close] if shared is not None else []),
+            ],
         )
 
     @property
@@ -86,12 +101,16 @@ class EdgeServer:
             server.add_registered_method_handlers(service_name, handlers)
 
     def _service_handlers(self) -> Iterable[tuple[str, dict[str, grpc.RpcMethodHandler]]]:
-        # Every method of both services, from the protos: an RPC added there is forwarded at once.
+        # Every unary method of both services, from the protos: an RPC added there is forwarded at once.
+        # Streams are not relayed: WatchDeletes is between the edge and the frontends (deletes.py), and
+        # a relayed stream would hold every edge drain for its whole grace period.
         for module, name in ((recommender_pb2, "Recommender"), (catalog_pb2, "Catalog")):
             service = module.DESCRIPTOR.services_by_name[name]
             handlers = {}
             handler: Handler
             for method in service.methods:
+                if method.client_streaming or method.server_streaming:
+                    continue
                 path = f"/{service.full_name}/{method.name}"
                 if path == "/recd.v1.Recommender/Recommend":
                     handler = self._recommend
@@ -149,6 +168,9 @@ class EdgeServer:
 
     # --- life cycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
+        await self.origin.start()
+        if self.watch is not None:
+            await self.watch.start()
         await self.lifecycle.start()
         log.info("recd edge serving on %s, origins %s", self.address, ", ".join(self.config.origins))
 
@@ -158,14 +180,27 @@ class EdgeServer:
         log.info("recd edge stopped")
 
 
-def build_edge(config: EdgeConfig) -> EdgeServer:
+def build_edge(config: EdgeConfig, resolver: Resolver = resolve_target) -> EdgeServer:
+    """`resolver` maps an origin target to its addresses (tests inject one instead of DNS)."""
     shared = open_shared_cache(config.cache)
     budget = RetryBudget(
         config.retry_budget_ratio, config.retry_budget_min_per_s, config.retry_budget_window_s
     )
-    origin = OriginPool(config.origins, config.balancing, budget, config.max_attempts)
+    origin = OriginPool(
+        config.origins,
+        config.balancing,
+        budget,
+        config.max_attempts,
+        resolver=resolver,
+        resolve_interval_s=config.resolve_interval_s,
+        drain_s=config.origin_drain_s,
+        connections_per_origin=config.connections_per_origin,
+    )
     cache = EdgeCache(config, origin, shared)
-    return EdgeServer(config, cache, origin, shared)
+    watch = None
+    if config.watch_deletes:
+        watch = DeleteWatch(origin, cache.deletes, idle_timeout_s=config.watch_idle_timeout_s)
+    return EdgeServer(config, cache, origin, shared, watch)
 
 
 async def serve_edge(config: EdgeConfig, on_ready: Callable[[], None] | None = None) -> None:

@@ -5,6 +5,7 @@ real `recd` subcommands."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 from pathlib import Path
@@ -188,8 +189,28 @@ def _containers() -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+def _cpu_cores(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def _env_value(container: dict[str, Any], name: str) -> str:
+    """What Kubernetes gives the container as $(name): a literal, or a resource of the container itself
+    through the downward API (rounded up to the divisor, as the kubelet does)."""
+    var = next(e for e in container.get("env", []) if e["name"] == name)
+    if "value" in var:
+        return str(var["value"])
+    ref = var["valueFrom"]["resourceFieldRef"]
+    assert ref.get("containerName", container["name"]) == container["name"]
+    section, resource = ref["resource"].split(".")
+    assert resource == "cpu", f"only CPU resources are read here: {ref}"
+    cores = _cpu_cores(str(container["resources"][section][resource]))
+    return str(math.ceil(cores / _cpu_cores(str(ref.get("divisor", "1")))))
+
+
 def _recd_argv(container: dict[str, Any]) -> list[str]:
     argv = list(container.get("command", [])) + list(container.get("args", []))
+    # $(VAR) in command and args is expanded by Kubernetes from the container's env.
+    argv = [re.sub(r"\$\((\w+)\)", lambda m: _env_value(container, m.group(1)), a) for a in argv]
     if argv[:2] == ["/bin/sh", "-c"] or argv[:2] == ["sh", "-c"]:
         # A shell wrapper: substitute the pod ordinal it derives, then read the recd command line.
         script = argv[2].replace('"${HOSTNAME##*-}"', "0")
@@ -213,3 +234,56 @@ def test_containers_run_real_recd_subcommands(monkeypatch: pytest.MonkeyPatch) -
         except SystemExit as e:  # argparse exits on an unknown subcommand or option
             raise AssertionError(f"{where}: `{' '.join(argv)}` is not a valid recd command line") from e
         assert args.config == "/etc/recd/recd.yaml", where
+
+
+def _doc(kind: str, name: str) -> dict[str, Any]:
+    return next(d for d in _k8s_docs() if d.get("kind") == kind and d["metadata"]["name"] == name)
+
+
+def _container(kind: str, name: str) -> dict[str, Any]:
+    return dict(_doc(kind, name)["spec"]["template"]["spec"]["containers"][0])
+
+
+def test_the_frontend_service_is_headless_over_ready_pods() -> None:
+    """Callers balance per request over the pods' addresses; a virtual IP would pin each connection."""
+    service = _doc("Service", "recd-frontend")["spec"]
+    assert service["clusterIP"] == "None"
+    assert not service.get("publishNotReadyAddresses", False)  # a pod gets calls once it is ready
+    ports = {p["name"]: p["containerPort"] for p in _container("Deployment", "recd-frontend")["ports"]}
+    for port in service["ports"]:
+        # No virtual IP, no port mapping: clients dial the pods' own ports.
+        assert port["port"] == ports[port["name"]], port
+
+
+def test_the_edge_balances_over_the_headless_service(tmp_path: Path) -> None:
+    frontend_port = next(
+        p["containerPort"] for p in _container("Deployment", "recd-frontend")["ports"] if p["name"] == "grpc"
+    )
+    target = f"recd-frontend.recd.svc.cluster.local:{frontend_port}"
+    argv = _recd_argv(_container("Deployment", "recd-edge"))
+    args = build_parser().parse_args(argv[1:])
+    assert args.origin == [target]
+    configmap = next(d for d in _k8s_docs() if d.get("kind") == "ConfigMap")
+    path = tmp_path / "recd.yaml"
+    path.write_text(configmap["data"]["recd.yaml"])
+    edge = load_config(path, environ={}).edge
+    assert edge.origins == [target]
+    assert edge.watch_deletes
+    # Re-resolved well within the frontends' preStop sleep: a terminating pod is dropped before SIGTERM.
+    sleep = float(_container("Deployment", "recd-frontend")["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert edge.resolve_interval_s < sleep
+    # Enough connections per pod that every worker of the pod's group gets some.
+    assert edge.connections_per_origin >= int(
+        _env_value(_container("Deployment", "recd-frontend"), "RECD_WORKERS")
+    )
+
+
+def test_each_frontend_pod_runs_a_worker_per_requested_core() -> None:
+    container = _container("Deployment", "recd-frontend")
+    argv = _recd_argv(container)
+    assert argv[:2] == ["recd", "serve"]
+    workers = argv[argv.index("--workers") + 1]
+    cores = _cpu_cores(str(container["resources"]["requests"]["cpu"]))
+    assert cores == int(cores) >= 2, "a whole number of cores: one worker each"
+    assert int(workers) == int(cores)
+    assert _cpu_cores(str(container["resources"]["limits"]["cpu"])) >= cores

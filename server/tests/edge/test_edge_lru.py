@@ -9,7 +9,7 @@ from server.edge.lru import ByteLRU
 
 
 def entry(size: int) -> Entry:
-    return Entry(b"x" * size, 10.0, 20.0)
+    return Entry(b"x" * size, 10.0, 20.0, 5.0)
 
 
 def test_bytes_never_exceed_the_bound() -> None:
@@ -57,6 +57,6 @@ def test_bound_must_be_positive() -> None:
 
 
 def test_entry_round_trips_through_bytes() -> None:
-    e = Entry(b"\x00answer", 12.5, 42.25)
+    e = Entry(b"\x00answer", 12.5, 42.25, 2.0)
     assert Entry.decode(e.encode()) == e
     assert Entry.decode(b"short") is None

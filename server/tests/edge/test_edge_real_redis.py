@@ -54,3 +54,22 @@ async def test_replicas_share_answers_and_invalidations(shared_config: CacheConf
         for edge, shared in ((a, shared_a), (b, shared_b)):
             await edge.close()
             await shared.close()
+
+
+async def test_a_shared_answer_holding_a_deleted_item_is_fetched_again(shared_config: CacheConfig) -> None:
+    origin = FakeOrigin()
+    a, shared_a = await replica(shared_config, origin)
+    b, shared_b = await replica(shared_config, origin)
+    try:
+        await a.recommend(request("bob"))
+        await a.drain()
+        await b.recommend(request("someone-else"))
+        assert item_of(await b.recommend(request("bob"))) == "bob#1"  # from Redis
+        b.deletes.add(["bob#1"])  # b hears of the delete; the entry in Redis predates it
+        b.l1.clear()
+        assert item_of(await b.recommend(request("bob"))) == "bob#3"
+        assert origin.recommend_calls == 3
+    finally:
+        for edge, shared in ((a, shared_a), (b, shared_b)):
+            await edge.close()
+            await shared.close()

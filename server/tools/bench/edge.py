@@ -305,6 +305,9 @@ class _InstantOrigin:
             model_version="bench",
         ).SerializeToString()
 
+    async def start(self) -> None:
+        pass
+
     async def call(self, method: str, request: bytes, timeout_s: float, retryable: bool) -> bytes:
         self.calls += 1
         return self._answer

@@ -159,3 +159,19 @@ class StatsResponse(_message.Message):
     index: IndexParameters
     model_version: str
     def __init__(self, items: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardItemCount, _Mapping]]] = ..., users: _Optional[int] = ..., edges: _Optional[int] = ..., dimension: _Optional[int] = ..., index: _Optional[_Union[IndexParameters, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class WatchDeletesRequest(_message.Message):
+    __slots__ = ("since_ms",)
+    SINCE_MS_FIELD_NUMBER: _ClassVar[int]
+    since_ms: int
+    def __init__(self, since_ms: _Optional[int] = ...) -> None: ...
+
+class DeletedItems(_message.Message):
+    __slots__ = ("item_ids", "position_ms", "covers_from_ms")
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    POSITION_MS_FIELD_NUMBER: _ClassVar[int]
+    COVERS_FROM_MS_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    position_ms: int
+    covers_from_ms: int
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., position_ms: _Optional[int] = ..., covers_from_ms: _Optional[int] = ...) -> None: ...

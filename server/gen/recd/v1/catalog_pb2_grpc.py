@@ -65,6 +65,11 @@ class CatalogStub:
                 request_serializer=recd_dot_v1_dot_catalog__pb2.StatsRequest.SerializeToString,
                 response_deserializer=recd_dot_v1_dot_catalog__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.WatchDeletes = channel.unary_stream(
+                '/recd.v1.Catalog/WatchDeletes',
+                request_serializer=recd_dot_v1_dot_catalog__pb2.WatchDeletesRequest.SerializeToString,
+                response_deserializer=recd_dot_v1_dot_catalog__pb2.DeletedItems.FromString,
+                _registered_method=True)
 
 
 class CatalogServicer:
@@ -108,6 +113,17 @@ class CatalogServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchDeletes(self, request, context):
+        """The item ids this frontend's catalogue deleted, as they are applied: replayed from since_ms, then
+        followed, with a heartbeat while nothing happens. Every frontend follows every shard's change feed,
+        so any frontend's stream carries every delete; the edge tier uses it to drop cached answers that
+        hold a deleted item. The stream ends when the frontend stops: resume on another from the last
+        position_ms (a delete may then arrive twice; ids are idempotent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CatalogServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +156,11 @@ def add_CatalogServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=recd_dot_v1_dot_catalog__pb2.StatsRequest.FromString,
                     response_serializer=recd_dot_v1_dot_catalog__pb2.StatsResponse.SerializeToString,
+            ),
+            'WatchDeletes': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchDeletes,
+                    request_deserializer=recd_dot_v1_dot_catalog__pb2.WatchDeletesRequest.FromString,
+                    response_serializer=recd_dot_v1_dot_catalog__pb2.DeletedItems.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,6 +326,33 @@ class Catalog:
             '/recd.v1.Catalog/Stats',
             recd_dot_v1_dot_catalog__pb2.StatsRequest.SerializeToString,
             recd_dot_v1_dot_catalog__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchDeletes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/recd.v1.Catalog/WatchDeletes',
+            recd_dot_v1_dot_catalog__pb2.WatchDeletesRequest.SerializeToString,
+            recd_dot_v1_dot_catalog__pb2.DeletedItems.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,102 @@
+"""The edge in front of two real frontends over one set of shards, reached through one name (as a
+headless Service): both get Recommend calls, and a delete through either one drops the edge's cached
+answers that hold the item, whichever frontend the edge follows."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from server.api.server import RecdServer
+from server.client import RecdClient
+from server.edge.server import EdgeServer, build_edge
+from server.recommender import Recommender
+from server.tests.api.test_end_to_end import load_toy
+from server.tests.conftest import ToyCatalogue, frontends_over_one_host, make_config
+from server.tests.edge.fakes import edge_config
+
+TARGET = "recd-frontend.recd.test:50051"
+
+
+async def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"not reached within {timeout_s}s"
+        await asyncio.sleep(0.02)
+
+
+def count_recommends(recommender: Recommender) -> list[int]:
+    calls = [0]
+    inner = recommender.recommend
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        return await inner(*args, **kwargs)  # type: ignore[arg-type]
+
+    recommender.recommend = counted  # type: ignore[method-assign]
+    return calls
+
+
+@pytest.fixture
+async def frontends(toy: ToyCatalogue) -> AsyncIterator[list[RecdServer]]:
+    async with frontends_over_one_host(make_config(), 2) as servers:
+        client = RecdClient(servers[0].address, timeout_s=20.0)
+        try:
+            await load_toy(client, toy)
+        finally:
+            await client.close()
+        yield servers
+
+
+@pytest.fixture
+async def edge(frontends: list[RecdServer]) -> AsyncIterator[EdgeServer]:
+    async def dns(target: str) -> list[str]:
+        return [s.address for s in frontends] if target == TARGET else []
+
+    server = build_edge(edge_config(origins=[TARGET], balancing="round_robin"), resolver=dns)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def test_both_frontends_behind_one_name_get_calls(
+    frontends: list[RecdServer], edge: EdgeServer, toy: ToyCatalogue
+) -> None:
+    counts = [count_recommends(s.recd.recommender) for s in frontends]
+    client = RecdClient(edge.address, timeout_s=20.0)
+    try:
+        for i in range(10):
+            await client.recommend(f"user-{i}", k=5)
+    finally:
+        await client.close()
+    # Round robin, give or take the one turn the edge's deletes stream took.
+    assert sum(c[0] for c in counts) == 10 and min(c[0] for c in counts) >= 4
+
+
+@pytest.mark.parametrize("through", [0, 1], ids=["the first frontend", "the second frontend"])
+async def test_a_delete_through_any_frontend_drops_the_edges_cached_answers(
+    frontends: list[RecdServer], edge: EdgeServer, toy: ToyCatalogue, through: int
+) -> None:
+    assert edge.watch is not None
+    await eventually(lambda: all(len(s.recd.items) == len(toy.item_ids) for s in frontends))
+    client = RecdClient(edge.address, timeout_s=20.0)
+    writer = RecdClient(frontends[through].address, timeout_s=20.0)
+    try:
+        first = await client.recommend("newcomer", k=10)
+        assert await client.recommend("newcomer", k=10) == first and edge.cache.origin_calls == 1
+        deleted = first.items[0].item_id
+        await writer.delete_items([deleted])
+
+        # Every frontend applies it (the shards' change feed), so the one the edge follows streams it.
+        await eventually(lambda: all(s.recd.items.row_of(deleted) is None for s in frontends))
+        await eventually(lambda: deleted in edge.cache.deletes)
+        after = await client.recommend("newcomer", k=10)
+        assert edge.cache.origin_calls == 2
+        assert deleted not in {i.item_id for i in after.items}
+    finally:
+        await writer.close()
+        await client.close()
