@@ -47,7 +47,7 @@ async def _serve(config: Config, on_ready: Any = None) -> None:
     from server.wiring import build_recd
 
     recd = build_recd(config)
-    await recd.catalog.hydrate_catalogue()
+    await recd.sync_catalogue()
     # The items' popularity counts (then every popularity.refresh_s), before the first request.
     await recd.popularity_sync.start()
     await recd.warm_up()
@@ -60,11 +60,33 @@ async def _serve(config: Config, on_ready: Any = None) -> None:
     await run_until_signalled(server, on_ready)
 
 
+def serve_workers(args: argparse.Namespace, config: Config) -> int:
+    """Frontend processes for `recd serve`: --single-process or --workers 0 -> 0 (this one process),
+    else --workers, else workers.count, else one per core."""
+    if args.single_process:
+        return 0
+    if args.workers is not None:
+        return int(args.workers)
+    if config.workers.count is not None:
+        return config.workers.count
+    from server.workers.supervisor import default_worker_count
+
+    return default_worker_count()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args)
-    setup_logging(config.server.log_level, config.server.log_format)
-    run_server_loop(_serve(config), config)
-    return 0
+    workers = serve_workers(args, config)
+    if workers < 0:
+        raise SystemExit(f"--workers must be >= 0 (0: one process), got {workers}")
+    if workers == 0:
+        setup_logging(config.server.log_level, config.server.log_format)
+        run_server_loop(_serve(config), config)
+        return 0
+    from server.workers.supervisor import run_group
+
+    setup_logging(config.server.log_level, config.server.log_format, {"process": "supervisor"})
+    return run_group(config, workers, getattr(args, "config", None))
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
@@ -75,8 +97,8 @@ def cmd_shard(args: argparse.Namespace) -> int:
     config = _config(args)
     setup_logging(config.server.log_level, config.server.log_format)
     if args.node_id is not None:
-        # A cluster node: its shards come from the placement ring (server/cluster/node.py).
-        from server.cluster.node import run_node
+        # A cluster node: its shards come from the placement ring (server/cluster/node).
+        from server.cluster.node.process import run_node
 
         if args.shards:
             raise SystemExit("--node-id takes its shards from the cluster layout; drop --shards")
@@ -144,7 +166,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         recd = build_recd(config)
         started = time.monotonic()
-        await recd.catalog.hydrate_catalogue()
+        await recd.sync_catalogue()
         await recd.popularity_sync.start()
         await recd.warm_up()
         server = RecdServer(recd, config)
@@ -176,8 +198,8 @@ async def _demo_load(address: str, dataset: Path, recd: Any, marker: Path) -> No
         await client.close()
     print(summary)
     # A snapshot now makes the next start load indexes instead of rebuilding them from the log.
-    for node in recd.router.nodes:
-        host = getattr(node.client, "host", None)
+    for node in recd.router.node_names:
+        host = getattr(recd.router.client(node), "host", None)
         if host is not None:
             await asyncio.to_thread(host.snapshot_all)
     marker.write_text(json.dumps({"loaded_at": time.time(), "items": len(recd.items)}))
@@ -330,7 +352,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML config file (defaults -> file -> RECD_* variables)")
         return p
 
-    with_config(sub.add_parser("serve", help="run the gRPC frontend")).set_defaults(func=cmd_serve)
+    p = with_config(sub.add_parser("serve", help="run the gRPC frontend: a worker group, or one process"))
+    how = p.add_mutually_exclusive_group()
+    how.add_argument(
+        "--workers",
+        type=int,
+        help="frontend worker processes on the one port, over shard-node processes and a state node "
+        "(default: workers.count, else one per core; 0 = --single-process)",
+    )
+    how.add_argument(
+        "--single-process",
+        action="store_true",
+        help="everything in this one process: the frontend, every shard and the embedded stores",
+    )
+    p.set_defaults(func=cmd_serve)
 
     p = with_config(sub.add_parser("shard", help="run a shard node hosting logical shards"))
     p.add_argument(

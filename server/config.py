@@ -55,12 +55,25 @@ class MicroBatchConfig:
 
 
 @dataclass
+class FeedConfig:
+    """The shards' change feed (shards/changes.py) and the frontends following it (catalog/feed.py)."""
+
+    # Items a shard keeps in memory for followers; older positions come from the WAL, or reset to a scan.
+    retain_items: int = 20_000
+    # A frontend serves once every shard's first sync is done, or after this long (the rest follow).
+    start_timeout_s: float = 120.0
+    # Pause before a follower tries the next replica after a failure.
+    retry_ms: float = 200.0
+
+
+@dataclass
 class ShardsConfig:
     count: int = 20
     vnodes: int = 1024
     index: IndexConfig = field(default_factory=IndexConfig)
     snapshot_every_records: int = 50_000
     group_commit_window_ms: float = 2.0
+    feed: FeedConfig = field(default_factory=FeedConfig)
 
 
 @dataclass
@@ -251,7 +264,15 @@ class EdgeConfig:
 
     address: str = "127.0.0.1:50052"
     metrics_address: str = "127.0.0.1:9465"
+    # host:port each; a host name stands for every address it resolves to (under Kubernetes the frontends'
+    # headless Service: one per ready pod), re-resolved every resolve_interval_s and after an origin
+    # answers UNAVAILABLE. A vanished address's calls get origin_drain_s to finish.
     origins: list[str] = field(default_factory=lambda: ["127.0.0.1:50051"])
+    resolve_interval_s: float = 5.0
+    origin_drain_s: float = 10.0
+    # HTTP/2 connections to each origin address, used in turn: a frontend running a worker group
+    # (`recd serve --workers N`) spreads connections, not requests, over its workers.
+    connections_per_origin: int = 4
     # least_outstanding steers away from a slow origin; round_robin is the simple, even spread.
     balancing: Literal["round_robin", "least_outstanding"] = "least_outstanding"
     # Ceiling of one origin call (a caller's shorter deadline wins); shared fills use the ceiling.
@@ -266,7 +287,8 @@ class EdgeConfig:
     # level shared by edge replicas, which fails open (Redis down = L1 only).
     cache: CacheConfig = field(default_factory=lambda: CacheConfig(max_bytes=256 * 1024 * 1024))
     # Part of every key: changing it drops every cached answer at once (a format change, a bad deploy).
-    key_version: str = "e1"
+    # e2: entries carry the time they were stored (deletes are checked against it).
+    key_version: str = "e2"
     # The origin's cache_ttl_seconds is honoured up to this; 0 from the origin means "do not cache".
     max_ttl_s: float = 300.0
     # Degraded answers (a source missing) are kept briefly: long enough to shield a struggling origin
@@ -283,6 +305,14 @@ class EdgeConfig:
     max_users: int = 500_000
     # Background refreshes in flight at once; past it stale entries are served without one.
     max_refreshes: int = 64
+    # Follow an origin's Catalog.WatchDeletes: a cached answer holding an item deleted since it was stored
+    # is a miss. delete_margin_s covers the spread of feed lag and clocks between frontends and edges;
+    # past max_deleted_ids (ids heard of in the last max_ttl_s + stale_grace_s) older entries are refused.
+    watch_deletes: bool = True
+    delete_margin_s: float = 5.0
+    max_deleted_ids: int = 1_000_000
+    # A deletes stream silent this long (frontends send a heartbeat every 5 s) is given up and resumed.
+    watch_idle_timeout_s: float = 20.0
     max_concurrent_rpcs: int = 4096
     grace_s: float = 5.0
 
@@ -320,6 +350,58 @@ class ClusterConfig:
     resolve_interval_s: float = 30.0
     # Ceiling of gRPC's reconnect backoff, so a restarted node is used again within about this long.
     max_reconnect_backoff_ms: int = 1000
+
+
+@dataclass
+class WorkersConfig:
+    """`recd serve --workers N`: a supervisor, N frontend worker processes on the one public port, the
+    shard-node processes it starts when `cluster.nodes` is empty, and a state node that serves the
+    embedded profile store, graph and cache to the workers (server/workers)."""
+
+    # Frontend worker processes (`--workers` wins): None = one per core this process may run on; 0 = no
+    # group, everything in one process (`--single-process`).
+    count: int | None = None
+    # Shard-node processes the group starts when cluster.nodes is empty (0: one per 4 workers, at least
+    # one). They host one copy of each shard between them, in data_dir/shards as one process would.
+    shard_nodes: int = 0
+    # The group's private directory (made 0700): the state node's socket and group.json (pids and
+    # addresses). None: a fresh temporary directory, removed at stop. Unix socket paths are short
+    # (107 bytes): keep it near the root.
+    run_dir: str | None = None
+    # Set by the supervisor for its workers, not by hand: the state node's unix socket. While set, the
+    # embedded profile store, graph and cache are reached there instead of being built in-process.
+    state_socket: str | None = None
+    # Ceiling of a state-node call that carries no deadline of its own (writes and cache calls).
+    state_write_timeout_s: float = 30.0
+    state_cache_timeout_ms: float = 50.0
+    # Children are started (and each restarted after it dies) within this long, or the start fails.
+    start_timeout_s: float = 600.0
+    # A child that dies is restarted after restart_backoff_s, doubling for each death in a row (one that
+    # served for restart_reset_s starts over), at most restart_backoff_max_s.
+    restart_backoff_s: float = 0.5
+    restart_backoff_max_s: float = 30.0
+    restart_reset_s: float = 60.0
+    # After SIGTERM, how long shard nodes and the state node may take to write their snapshots before
+    # they are killed (workers get server.grace_s plus a margin).
+    stop_timeout_s: float = 120.0
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.count is not None and self.count < 0:
+            found.append(f"workers.count must be >= 0 (0: one process), got {self.count}")
+        if self.shard_nodes < 0:
+            found.append(f"workers.shard_nodes must be >= 0 (0: one per 4 workers), got {self.shard_nodes}")
+        for key in (
+            "state_write_timeout_s",
+            "state_cache_timeout_ms",
+            "start_timeout_s",
+            "restart_backoff_s",
+            "restart_backoff_max_s",
+            "stop_timeout_s",
+        ):
+            if not getattr(self, key) > 0:
+                found.append(f"workers.{key} must be > 0, got {getattr(self, key)}")
+        return found
 
 
 def _default_popularity_lists() -> dict[str, float]:
@@ -378,6 +460,7 @@ class Config:
     edge: EdgeConfig = field(default_factory=EdgeConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
 
     def validate(self) -> None:
         problems = []
@@ -385,6 +468,9 @@ class Config:
             problems.append(f"dim must be in [1, 4096], got {self.dim}")
         if self.shards.count < 1:
             problems.append(f"shards.count must be >= 1, got {self.shards.count}")
+        f = self.shards.feed
+        if f.retain_items < 1 or f.start_timeout_s <= 0 or f.retry_ms < 0:
+            problems.append(f"shards.feed needs retain_items >= 1, start_timeout_s > 0, retry_ms >= 0: {f}")
         if self.pipeline.budget_ms <= 0:
             problems.append("pipeline.budget_ms must be > 0")
         for name in _default_steps():
@@ -409,6 +495,7 @@ class Config:
         if self.profiles.seen_limit < 1:
             problems.append(f"profiles.seen_limit must be >= 1, got {self.profiles.seen_limit}")
         problems.extend(self.popularity.problems())
+        problems.extend(self.workers.problems())
         if problems:
             raise ConfigError("; ".join(problems))
 

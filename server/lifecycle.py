@@ -37,12 +37,24 @@ class ServerLifecycle:
         maximum_concurrent_rpcs: int | None = None,
         reflection_enabled: bool = False,
         on_close: Sequence[CloseHook] = (),
+        reuse_port: bool | None = None,
+        extra_addresses: Sequence[str] = (),
     ) -> None:
         """`register` adds the owner's services; `service_names` (full names) are what health reports
-        on, besides the whole server (""), and what reflection lists; `on_close` runs after the drain."""
+        on, besides the whole server (""), and what reflection lists; `on_close` runs after the drain.
+
+        `reuse_port`: SO_REUSEPORT on the listening sockets, set explicitly either way (None leaves
+        gRPC's default, which is on). On, several processes share one port and the kernel spreads new
+        connections over them (the workers of `recd serve --workers N`); off, a second server on a
+        taken port fails at once instead of silently sharing it. `extra_addresses`: more ports for the
+        same services (a worker's private address, where its supervisor checks this one process)."""
+        options = list(options)
+        if reuse_port is not None:
+            options = [o for o in options if o[0] != "grpc.so_reuseport"]
+            options.append(("grpc.so_reuseport", 1 if reuse_port else 0))
         self.server = grpc.aio.server(
             interceptors=list(interceptors),
-            options=list(options),
+            options=options,
             maximum_concurrent_rpcs=maximum_concurrent_rpcs,
         )
         register(self.server)
@@ -58,10 +70,28 @@ class ServerLifecycle:
         self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {address}")
-        self.address = f"{address.rsplit(':', 1)[0]}:{self.port}"
+        # A unix socket has no port to fill in.
+        self.address = address if address.startswith("unix:") else f"{address.rsplit(':', 1)[0]}:{self.port}"
+        self.extra_ports: list[int] = []
+        for extra in extra_addresses:
+            port = self.server.add_insecure_port(extra)
+            if port == 0:
+                raise RuntimeError(f"cannot listen on {extra}")
+            self.extra_ports.append(port)
 
-    async def start(self) -> None:
+    async def start(self, serving: bool = True) -> None:
+        """`serving=False`: calls are answered, but health says NOT_SERVING until `set_serving()` (a
+        worker of a group waits for its supervisor: the group serves once every worker can)."""
+        if not serving:
+            # gRPC's health servicer starts with the whole server ("") SERVING.
+            for name in self._health_names:
+                await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
+        if serving:
+            await self.set_serving()
+
+    async def set_serving(self) -> None:
+        """Health SERVING for the server and its services (a no-op once the stop has begun)."""
         for name in self._health_names:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 

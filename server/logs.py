@@ -6,14 +6,20 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, fields: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self._fields = dict(fields or {})
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
+            **self._fields,
             "logger": record.name,
             "msg": record.getMessage(),
         }
@@ -22,12 +28,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
+def setup_logging(level: str = "INFO", fmt: str = "json", fields: Mapping[str, str] | None = None) -> None:
+    """`fields`: the same on every line of this process (the processes of a worker group say which
+    they are: {"process": "worker-3"}), so their lines can be told apart on the one stderr they share."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(fields))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        tag = "".join(f"[{value}] " for value in (fields or {}).values())
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

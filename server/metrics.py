@@ -91,6 +91,17 @@ RANK_FALLBACKS = Counter("recd_rank_fallbacks_total", "Rank batches moved to the
 CACHE_REQUESTS = Counter("recd_cache_requests_total", "Cache lookups", ["tier", "outcome"])
 BACKEND_CALLS = Counter("recd_backend_calls_total", "Round trips to backends", ["backend", "op", "outcome"])
 ITEMS = Gauge("recd_items", "Items in the catalogue")
+# The catalogue replica following the shards' change feeds (server/catalog/feed.py): from a shard
+# applying a change to this frontend applying it (clocks of different machines: NTP-level accuracy).
+FEED_LAG = Histogram(
+    "recd_catalog_feed_lag_seconds",
+    "Delay from a shard applying an item change to this frontend's catalogue applying it",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+FEED_RESYNCS = Counter("recd_catalog_feed_resyncs_total", "Shards re-read with a scan by the catalogue feed")
+FEED_ERRORS = Counter(
+    "recd_catalog_feed_errors_total", "Catalogue feed streams that failed (replica switched)"
+)
 # outcome ok / error: this frontend re-reading the decayed popularity counts from the profile store.
 POPULARITY_REFRESHES = Counter(
     "recd_popularity_refreshes_total", "Reads of the shared popularity counts", ["outcome"]
@@ -104,7 +115,8 @@ def serve_metrics(address: str, registry: CollectorRegistry = REGISTRY) -> None:
 
 
 # --- edge tier (`recd edge`) ---------------------------------------------------------------------------
-# level l1 (in-process) / l2 (Redis): outcome hit, stale (served while one refresh runs), miss, error;
+# level l1 (in-process) / l2 (Redis): outcome hit, stale (served while one refresh runs), miss, error,
+# deleted (an entry refused: it may hold an item deleted since it was stored; the lookup goes on as a miss);
 # level origin: outcome coalesced (a miss that joined an identical fill already in flight).
 EDGE_CACHE = Counter("recd_edge_cache_requests_total", "Edge cache lookups", ["level", "outcome"])
 EDGE_ORIGIN_LATENCY = Histogram(
@@ -121,9 +133,16 @@ EDGE_USER_VERSION_BUMPS = Counter(
     "recd_edge_user_version_bumps_total", "Users whose cached answers were invalidated"
 )
 EDGE_L1_BYTES = Gauge("recd_edge_l1_bytes", "Bytes held by the edge's in-process cache")
+EDGE_ORIGINS = Gauge("recd_edge_origins", "Origin addresses the edge balances over (targets resolved)")
+# The edge following Catalog.WatchDeletes (server/edge/deletes.py).
+EDGE_DELETES_WATCHED = Gauge("recd_edge_deletes_watch_up", "1 while the edge follows a deletes stream")
+EDGE_RECENT_DELETES = Gauge("recd_edge_recent_deletes", "Deleted item ids the edge checks cached answers for")
+# reason stream (the origin's log did not reach back to where the edge resumed), bound (the edge's own
+# bound on ids overflowed): cached answers stored before it are refused.
+EDGE_DELETES_GAPS = Counter("recd_edge_deletes_gaps_total", "Deletes the edge may have missed", ["reason"])
 
 
-# --- shard nodes as a cluster (server/cluster, server/shard_router.py) -----------------------------------
+# --- shard nodes as a cluster (server/cluster, server/routing) ---------------------------------------------
 # Every Search sent to a node, hedges and failovers included, is also in recd_shard_calls_total{op=search}.
 SHARD_HEDGES = Counter(
     "recd_shard_hedges_total", "Second requests sent because a node was late", ["node", "outcome"]
@@ -144,3 +163,20 @@ SHARD_BREAKER_OPENED = Counter("recd_shard_breaker_opened_total", "Node circuits
 SHARD_PROBES = Counter("recd_shard_probes_total", "Background probes of shard nodes", ["node", "outcome"])
 LAYOUT_EPOCH = Gauge("recd_cluster_layout_epoch", "Epoch of the cluster layout this frontend routes by")
 WRITE_RETRIES = Counter("recd_shard_write_retries_total", "Writes retried on the shard nodes", ["reason"])
+
+
+# --- worker group (`recd serve --workers N`, server/workers) ---------------------------------------------
+# The supervisor's own series, registered only in its registry (server/workers/metrics_view.py), beside
+# every worker's series labelled worker="<index>"; a single frontend does not export them.
+WORKER_RESTARTS = Counter(
+    "recd_worker_restarts_total",
+    "Processes of the group restarted after they died (role: worker, state_node, shard_node)",
+    ["role"],
+    registry=None,
+)
+WORKERS_SERVING = Gauge(
+    "recd_workers_serving", "Workers of the group answering health SERVING", registry=None
+)
+WORKER_SCRAPE_ERRORS = Counter(
+    "recd_worker_scrape_errors_total", "Worker metrics pages the supervisor could not read", registry=None
+)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from server.backends.base import Cache, ItemGraph, ProfileStore
@@ -13,8 +15,9 @@ from server.ranking.base import Ranker
 from server.ranking.cpu import CpuRanker
 from server.ranking.model import RankingModel, load_model
 from server.ranking.service import RankService
+from server.routing.router import ShardRouter
+from server.routing.topology import ShardNode
 from server.runtime import Recd
-from server.shard_router import ShardNode, ShardRouter
 from shards.client import InProcessShardClient
 from shards.host import ShardHost
 from shards.records import IndexParams
@@ -42,18 +45,29 @@ def index_params(config: Config) -> IndexParams:
     )
 
 
-def build_shard_host(config: Config, shard_ids: list[int] | None = None) -> ShardHost:
-    ids = list(range(config.shards.count)) if shard_ids is None else shard_ids
+def build_shard_host(
+    config: Config, shard_ids: Sequence[int] | None = None, directory: Path | None = None
+) -> ShardHost:
+    """The shards one process hosts (every shard by default), under `directory` (by default
+    `data_dir/shards`, or in memory without a data_dir)."""
+    ids = list(range(config.shards.count)) if shard_ids is None else list(shard_ids)
     return ShardHost(
         index_params(config),
-        _data_dir(config, "shards"),
+        directory if directory is not None else _data_dir(config, "shards"),
         ids,
         snapshot_every_records=config.shards.snapshot_every_records,
         group_commit_window_s=config.shards.group_commit_window_ms / 1000.0,
+        feed_retain_items=config.shards.feed.retain_items,
     )
 
 
 def build_profiles(config: Config) -> ProfileStore:
+    w = config.workers
+    if config.profiles.backend == "embedded" and w.state_socket:
+        # A worker of a group: the one embedded store, on the group's state node (server/workers).
+        from server.workers.state_proxies import StateProfileStore
+
+        return StateProfileStore(w.state_socket, w.state_write_timeout_s, config.server.max_message_bytes)
     if config.profiles.backend == "embedded":
         from server.backends.memory_profiles import InMemoryProfileStore
 
@@ -71,6 +85,11 @@ def build_profiles(config: Config) -> ProfileStore:
 
 
 def build_graph(config: Config) -> ItemGraph:
+    w = config.workers
+    if config.graph.backend == "embedded" and w.state_socket:
+        from server.workers.state_proxies import StateItemGraph
+
+        return StateItemGraph(w.state_socket, w.state_write_timeout_s, config.server.max_message_bytes)
     if config.graph.backend == "embedded":
         from server.backends.memory_graph import InMemoryItemGraph
 
@@ -83,6 +102,12 @@ def build_graph(config: Config) -> ItemGraph:
 
 
 def build_cache(config: Config) -> Cache:
+    w = config.workers
+    if config.cache.backend == "embedded" and w.state_socket:
+        from server.workers.state_proxies import StateCache
+
+        timeout_s = w.state_cache_timeout_ms / 1000.0
+        return StateCache(w.state_socket, timeout_s, config.server.max_message_bytes)
     if config.cache.backend == "embedded":
         from server.backends.memory_cache import InMemoryCache
 
@@ -118,7 +143,7 @@ def build_rankers(config: Config, items: ItemStore, model: RankingModel) -> tupl
 def build_router(config: Config, host: ShardHost | None = None) -> ShardRouter:
     """Remote mode when cluster.nodes lists shard nodes (server/cluster), else every shard in-process."""
     if config.cluster.nodes and host is None:
-        from server.cluster.manager import ClusterManager
+        from server.cluster.membership.manager import ClusterManager
 
         return ClusterManager(config).router
     host = host or build_shard_host(config)
@@ -131,22 +156,23 @@ def build_router(config: Config, host: ShardHost | None = None) -> ShardRouter:
     )
 
 
-def build_recd(config: Config, host: ShardHost | None = None) -> Recd:
-    """An embedded-mode frontend: every shard in this process, unless the config names shard nodes."""
+@dataclass(frozen=True)
+class Stores:
+    """The shared state roles, when a caller builds several frontends over one set of them."""
+
+    profiles: ProfileStore
+    graph: ItemGraph
+    cache: Cache
+
+
+def build_recd(config: Config, host: ShardHost | None = None, stores: Stores | None = None) -> Recd:
+    """An embedded-mode frontend: every shard in this process, unless the config names shard nodes.
+    `stores` replaces the profile store, graph and cache the config names (tests run several frontends
+    in one process over one set)."""
     router = build_router(config, host)
-    pop = config.popularity
-    items = ItemStore(
-        config.dim,
-        capacity=config.shards.index.initial_capacity,
-        prior_weight=pop.prior_weight,
-        popular_list=pop.popular_list,
-        feature_list=pop.feature_list,
-    )
-    model = load_model(config.ranking.model_file)
-    primary, fallback = build_rankers(config, items, model)
-    rank_service = RankService(primary, fallback)
-    cache = build_cache(config)
-    graph = build_graph(config)
+    if stores is not None:
+        return Recd(config, router, stores.profiles, stores.graph, stores.cache, *_frontend_parts(config))
+    profiles, graph, cache = build_profiles(config), build_graph(config), build_cache(config)
     if config.graph.backend != "embedded" and config.graph.neighbour_cache_ttl_s > 0:
         # A remote graph costs a round trip per query: per-item neighbour lists go through the cache.
         c = config.pipeline.candidates
@@ -158,4 +184,19 @@ def build_recd(config: Config, host: ShardHost | None = None) -> Recd:
             c.graph_limit_per_hop,
             c.graph_min_score,
         )
-    return Recd(config, router, build_profiles(config), graph, cache, items, rank_service, model)
+    return Recd(config, router, profiles, graph, cache, *_frontend_parts(config))
+
+
+def _frontend_parts(config: Config) -> tuple[ItemStore, RankService, RankingModel]:
+    """What each frontend holds for itself: its catalogue replica and its rankers."""
+    pop = config.popularity
+    items = ItemStore(
+        config.dim,
+        capacity=config.shards.index.initial_capacity,
+        prior_weight=pop.prior_weight,
+        popular_list=pop.popular_list,
+        feature_list=pop.feature_list,
+    )
+    model = load_model(config.ranking.model_file)
+    primary, fallback = build_rankers(config, items, model)
+    return items, RankService(primary, fallback), model

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 
 from server import metrics
 from server.api.services import CatalogService, RecommenderService
+from server.catalog.deletions import DeletionLog
 from server.config import Config
 from server.gen.recd.v1 import catalog_pb2, catalog_pb2_grpc, recommender_pb2, recommender_pb2_grpc
 from server.lifecycle import ServerLifecycle
@@ -61,14 +62,22 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
 
 class RecdServer:
-    def __init__(self, recd: Recd, config: Config) -> None:
+    def __init__(
+        self, recd: Recd, config: Config, *, reuse_port: bool = False, extra_addresses: Sequence[str] = ()
+    ) -> None:
+        """`reuse_port`: share the port with other processes (a worker of `recd serve --workers N`);
+        a single frontend keeps it off, so a second one on a taken port fails loudly.
+        `extra_addresses`: more ports for the same services (a worker's private address)."""
         self.recd = recd
         self.config = config
+        # What Catalog.WatchDeletes streams to the edge tier: every delete this catalogue applies.
+        self.deletions = DeletionLog(recd.items)
 
         def register(server: grpc.aio.Server) -> None:
             recommender = RecommenderService(recd.recommender)
             recommender_pb2_grpc.add_RecommenderServicer_to_server(recommender, server)
-            catalog_pb2_grpc.add_CatalogServicer_to_server(CatalogService(recd.catalog), server)
+            catalog = CatalogService(recd.catalog, self.deletions)
+            catalog_pb2_grpc.add_CatalogServicer_to_server(catalog, server)
 
         self.lifecycle = ServerLifecycle(
             config.server.address,
@@ -77,8 +86,9 @@ class RecdServer:
             options=[
                 ("grpc.max_receive_message_length", config.server.max_message_bytes),
                 ("grpc.max_send_message_length", config.server.max_message_bytes),
-                ("grpc.so_reuseport", 0),
             ],
+            reuse_port=reuse_port,
+            extra_addresses=extra_addresses,
             interceptors=[MetricsInterceptor()],
             # Past the cap gRPC answers RESOURCE_EXHAUSTED at once instead of queueing without bound.
             maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
@@ -94,11 +104,15 @@ class RecdServer:
     def address(self) -> str:
         return self.lifecycle.address
 
-    async def start(self) -> None:
-        await self.lifecycle.start()
+    async def start(self, serving: bool = True) -> None:
+        """`serving=False`: health stays NOT_SERVING until `lifecycle.set_serving()`."""
+        await self.lifecycle.start(serving)
         log.info("recd serving on %s", self.address)
 
     async def stop(self) -> None:
         """Drains within server.grace_s (see ServerLifecycle.stop), then closes the backends."""
+        # WatchDeletes streams never end on their own: ended first, they do not hold the drain, and
+        # their watchers resume on another frontend.
+        self.deletions.close()
         await self.lifecycle.stop(self.config.server.grace_s)
         log.info("recd stopped")

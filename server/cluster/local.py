@@ -75,6 +75,7 @@ class ClusterState:
     frontend: ProcessInfo | None = None
     metrics_address: str = ""
     nodes: dict[str, ProcessInfo] = field(default_factory=dict)  # node id (as str: JSON keys) -> process
+    more_frontends: dict[str, ProcessInfo] = field(default_factory=dict)  # key -> process
 
     def save(self) -> None:
         path = Path(self.root) / STATE_FILE
@@ -85,7 +86,8 @@ class ClusterState:
         raw = json.loads((root / STATE_FILE).read_text())
         frontend = ProcessInfo(**raw["frontend"]) if raw.get("frontend") else None
         nodes = {k: ProcessInfo(**v) for k, v in raw.get("nodes", {}).items()}
-        return cls(raw["root"], raw["config"], frontend, raw.get("metrics_address", ""), nodes)
+        more = {k: ProcessInfo(**v) for k, v in raw.get("more_frontends", {}).items()}
+        return cls(raw["root"], raw["config"], frontend, raw.get("metrics_address", ""), nodes, more)
 
 
 class LocalCluster:
@@ -135,12 +137,13 @@ class LocalCluster:
         return self.config_path
 
     # --- processes ------------------------------------------------------------------------------------
-    def _spawn(self, key: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, key: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = self.root / "logs" / f"{key}.log"
         with open(log, "ab") as out:
             # Own session: `recd cluster up` returns while they keep running; a Ctrl-C there is not theirs.
             proc = subprocess.Popen(
                 [self.python, "-m", "server.cli", *args, "--config", str(self.config_path)],
+                env={**os.environ, **env} if env else None,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -172,13 +175,30 @@ class LocalCluster:
         )
 
     def start_frontend(self, timeout_s: float = 120.0) -> subprocess.Popen[bytes]:
-        proc = self._spawn("frontend", ["serve"])
+        proc = self._spawn("frontend", ["serve", "--single-process"])
         self.state.frontend = ProcessInfo(
             proc.pid, self.frontend_address, str(self.root / "logs" / "frontend.log")
         )
         self.state.save()
         wait_healthy(self.frontend_address, proc, timeout_s, self.root / "logs" / "frontend.log")
         return proc
+
+    def start_another_frontend(self, key: str, timeout_s: float = 120.0) -> str:
+        """One more frontend over the same nodes, on its own ports (several frontends are the normal
+        deployment); returns its address. Stopped with the rest."""
+        address, metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        env = {"RECD_SERVER__ADDRESS": address, "RECD_SERVER__METRICS_ADDRESS": metrics}
+        proc = self._spawn(key, ["serve", "--single-process"], env)
+        log = self.root / "logs" / f"{key}.log"
+        self.state.more_frontends[key] = ProcessInfo(proc.pid, address, str(log))
+        self.state.save()
+        wait_healthy(address, proc, timeout_s, log)
+        return address
+
+    def kill_frontend(self, key: str = "frontend", sig: int = signal.SIGKILL) -> None:
+        proc = self._procs.pop(key)
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
 
     def up(self, frontend: bool = True) -> LocalCluster:
         self.write_config()
@@ -239,7 +259,11 @@ def _ours(pid: int) -> bool:
 def cluster_down(root: Path, grace_s: float = 10.0) -> list[int]:
     """Stops the processes listed in root's state file (`recd cluster down`); returns their pids."""
     state = ClusterState.load(root)
-    infos = [*([state.frontend] if state.frontend else []), *state.nodes.values()]
+    infos = [
+        *([state.frontend] if state.frontend else []),
+        *state.more_frontends.values(),
+        *state.nodes.values(),
+    ]
     pids = [i.pid for i in infos if _ours(i.pid)]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from server.config import Config, load_config
+
+if TYPE_CHECKING:
+    from server.api.server import RecdServer
 
 DIM = 16
 # Tests rank with fixed, similarity-first weights, not the shipped (tuned) ones: see the file.
@@ -88,3 +93,29 @@ async def server_address(config: Config) -> AsyncIterator[str]:
         yield server.address
     finally:
         await server.stop()
+
+
+@asynccontextmanager
+async def frontends_over_one_host(config: Config, count: int) -> AsyncIterator[list[RecdServer]]:
+    """`count` started frontends in this process over one set of in-process shards, each with its own
+    catalogue replica (following the shards' change feed), router and rankers, as separate processes
+    would have. Embedded state roles are one set shared by all (what a worker group's state node gives
+    its workers); real ones are separate connections per frontend."""
+    from server.api.server import RecdServer
+    from server.wiring import Stores, build_cache, build_graph, build_profiles, build_recd, build_shard_host
+
+    host = build_shard_host(config)
+    embedded = config.profiles.backend == "embedded"
+    stores = Stores(build_profiles(config), build_graph(config), build_cache(config)) if embedded else None
+    servers: list[RecdServer] = []
+    try:
+        for _ in range(count):
+            recd = build_recd(config, host, stores)
+            await recd.sync_catalogue()
+            server = RecdServer(recd, config)
+            await server.start()
+            servers.append(server)
+        yield servers
+    finally:
+        for server in servers:
+            await server.stop()

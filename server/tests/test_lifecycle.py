@@ -142,6 +142,39 @@ async def test_a_taken_address_is_refused() -> None:
         await first.stop(None)
 
 
+async def test_reuse_port_lets_several_servers_share_one_port_and_off_refuses_a_second() -> None:
+    first = ServerLifecycle("127.0.0.1:0", lambda _: None, (), reuse_port=True)
+    second = ServerLifecycle(first.address, lambda _: None, (), reuse_port=True)
+    try:
+        assert second.port == first.port
+        with pytest.raises(RuntimeError):
+            ServerLifecycle(first.address, lambda _: None, (), reuse_port=False)
+    finally:
+        await second.stop(None)
+        await first.stop(None)
+
+
+async def test_start_not_serving_answers_calls_but_health_waits_for_set_serving() -> None:
+    slow = Slow()
+    slow.release.set()
+    lifecycle = ServerLifecycle("127.0.0.1:0", slow.register, ("test.Slow",), extra_addresses=["127.0.0.1:0"])
+    (private_port,) = lifecycle.extra_ports
+    await lifecycle.start(serving=False)
+    try:
+        for address in (lifecycle.address, f"127.0.0.1:{private_port}"):
+            async with grpc.aio.insecure_channel(address) as channel:
+                assert await channel.unary_unary("/test.Slow/Wait")(b"", timeout=5) == b"done"
+        assert await health_of(lifecycle, "") == NOT_SERVING
+        assert await health_of(lifecycle, "test.Slow") == NOT_SERVING
+        await lifecycle.set_serving()
+        assert await health_of(lifecycle, "") == SERVING
+        assert await health_of(lifecycle, "test.Slow") == SERVING
+    finally:
+        await lifecycle.stop(None)
+    await lifecycle.set_serving()  # too late: a stopped server stays NOT_SERVING
+    assert await health_of(lifecycle, "") == NOT_SERVING
+
+
 class Recorder:
     def __init__(self) -> None:
         self.events: list[str] = []

@@ -31,7 +31,7 @@ def start(data_dir: Path, address: str) -> subprocess.Popen[bytes]:
         "RECD_SERVER__LOG_LEVEL": "WARNING",
         "RECD_PIPELINE__BUDGET_MS": "5000",
     }
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--single-process"], env=env)
     wait_serving(address, 120, proc)
     return proc
 

@@ -15,6 +15,7 @@ import pytest
 from server.backends.base import Cache
 from server.backends.memory_cache import InMemoryCache
 from server.tests.backends.real_backends import redis_cache
+from server.tests.workers.state_stores import cache_on_state_node
 
 CacheFactory = Callable[[Path], Awaitable[Cache]]
 
@@ -23,8 +24,14 @@ async def memory_cache(tmp_path: Path) -> Cache:
     return InMemoryCache(1 << 20)
 
 
+async def state_node_cache(tmp_path: Path) -> Cache:
+    # What a worker of `recd serve --workers N` uses: the in-process cache, behind a state node.
+    return await cache_on_state_node(1 << 20)
+
+
 FACTORIES = [
     pytest.param(memory_cache, id="memory"),
+    pytest.param(state_node_cache, id="state-node"),
     pytest.param(redis_cache, id="redis", marks=pytest.mark.real),
 ]
 

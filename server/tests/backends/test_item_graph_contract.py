@@ -15,6 +15,7 @@ from server.backends.base import ItemGraph
 from server.backends.memory_graph import InMemoryItemGraph
 from server.domain import Edge
 from server.tests.backends.real_backends import neo4j_graph
+from server.tests.workers.state_stores import graph_on_state_node
 
 GraphFactory = Callable[[Path], Awaitable[ItemGraph]]
 
@@ -27,9 +28,15 @@ async def durable_memory_graph(tmp_path: Path) -> ItemGraph:
     return InMemoryItemGraph(tmp_path / "graph", group_commit_window_s=0.0)
 
 
+async def state_node_graph(tmp_path: Path) -> ItemGraph:
+    # What a worker of `recd serve --workers N` uses: the durable graph, behind a state node.
+    return await graph_on_state_node(tmp_path / "graph")
+
+
 FACTORIES = [
     pytest.param(memory_graph, id="memory"),
     pytest.param(durable_memory_graph, id="memory-durable"),
+    pytest.param(state_node_graph, id="state-node"),
     pytest.param(neo4j_graph, id="neo4j", marks=pytest.mark.real),
 ]
 

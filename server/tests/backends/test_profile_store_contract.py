@@ -18,6 +18,7 @@ from server.backends.base import ProfileStore
 from server.backends.memory_profiles import InMemoryProfileStore
 from server.domain import Interaction, UserProfile
 from server.tests.backends.real_backends import scylla_store
+from server.tests.workers.state_stores import profiles_on_state_node
 
 StoreFactory = Callable[[Path], Awaitable[ProfileStore]]
 
@@ -37,6 +38,11 @@ async def durable_memory_store(tmp_path: Path) -> ProfileStore:
     )
 
 
+async def state_node_store(tmp_path: Path) -> ProfileStore:
+    # What a worker of `recd serve --workers N` uses: the durable store, behind a state node.
+    return await profiles_on_state_node(tmp_path / "profiles", history_limit=50, seen_limit=SEEN_LIMIT)
+
+
 async def cql_store(tmp_path: Path) -> ProfileStore:
     store: ProfileStore = await scylla_store(tmp_path, seen_limit=SEEN_LIMIT)
     return store
@@ -45,6 +51,7 @@ async def cql_store(tmp_path: Path) -> ProfileStore:
 FACTORIES = [
     pytest.param(memory_store, id="memory"),
     pytest.param(durable_memory_store, id="memory-durable"),
+    pytest.param(state_node_store, id="state-node"),
     pytest.param(cql_store, id="scylla", marks=pytest.mark.real),
 ]
 

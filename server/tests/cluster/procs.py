@@ -30,6 +30,8 @@ def cluster_config(**extra: Any) -> dict[str, Any]:
         "pipeline": {"budget_ms": 5000.0, "steps": steps},
         "shards": {"count": SHARDS, "index": {"initial_capacity": 1024, "ef_search": 64}},
         "cluster": {"probe_interval_ms": 200.0, "probe_timeout_ms": 1000.0, "breaker_open_s": 0.5},
+        # Each frontend one process (`recd serve` would start a worker group of one per core).
+        "workers": {"count": 0},
     }
     for key, value in extra.items():
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from server.gen.recd.v1 import recommender_pb2, recommender_pb2_grpc
 from server.tools.bench.loadgen import LoadResult, closed_loop
-from server.tools.bench.recommend import CONCURRENCY, _user_ids, ensure_demo_state, zipf_order
+from server.tools.bench.recommend import CONCURRENCY, ensure_demo_state, user_ids, zipf_order
 from server.tools.bench.report import table
 from server.tools.bench.serverproc import recd_server, scrape
 
@@ -64,7 +64,7 @@ async def _load_real(address: str, dataset: Path) -> None:
 def run_backends_bench(quick: bool = False) -> tuple[str, dict[str, float]]:
     root = Path("data/bench/quick-demo") if quick else Path("data/demo")
     ensure_demo_state(root, 20_000 if quick else 200_000, 2_000 if quick else 20_000)
-    users = _user_ids(root)
+    users = user_ids(root)
     order = zipf_order(len(users), 1_000_000)
     duration = 5.0 if quick else 20.0
 

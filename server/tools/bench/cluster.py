@@ -24,7 +24,7 @@ from server import _core
 from server.client import RecdClient
 from server.cluster.layout import Placement, layout_from_config
 from server.cluster.local import LocalCluster
-from server.cluster.manager import ClusterManager
+from server.cluster.membership.manager import ClusterManager
 from server.config import load_config
 from server.gen.recd.v1 import recommender_pb2, recommender_pb2_grpc
 from server.tools.bench.data import dataset_dir, exact_top_k, item_vectors, query_vectors
@@ -45,7 +45,8 @@ EF = load_config(environ={}).shards.index.ef_search
 
 
 def _config() -> dict[str, Any]:
-    return {"server": {"log_level": "WARNING"}, "ranking": {"ranker": "cpu"}}
+    # The frontend as one process, as these rows have always measured it (not a worker group).
+    return {"server": {"log_level": "WARNING"}, "ranking": {"ranker": "cpu"}, "workers": {"count": 0}}
 
 
 def _sum(metrics: dict[str, float], name: str, *labels: str) -> float:
@@ -77,7 +78,7 @@ def _deltas(before: dict[str, float], after: dict[str, float]) -> tuple[float, f
     return calls, hedges, failovers, recs
 
 
-async def _load(address: str, dataset: Path) -> float:
+async def load_through(address: str, dataset: Path) -> float:
     started = time.perf_counter()
     client = RecdClient(address, timeout_s=300)
     try:
@@ -218,7 +219,7 @@ def run_cluster_bench(quick: bool = False) -> tuple[str, dict[str, Any]]:
 
     with LocalCluster(ROOT / "embedded", 0, 0, _config()) as embedded:
         embedded.up()
-        out["embedded_load_s"] = asyncio.run(_load(embedded.frontend_address, dataset))
+        out["embedded_load_s"] = asyncio.run(load_through(embedded.frontend_address, dataset))
         _run(embedded, call, CONCURRENCY, 2.0)  # warm-up
         run = _run(embedded, call, CONCURRENCY, duration)
         out["embedded"] = run.summary()
@@ -226,7 +227,7 @@ def run_cluster_bench(quick: bool = False) -> tuple[str, dict[str, Any]]:
 
     with LocalCluster(ROOT / "cluster", NODES, 2, _config()) as cluster:
         cluster.up()
-        out["cluster_load_s"] = asyncio.run(_load(cluster.frontend_address, dataset))
+        out["cluster_load_s"] = asyncio.run(load_through(cluster.frontend_address, dataset))
         _run(cluster, call, CONCURRENCY, 2.0)
         run = _run(cluster, call, CONCURRENCY, duration)
         out["cluster"] = run.summary()

@@ -109,3 +109,102 @@ async def open_loop(
             due += rng.exponential(1.0 / rate_per_s)
         await asyncio.gather(*tasks)
         return LoadResult(len(latencies), errors, duration_s, np.asarray(latencies))
+
+
+# --- several generator processes ----------------------------------------------------------------------
+# One Python process cannot load a worker group of many cores: its own event loop saturates first. These
+# generators are separate processes (spawned, not forked: gRPC does not survive a fork), each with its
+# own connections (a local subchannel pool per channel, so that the kernel spreads them over the group's
+# SO_REUSEPORT listeners), sending pre-encoded requests as raw bytes so that encoding costs the client
+# nothing. They start together at a wall-clock instant and measure the same window.
+
+
+@dataclass(frozen=True)
+class RawCalls:
+    """What each generator sends: one unary method, requests cycled in order (pre-encoded protobuf)."""
+
+    method: str
+    requests: list[bytes]
+    timeout_s: float = 2.0
+
+
+def _generator(
+    calls: RawCalls,
+    address: str,
+    concurrency: int,
+    channels: int,
+    start_at: float,
+    warmup_s: float,
+    duration_s: float,
+    offset: int,
+) -> tuple[list[float], int]:
+    async def run() -> tuple[list[float], int]:
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        chans = [grpc.aio.insecure_channel(address, options=options) for _ in range(channels)]
+        methods = [c.unary_unary(calls.method) for c in chans]
+        latencies: list[float] = []
+        errors = 0
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        measure_from = time.monotonic() + warmup_s
+        stop_at = measure_from + duration_s
+
+        async def worker(w: int) -> None:
+            nonlocal errors
+            call = methods[w % len(methods)]
+            i = offset + w
+            while True:
+                started = time.monotonic()
+                if started >= stop_at:
+                    return
+                try:
+                    await call(calls.requests[i % len(calls.requests)], timeout=calls.timeout_s)
+                    ok = True
+                except grpc.aio.AioRpcError:
+                    ok = False
+                if started >= measure_from:
+                    if ok:
+                        latencies.append(time.monotonic() - started)
+                    else:
+                        errors += 1
+                i += concurrency
+
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        for c in chans:
+            await c.close()
+        return latencies, errors
+
+    return asyncio.run(run())
+
+
+def multiprocess_closed_loop(
+    calls: RawCalls,
+    address: str,
+    processes: int,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float = 2.0,
+    channels: int = 4,
+) -> LoadResult:
+    """A closed loop of `concurrency` requests in flight per generator process, over `processes`."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    start_at = time.time() + 2.0 + 0.2 * processes  # every generator up and connected before it
+    with cf.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [
+            pool.submit(
+                _generator,
+                calls,
+                address,
+                concurrency,
+                channels,
+                start_at,
+                warmup_s,
+                duration_s,
+                p * 7919,
+            )
+            for p in range(processes)
+        ]
+        parts = [f.result() for f in futures]
+    latencies = np.concatenate([np.asarray(p[0]) for p in parts]) if parts else np.zeros(0)
+    return LoadResult(len(latencies), sum(p[1] for p in parts), duration_s, latencies)

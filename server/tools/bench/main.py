@@ -34,6 +34,11 @@ SUITES = {
         "run_filters_bench",
     ),
     "backends": ("Recommend with the real backends", "server.tools.bench.backends", "run_backends_bench"),
+    "scale": (
+        "Many frontends: the worker group by workers, and visibility across frontends",
+        "server.tools.bench.scale",
+        "run_scale_bench",
+    ),
     "rankers": (
         "Recommend end to end: GPU ranker vs CPU ranker",
         "server.tools.bench.recommend",
@@ -46,7 +51,7 @@ def run_bench(args: argparse.Namespace) -> int:
     import importlib
 
     names = (
-        [n for n in SUITES if n not in ("rankers", "backends", "edge")]
+        [n for n in SUITES if n not in ("rankers", "backends", "edge", "scale")]
         if args.suite == "all"
         else [args.suite]
     )

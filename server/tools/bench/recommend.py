@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.config import load_config
 from server.gen.recd.v1 import recommender_pb2, recommender_pb2_grpc
-from server.shard_router import per_shard_k_for
+from server.routing.search import per_shard_k_for
 from server.tools.bench import profile
 from server.tools.bench.loadgen import LoadResult, closed_loop, open_loop
 from server.tools.bench.report import table
@@ -46,7 +46,7 @@ def ensure_demo_state(root: Path, items: int, users: int) -> None:
     )
 
 
-def _user_ids(root: Path) -> list[str]:
+def user_ids(root: Path) -> list[str]:
     return (
         pq.read_table(root / "dataset" / "users.parquet", columns=["user_id"]).column("user_id").to_pylist()
     )
@@ -81,7 +81,7 @@ def run_recommend_bench(
 ) -> tuple[str, dict[str, float]]:
     root = Path("data/bench/quick-demo") if quick else Path("data/demo")
     ensure_demo_state(root, 20_000 if quick else 200_000, 2_000 if quick else 20_000)
-    users = _user_ids(root)
+    users = user_ids(root)
     order = zipf_order(len(users), 1_000_000)
     duration = 5.0 if quick else 20.0
     overrides = {"RECD_DATA_DIR": str(root / "state"), **(env or {})}

@@ -39,9 +39,11 @@ def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen[bytes]) 
 
 @contextmanager
 def recd_server(
-    env_overrides: dict[str, str], timeout_s: float = 600.0, config: str | None = None
+    env_overrides: dict[str, str], timeout_s: float = 600.0, config: str | None = None, workers: int = 0
 ) -> Iterator[tuple[str, str, int]]:
-    """Yields (grpc address, metrics address, pid) of a `recd serve` child; stops it (SIGTERM) afterwards."""
+    """Yields (grpc address, metrics address, pid) of a `recd serve` child; stops it (SIGTERM) afterwards.
+    `workers`: 0 (the default, what the benchmarks measure) runs it as one process, N a worker group
+    (the pid is then its supervisor's)."""
     address = f"127.0.0.1:{free_port()}"
     metrics = f"127.0.0.1:{free_port()}"
     env = {
@@ -51,7 +53,8 @@ def recd_server(
         "RECD_SERVER__LOG_LEVEL": "WARNING",
         **env_overrides,
     }
-    args = [sys.executable, "-m", "server.cli", "serve"] + (["--config", config] if config else [])
+    args = [sys.executable, "-m", "server.cli", "serve", "--workers", str(workers)]
+    args += ["--config", config] if config else []
     proc = subprocess.Popen(args, env=env)
     try:
         wait_serving(address, timeout_s, proc)
