@@ -58,8 +58,9 @@ class MicroBatchConfig:
 class FeedConfig:
     """The shards' change feed (shards/changes.py) and the frontends following it (catalog/feed.py)."""
 
-    # Items a shard keeps in memory for followers; older positions come from the WAL, or reset to a scan.
-    retain_items: int = 20_000
+    # Bytes of changes a shard keeps in memory for followers; older positions come from the WAL, or a
+    # reset to a scan.
+    retain_bytes: int = 4 << 20
     # A frontend serves once every shard's first sync is done, or after this long (the rest follow).
     start_timeout_s: float = 120.0
     # Pause before a follower tries the next replica after a failure.
@@ -469,8 +470,8 @@ class Config:
         if self.shards.count < 1:
             problems.append(f"shards.count must be >= 1, got {self.shards.count}")
         f = self.shards.feed
-        if f.retain_items < 1 or f.start_timeout_s <= 0 or f.retry_ms < 0:
-            problems.append(f"shards.feed needs retain_items >= 1, start_timeout_s > 0, retry_ms >= 0: {f}")
+        if f.retain_bytes < 1 or f.start_timeout_s <= 0 or f.retry_ms < 0:
+            problems.append(f"shards.feed needs retain_bytes >= 1, start_timeout_s > 0, retry_ms >= 0: {f}")
         if self.pipeline.budget_ms <= 0:
             problems.append("pipeline.budget_ms must be > 0")
         for name in _default_steps():

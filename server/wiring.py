@@ -57,7 +57,7 @@ def build_shard_host(
         ids,
         snapshot_every_records=config.shards.snapshot_every_records,
         group_commit_window_s=config.shards.group_commit_window_ms / 1000.0,
-        feed_retain_items=config.shards.feed.retain_items,
+        feed_retain_bytes=config.shards.feed.retain_bytes,
     )
 
 

@@ -2,7 +2,7 @@
 
 Every frontend keeps a replica of the catalogue (ids, metadata, FP16 table) and follows each shard's feed
 from a cursor `(incarnation, lsn)`. The feed serves what the write-ahead log holds: the recent tail from
-memory (a ring bounded by item count, with the time each change was applied, so followers can measure
+memory (a ring bounded by bytes, with the time each change was applied, so followers can measure
 their lag), and older positions by re-reading the WAL, as long as its segments have not been dropped
 after a snapshot. A cursor the feed cannot serve (older than both, or from another incarnation of the
 shard) is answered with a reset: the follower re-reads the shard with a scan and then follows from the
@@ -29,7 +29,8 @@ from numpy.typing import NDArray
 
 from shards.records import RecordBatch
 
-DEFAULT_RETAIN_ITEMS = 20_000
+# Per shard: 20 shards of 4 MiB is 80 MiB a node at most, whatever the dimension; further back, the WAL.
+DEFAULT_RETAIN_BYTES = 4 << 20
 MAX_ITEMS_PER_READ = 4096
 
 
@@ -45,9 +46,20 @@ class Change:
 
     @property
     def size(self) -> int:
+        """Items it touches (what a read is bounded by)."""
         if self.upserts is not None:
             return len(self.upserts)
         return 0 if self.deletes is None else len(self.deletes)
+
+    @property
+    def nbytes(self) -> int:
+        """Roughly what holding it costs (what the ring is bounded by)."""
+        if self.upserts is not None:
+            u = self.upserts
+            return int(u.vectors.nbytes + u.labels.nbytes) + sum(
+                len(i) + len(p) for i, p in zip(u.item_ids, u.payloads, strict=True)
+            )
+        return 0 if self.deletes is None else int(self.deletes.nbytes)
 
 
 @dataclass(frozen=True)
@@ -72,12 +84,12 @@ class ChangeLog:
     def __init__(
         self,
         first_lsn: int,
-        retain_items: int = DEFAULT_RETAIN_ITEMS,
+        retain_bytes: int = DEFAULT_RETAIN_BYTES,
         older: OlderChanges | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.incarnation = random.getrandbits(63) or 1
-        self._retain = max(1, retain_items)
+        self._retain = max(1, retain_bytes)
         self._older = older
         self._clock = clock
         self._lock = threading.Lock()
@@ -103,11 +115,11 @@ class ChangeLog:
             if not self._ring:
                 self._floor = lsn - 1
             self._ring.append(change)
-            self._held += change.size
+            self._held += change.nbytes
             self._last = lsn
             while self._held > self._retain and len(self._ring) > 1:
                 gone = self._ring.popleft()
-                self._held -= gone.size
+                self._held -= gone.nbytes
                 self._floor = gone.lsn
             waiters = list(self._waiters)
         for loop, event in waiters:

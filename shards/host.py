@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from shards import metrics
-from shards.changes import DEFAULT_RETAIN_ITEMS, FeedRead
+from shards.changes import DEFAULT_RETAIN_BYTES, FeedRead
 from shards.index import DEFAULT_SNAPSHOT_EVERY_RECORDS, ShardIndex
 from shards.records import (
     AttributeFilter,
@@ -54,7 +54,7 @@ class ShardHost:
         search_threads: int | None = None,
         snapshot_every_records: int = DEFAULT_SNAPSHOT_EVERY_RECORDS,
         group_commit_window_s: float = 0.002,
-        feed_retain_items: int = DEFAULT_RETAIN_ITEMS,
+        feed_retain_bytes: int = DEFAULT_RETAIN_BYTES,
     ) -> None:
         self.params = params
         ids = sorted(set(shard_ids))
@@ -65,7 +65,7 @@ class ShardHost:
         self._root = Path(data_dir) if data_dir is not None else None
         self._snapshot_every = snapshot_every_records
         self._group_commit_window_s = group_commit_window_s
-        self._feed_retain_items = feed_retain_items
+        self._feed_retain_bytes = feed_retain_bytes
         # Replaced, never mutated, when shards come and go (rebalancing), so readers need no lock.
         self._shards: dict[int, ShardIndex] = {}
         self._membership = threading.Lock()
@@ -79,7 +79,7 @@ class ShardHost:
             self._shard_dir(shard_id),
             snapshot_every_records=self._snapshot_every,
             group_commit_window_s=self._group_commit_window_s,
-            feed_retain_items=self._feed_retain_items,
+            feed_retain_bytes=self._feed_retain_bytes,
         )
 
     def _shard_dir(self, shard_id: int) -> Path | None:

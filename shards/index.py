@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 from server import _core
 from shards import oplog, snapshot
 from shards.attributes import AttributeTable, CompiledFilter
-from shards.changes import DEFAULT_RETAIN_ITEMS, Change, ChangeLog
+from shards.changes import DEFAULT_RETAIN_BYTES, Change, ChangeLog
 from shards.records import (
     NO_LABEL,
     AttributeFilter,
@@ -102,7 +102,7 @@ class ShardIndex:
         snapshot_every_records: int = DEFAULT_SNAPSHOT_EVERY_RECORDS,
         group_commit_window_s: float = 0.002,
         add_chunk: int = DEFAULT_ADD_CHUNK,
-        feed_retain_items: int = DEFAULT_RETAIN_ITEMS,
+        feed_retain_bytes: int = DEFAULT_RETAIN_BYTES,
     ) -> None:
         self.shard_id = shard_id
         self.params = params
@@ -131,7 +131,7 @@ class ShardIndex:
         else:
             self._index = self._open(self._dir, group_commit_window_s)
         self.changes = ChangeLog(
-            self._applied_lsn + 1, feed_retain_items, self._logged_changes if self._wal is not None else None
+            self._applied_lsn + 1, feed_retain_bytes, self._logged_changes if self._wal is not None else None
         )
 
     # ------------------------------------------------------------------ opening

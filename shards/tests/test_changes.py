@@ -29,7 +29,8 @@ def lsns(read: FeedRead) -> list[int]:
 
 # --- the ring ------------------------------------------------------------------------------------------
 def filled(n: int, retain: int = 100) -> ChangeLog:
-    log = ChangeLog(1, retain)
+    """`n` one-label deletes (8 bytes each) in a ring holding `retain` of them."""
+    log = ChangeLog(1, 8 * retain)
     for lsn in range(1, n + 1):
         log.append(lsn, deletes=np.array([lsn], dtype=np.uint64))
     return log
@@ -106,7 +107,7 @@ def test_a_shard_publishes_upserts_and_deletes_in_lsn_order() -> None:
 
 
 def test_positions_older_than_the_ring_come_from_the_wal(tmp_path: Path) -> None:
-    shard = ShardIndex(0, PARAMS, tmp_path, feed_retain_items=1)
+    shard = ShardIndex(0, PARAMS, tmp_path, feed_retain_bytes=1)
     for label in range(1, 6):
         shard.upsert(batch_of([label], vectors(1, label)))
     inc = shard.changes.incarnation
