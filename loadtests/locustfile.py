@@ -17,6 +17,9 @@ Environment (not RECD_*: a RECD_ variable is configuration to recd's own process
   LOADTEST_TIMEOUT_S the deadline of each RPC (default 2).
   LOADTEST_FINAL_JSON where to write the final per-RPC figures when Locust quits (loadtests/run.py reads
                      them: Locust's _stats.csv is rewritten once a second and can miss the last second).
+  LOADTEST_TLS_CA    a CA bundle (PEM): call the target over TLS, verifying it against this bundle;
+  LOADTEST_TLS_CERT, LOADTEST_TLS_KEY  with it, a client certificate and key (mutual TLS);
+  LOADTEST_TLS_SERVER_NAME  the name to check the target's certificate against (default: its host).
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ from locust import User, between, events, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
 
 from server.client import allowed_values  # noqa: E402
+from server.config import ClientTlsConfig  # noqa: E402
 from server.gen.recd.v1 import recommender_pb2, recommender_pb2_grpc  # noqa: E402
+from server.security.tls import sync_channel  # noqa: E402
 from server.tools.bench.edge import FILTER_SHARE, FILTERS, MIX, ZipfUsers, user_ids  # noqa: E402
 
 SCENARIO = os.environ.get("LOADTEST_SCENARIO", "warm")
@@ -63,6 +68,13 @@ ZIPF = ZipfUsers(USERS)
 ITEMS = _item_count()
 # Locust runs all users of a process in one thread (gevent), so one generator serves them all.
 RNG = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
+TLS = ClientTlsConfig(
+    enabled=bool(os.environ.get("LOADTEST_TLS_CA")),
+    ca_file=os.environ.get("LOADTEST_TLS_CA", ""),
+    cert_file=os.environ.get("LOADTEST_TLS_CERT", ""),
+    key_file=os.environ.get("LOADTEST_TLS_KEY", ""),
+    server_name=os.environ.get("LOADTEST_TLS_SERVER_NAME", ""),
+)
 
 
 def grpc_target(host: str) -> str:
@@ -79,7 +91,7 @@ class RecdUser(User):
     def on_start(self) -> None:
         if not self.host:
             raise SystemExit("give the target with --host HOST:PORT (the edge or a frontend)")
-        self.channel = grpc.insecure_channel(grpc_target(self.host))
+        self.channel = sync_channel(grpc_target(self.host), TLS, where="LOADTEST_TLS_*")
         self.stub = recommender_pb2_grpc.RecommenderStub(self.channel)
 
     def on_stop(self) -> None:

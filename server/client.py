@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import grpc
-
+from server.config import ClientTlsConfig
 from server.domain import Edge, Interaction, ItemRecord, UserProfile
 from server.gen.recd.v1 import (
     catalog_pb2,
@@ -14,6 +13,8 @@ from server.gen.recd.v1 import (
     recommender_pb2,
     recommender_pb2_grpc,
 )
+from server.security.credentials import authorized
+from server.security.tls import aio_channel
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -23,13 +24,18 @@ def allowed_values(filter_: Mapping[str, Sequence[str]]) -> dict[str, common_pb2
 
 
 class RecdClient:
-    def __init__(self, address: str, timeout_s: float = 30.0) -> None:
-        self.channel = grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
+    def __init__(self, address: str, timeout_s: float = 30.0, tls: ClientTlsConfig | None = None) -> None:
+        """`tls`: how to reach the frontend (the config's server.client_tls; None: plaintext)."""
+        self.channel = authorized(
+            aio_channel(
+                address,
+                tls,
+                where="server.client_tls",
+                options=[
+                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ],
+            )
         )
         self.recommender = recommender_pb2_grpc.RecommenderStub(self.channel)
         self.catalog = catalog_pb2_grpc.CatalogStub(self.channel)
@@ -108,6 +114,21 @@ class RecdClient:
         )
         response = await self.catalog.UpsertUsers(request, timeout=self.timeout_s)
         return int(response.upserted)
+
+    async def delete_user(self, user_id: str) -> None:
+        """Erases what is held about the user (durable once this returns)."""
+        request = catalog_pb2.DeleteUserRequest(user_id=user_id)
+        await self.catalog.DeleteUser(request, timeout=self.timeout_s)
+
+    async def delete_users(self, user_ids: list[str]) -> int:
+        """Erases a batch of users; returns the distinct ids erased."""
+        request = catalog_pb2.DeleteUsersRequest(user_ids=user_ids)
+        return int((await self.catalog.DeleteUsers(request, timeout=self.timeout_s)).erased)
+
+    async def get_user(self, user_id: str, max_interactions: int = 0) -> catalog_pb2.GetUserResponse:
+        """What is held about the user (for an access request); 0 interactions means the default."""
+        request = catalog_pb2.GetUserRequest(user_id=user_id, max_interactions=max_interactions)
+        return await self.catalog.GetUser(request, timeout=self.timeout_s)
 
     async def record_interactions(self, interactions: list[Interaction]) -> int:
         request = recommender_pb2.RecordInteractionsRequest(

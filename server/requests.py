@@ -44,9 +44,9 @@ def recommend_request(query: RecommendQuery, limits: Limits, deadline: float) ->
     validation.check_id(query.user_id, "user_id", limits)
     k = validation.resolve_k(query.k)
     validation.check_diversity(query.diversity)
-    validation.check_filter(query.filter)
+    validation.check_filter(query.filter, limits)
     validation.check_exclusions(sorted(query.exclude_item_ids), limits)
-    validation.check_context(query.context)
+    validation.check_context(query.context, limits)
     return Request(
         Kind.RECOMMEND,
         k,
@@ -63,5 +63,5 @@ def recommend_request(query: RecommendQuery, limits: Limits, deadline: float) ->
 def similar_request(query: SimilarQuery, limits: Limits, deadline: float) -> Request:
     validation.check_id(query.item_id, "item_id", limits)
     k = validation.resolve_k(query.k)
-    validation.check_filter(query.filter)
+    validation.check_filter(query.filter, limits)
     return Request(Kind.SIMILAR, k, deadline, seed_item_id=query.item_id, filter=dict(query.filter))

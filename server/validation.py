@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -13,27 +13,57 @@ import numpy.typing as npt
 from server.errors import invalid
 
 if TYPE_CHECKING:
-    from server.config import Config
+    from server.config import Config, LimitsConfig
 
 MAX_K = 1000
 DEFAULT_K = 10
-MAX_FILTER_VALUES = 1000
-MAX_EXCLUDE = 10_000
-MAX_CONTEXT_ENTRIES = 64
 F16_MAX = 65504.0
 # How far in the future an interaction's timestamp may lie (clock skew between services).
 MAX_CLOCK_SKEW_MS = 86_400_000
+# The smallest positive normal float32: an embedding whose norm is below it (denormal or tiny values)
+# has no direction that survives normalisation in float32.
+_F32_TINY = float(np.finfo(np.float32).tiny)
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """What one request may carry; the defaults are server.limits' (server/config.py, LimitsConfig)."""
+
     dim: int
     max_batch: int
     max_id_bytes: int = 256
+    max_attributes_per_item: int = 64
+    max_attributes_per_user: int = 64
+    max_attribute_name_bytes: int = 128
+    max_attribute_value_bytes: int = 1024
+    max_attribute_names: int = 256
+    max_filter_attributes: int = 32
+    max_filter_values: int = 1000
+    max_context_entries: int = 64
+    max_exclude_ids: int = 10_000
 
     @classmethod
     def of(cls, config: Config) -> Limits:
-        return cls(config.dim, config.server.max_batch, config.server.max_id_bytes)
+        return cls.with_limits(
+            config.dim, config.server.max_batch, config.server.max_id_bytes, config.server.limits
+        )
+
+    @classmethod
+    def with_limits(cls, dim: int, max_batch: int, max_id_bytes: int, limits: LimitsConfig) -> Limits:
+        settings = {k: v for k, v in vars(limits).items() if k in cls.__dataclass_fields__}
+        return cls(dim, max_batch, max_id_bytes, **settings)
+
+
+def check_count(count: int, field: str, limit: int, setting: str, what: str = "entries") -> None:
+    """Cheap, so it runs on the wire message before anything is converted. `setting`: the limit's key
+    under server.limits."""
+    if count > limit:
+        raise invalid(f"{field} has {count} {what}; the limit is {limit} (server.limits.{setting})")
+
+
+def check_dimension(length: int, field: str, limits: Limits) -> None:
+    if length != limits.dim:
+        raise invalid(f"{field} has dimension {length}; this deployment's dimension is {limits.dim}")
 
 
 def check_id(value: str, field: str, limits: Limits) -> None:
@@ -70,31 +100,80 @@ def check_diversity(value: float) -> None:
         raise invalid(f"diversity must be within [0, 1] (0 = off), got {value}")
 
 
-def check_filter(filter_: Mapping[str, Iterable[str]]) -> None:
+def _check_text(value: str, field: str, limit: int, setting: str) -> None:
+    size = len(value.encode())
+    if size > limit:
+        raise invalid(f"{field} is {size} bytes; the limit is {limit} bytes (server.limits.{setting})")
+
+
+def check_attributes(attributes: Mapping[str, str], field: str, setting: str, limits: Limits) -> None:
+    """`setting`: max_attributes_per_item or max_attributes_per_user."""
+    limit = getattr(limits, setting)
+    check_count(len(attributes), field, limit, setting)
+    for name, value in attributes.items():
+        if not name:
+            raise invalid(f"{field} has an empty key")
+        _check_text(
+            name, f"{field} key {name[:32]!r}", limits.max_attribute_name_bytes, "max_attribute_name_bytes"
+        )
+        _check_text(
+            value, f"{field}[{name!r}]", limits.max_attribute_value_bytes, "max_attribute_value_bytes"
+        )
+
+
+def check_new_attribute_names(
+    names: Iterable[str], known: Callable[[str], bool], held: int, limits: Limits
+) -> None:
+    """The catalogue keeps a column per attribute name: a batch may add names only while the catalogue
+    stays within max_attribute_names (`held`: the names it holds, `known`: whether it holds one)."""
+    new = {name for name in names if not known(name)}
+    if held + len(new) > limits.max_attribute_names:
+        raise invalid(
+            f"items add {len(new)} new attribute names to the {held} the catalogue holds; the limit is "
+            f"{limits.max_attribute_names} distinct names (server.limits.max_attribute_names): attribute "
+            f"names are a small vocabulary (lang, category), values carry the variety"
+        )
+
+
+def check_filter(filter_: Mapping[str, Iterable[str]], limits: Limits) -> None:
+    check_count(len(filter_), "filter", limits.max_filter_attributes, "max_filter_attributes", "attributes")
     for name, values in filter_.items():
         if not name:
             raise invalid("filter has an empty attribute name")
-        count = len(list(values))
-        if count == 0:
+        _check_text(
+            name, f"filter key {name[:32]!r}", limits.max_attribute_name_bytes, "max_attribute_name_bytes"
+        )
+        allowed = list(values)
+        if not allowed:
             raise invalid(f"filter[{name!r}] lists no allowed values; remove it or list at least one")
-        if count > MAX_FILTER_VALUES:
-            raise invalid(f"filter[{name!r}] lists {count} values; the limit is {MAX_FILTER_VALUES}")
+        check_count(
+            len(allowed), f"filter[{name!r}]", limits.max_filter_values, "max_filter_values", "values"
+        )
+        for value in allowed:
+            _check_text(
+                value,
+                f"filter[{name!r}] value",
+                limits.max_attribute_value_bytes,
+                "max_attribute_value_bytes",
+            )
 
 
 def check_exclusions(ids: Sequence[str], limits: Limits) -> None:
-    if len(ids) > MAX_EXCLUDE:
-        raise invalid(f"exclude_item_ids has {len(ids)} entries; the limit is {MAX_EXCLUDE}")
+    check_count(len(ids), "exclude_item_ids", limits.max_exclude_ids, "max_exclude_ids")
     check_ids(ids, "exclude_item_ids", limits)
 
 
-def check_context(context: Mapping[str, str]) -> None:
-    if len(context) > MAX_CONTEXT_ENTRIES:
-        raise invalid(f"context has {len(context)} entries; the limit is {MAX_CONTEXT_ENTRIES}")
+def check_context(context: Mapping[str, str], limits: Limits) -> None:
+    check_count(len(context), "context", limits.max_context_entries, "max_context_entries")
+    for key, value in context.items():
+        _check_text(
+            key, f"context key {key[:32]!r}", limits.max_attribute_name_bytes, "max_attribute_name_bytes"
+        )
+        _check_text(value, f"context[{key!r}]", limits.max_attribute_value_bytes, "max_attribute_value_bytes")
 
 
 def check_embedding(values: Sequence[float] | npt.NDArray[np.float32], field: str, limits: Limits) -> None:
-    if len(values) != limits.dim:
-        raise invalid(f"{field} has dimension {len(values)}; this deployment's dimension is {limits.dim}")
+    check_dimension(len(values), field, limits)
     array = np.asarray(values, dtype=np.float64)
     if not np.all(np.isfinite(array)):
         raise invalid(f"{field} contains NaN or Inf; every value must be finite")
@@ -102,6 +181,16 @@ def check_embedding(values: Sequence[float] | npt.NDArray[np.float32], field: st
         raise invalid(f"{field} has a value beyond +-{F16_MAX:g}, the FP16 range embeddings are stored in")
     if not np.any(array):
         raise invalid(f"{field} is all zeros; an embedding needs a direction")
+    # Embeddings are normalised in float32 (here and at the shards): the norm must be a normal float32
+    # and the unit vector finite, or tiny/denormal values pass the checks above and fail at the shard.
+    # Computed as the write path does (server/catalog/writes.py, unit_rows: a row norm in float32).
+    vector = np.asarray(values, dtype=np.float32).reshape(1, -1)
+    norm = float(np.linalg.norm(vector, axis=1)[0])
+    if not (math.isfinite(norm) and norm >= _F32_TINY and np.all(np.isfinite(vector / np.float32(norm)))):
+        raise invalid(
+            f"{field} has a norm of {float(np.linalg.norm(array)):.3g}, too small to normalise in float32 "
+            f"(at least {_F32_TINY:.3g}); scale the vector up"
+        )
 
 
 def check_weight(value: float, field: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from server.catalog.catalog import UserData
 from server.domain import (
     Coverage,
     Edge,
@@ -107,4 +108,30 @@ def item_message(record: ItemRecord) -> catalog_pb2.Item:
         attributes=record.attributes,
         popularity=record.popularity,
         created_at_ms=record.created_at_ms,
+    )
+
+
+def user_data_message(data: UserData) -> catalog_pb2.GetUserResponse:
+    held = data.held
+    profile = None
+    if held.profile is not None:
+        embedding = [] if held.profile.embedding is None else held.profile.embedding.tolist()
+        profile = catalog_pb2.User(
+            user_id=held.profile.user_id, embedding=embedding, attributes=held.profile.attributes
+        )
+    return catalog_pb2.GetUserResponse(
+        user_id=data.user_id,
+        found=held.found,
+        profile=profile,
+        interactions=[
+            catalog_pb2.UserInteraction(
+                item_id=i.item_id, action=i.action, weight=i.weight, timestamp_ms=i.timestamp_ms
+            )
+            for i in held.interactions
+        ],
+        interactions_truncated=held.interactions_truncated,
+        seen=[
+            catalog_pb2.SeenItem(item_id=s.item_id, item_hash=s.item_hash, last_seen_ms=s.last_seen_ms)
+            for s in data.seen
+        ],
     )

@@ -29,6 +29,21 @@ class UserRecord:
     seen: ItemHashes  # sorted, unique
 
 
+@dataclass(frozen=True, slots=True)
+class UserExport:
+    """Everything the profile store holds about one user: the answer to an access request."""
+
+    profile: UserProfile | None
+    interactions: list[Interaction]  # the newest first, at most the limit asked for
+    interactions_truncated: bool  # more interactions are held than `interactions` lists
+    seen: ItemHashes  # sorted, unique
+    seen_last_ms: npt.NDArray[np.int64]  # when each of `seen` was last seen, aligned with it
+
+    @property
+    def found(self) -> bool:
+        return self.profile is not None or bool(self.interactions) or len(self.seen) > 0
+
+
 class ProfileStore(Protocol):
     """User profiles and the interaction history (ScyllaDB in production)."""
 
@@ -62,6 +77,16 @@ class ProfileStore(Protocol):
         ...
 
     async def count_users(self) -> int: ...
+
+    async def delete_users(self, user_ids: Sequence[str]) -> None:
+        """Erases each user's profile, interaction history and seen set; returns once the erasure is as
+        durable as a write (a crash after the return loses none of it). Unknown users are no error. The
+        items' popularity counts keep what these users' interactions added (anonymous aggregates)."""
+        ...
+
+    async def export_user(self, user_id: str, interaction_limit: int, timeout_s: float) -> UserExport:
+        """Everything held about the user, with their newest `interaction_limit` interactions."""
+        ...
 
     async def close(self) -> None: ...
 

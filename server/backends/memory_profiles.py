@@ -22,6 +22,11 @@ Each user also has a seen set: every item they interacted with, as stable 64-bit
 time-decayed popularity counts, one accumulator per configured list (server/popularity.py). Both are
 updated in `_apply_interactions`, so replaying the log rebuilds them, and both are in the snapshot.
 
+`delete_users` is one log record like any write (fsynced before it returns; replay applies it after
+the writes it follows), and then asks for a compaction, so the erased users' data also leaves the disk:
+the new snapshot no longer holds them and the log segments that did are dropped. Their interactions stay
+counted in the items' popularity (anonymous aggregates), which replay reproduces the same way.
+
 Reads never wait for I/O: they look at immutable per-user values that writers replace, never mutate,
 which also lets a snapshot capture the state with a shallow copy instead of a lock.
 """
@@ -45,7 +50,7 @@ import pyarrow.compute as pc
 
 from server import _core
 from server.backends import seen as seen_sets
-from server.backends.base import ItemHashes, UserRecord
+from server.backends.base import ItemHashes, UserExport, UserRecord
 from server.backends.journal import Journal
 from server.config import PopularityConfig
 from server.domain import Interaction, UserProfile
@@ -65,6 +70,7 @@ _RECORD_HEADER = struct.Struct("<ccI")
 _VERSION = b"\x01"
 _PROFILES = b"P"
 _INTERACTIONS = b"I"
+_ERASURES = b"E"
 
 # (timestamp_ms, item_id, action, weight): a tuple of atoms, which CPython's garbage collector stops
 # tracking, so hundreds of thousands of stored events do not lengthen every full collection (Interaction
@@ -105,6 +111,9 @@ class InMemoryProfileStore:
         self._popularity_version = 0
         self._popularity_answer: tuple[int, dict[str, dict[str, float]]] | None = None
         self._known: set[str] = set()
+        # Set by an erasure, cleared by the compaction it starts (see _compact_after_erasure).
+        self._erasure_unsnapshotted = False
+        self._erasure_compaction: asyncio.Task[None] | None = None
         self._journal = Journal(
             _BACKEND,
             data_dir,
@@ -179,6 +188,18 @@ class InMemoryProfileStore:
             for ts, item_id, action, weight in reversed(history):
                 yield Interaction(user_id, item_id, action, weight, ts)
 
+    async def export_user(self, user_id: str, interaction_limit: int, timeout_s: float) -> UserExport:
+        history = self._histories.get(user_id, ())
+        limit = max(interaction_limit, 0)
+        hashes, times = self._seen.get(user_id, seen_sets.EMPTY)
+        return UserExport(
+            self._profiles.get(user_id),
+            await self.recent_interactions(user_id, limit, timeout_s),
+            len(history) > limit,
+            hashes,
+            times,
+        )
+
     def known_user_ids(self) -> Iterator[str]:
         """Every user with a profile or history, in no particular order (a copy: safe while writing)."""
         return iter(list(self._known))
@@ -195,6 +216,39 @@ class InMemoryProfileStore:
             return
         batch = list(interactions)
         await self._journal.write(_encode_interactions(batch), lambda: self._apply_interactions(batch))
+
+    async def delete_users(self, user_ids: Sequence[str]) -> None:
+        users = list(dict.fromkeys(user_ids))
+        if not users:
+            return
+        await self._journal.write(
+            _record(_ERASURES, {"users": users}, b""), lambda: self._apply_erasures(users)
+        )
+        if self._journal.durable:
+            self._erasure_unsnapshotted = True
+            if self._erasure_compaction is None or self._erasure_compaction.done():
+                self._erasure_compaction = asyncio.create_task(self._compact_after_erasure())
+
+    async def _compact_after_erasure(self) -> None:
+        """Snapshots until no erasure is left that only the log records: until then, the erased users'
+        data still sits in the previous snapshot and log segments. One task for a burst of erasures."""
+        while self._erasure_unsnapshotted and not self._journal.closed:
+            self._erasure_unsnapshotted = False
+            try:
+                await self._journal.compact()
+            except Exception:
+                # The erasure itself is durable (logged); the next erasure, the periodic compaction or
+                # close() snapshots again.
+                self._erasure_unsnapshotted = True
+                log.exception("%s: the snapshot after an erasure failed", _BACKEND)
+                return
+
+    def _apply_erasures(self, user_ids: Sequence[str]) -> None:
+        for user_id in user_ids:
+            self._profiles.pop(user_id, None)
+            self._histories.pop(user_id, None)
+            self._seen.pop(user_id, None)
+            self._known.discard(user_id)
 
     def _apply_profiles(self, profiles: Sequence[UserProfile]) -> None:
         for profile in profiles:
@@ -243,6 +297,8 @@ class InMemoryProfileStore:
             self._apply_profiles(_decode_profiles(meta, numbers))
         elif kind == _INTERACTIONS:
             self._apply_interactions(_decode_interactions(meta, numbers))
+        elif kind == _ERASURES:
+            self._apply_erasures(meta["users"])
         else:
             raise BackendError(_BACKEND, f"log record {lsn} has unknown kind {kind!r}", transient=False)
 
@@ -368,6 +424,8 @@ class InMemoryProfileStore:
                     self._seen[user_id] = seen_sets.frozen(all_hashes[start:end], all_times[start:end])
 
     async def close(self) -> None:
+        if self._erasure_compaction is not None:
+            await asyncio.gather(self._erasure_compaction, return_exceptions=True)
         await self._journal.close()
 
 

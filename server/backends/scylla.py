@@ -28,6 +28,14 @@ can write at once:
   written `USING TIMESTAMP` of its value: last-write-wins then keeps the maximum, with no LWT.
 - `popularity_writes` is a counter bumped after each call's counter writes: a refresher reads the
   counters (whole partitions) only when it moved, and otherwise answers what it read last time.
+
+Erasure (`delete_users`) deletes the user's `user_profiles` and `user_interactions` partitions, and
+removes each `user_seen` entry with a tombstone at that entry's own write time (the interaction's time)
+rather than deleting the map at "now": a partition tombstone at now would also hide every entry written
+later with an older interaction time (a backfill after the erasure), and one at now would miss entries
+whose interaction time lies in the future. Re-recording an erased interaction with the same time stays
+erased; any later time, or another item, is a new entry. The deletes are acknowledged at the configured
+consistency like any write; tombstones purge the data from disk at compaction after gc_grace_seconds.
 """
 
 from __future__ import annotations
@@ -54,12 +62,13 @@ from cassandra.policies import (
 from cassandra.protocol import SyntaxException
 from cassandra.query import BatchStatement, BatchType, tuple_factory
 
-from server import _core, metrics, popularity
+from server import _core, metrics, popularity, tracing
 from server.backends import seen as seen_sets
-from server.backends.base import ItemHashes, UserRecord, read_users_by_partition
+from server.backends.base import ItemHashes, UserExport, UserRecord, read_users_by_partition
 from server.config import PopularityConfig, ProfilesConfig
 from server.domain import Interaction, UserProfile
 from server.errors import BackendError
+from server.security.tls import cql_options
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +264,7 @@ def _new_cluster(config: ProfilesConfig) -> Any:
         # Detects a silently dead node (no RST) between requests.
         idle_heartbeat_interval=10,
         idle_heartbeat_timeout=10,
+        **cql_options(config.tls, "profiles.tls"),
     )
 
 
@@ -276,6 +286,8 @@ class _Statements:
     clock_read: Any
     writes_bump: Any
     writes_read: Any
+    delete_profile: Any
+    delete_interactions: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +360,8 @@ def _connect(config: ProfilesConfig) -> _Connection:
                 f"UPDATE {ks}.popularity_writes SET writes = writes + 1 WHERE name = ?", idempotent=False
             ),
             writes_read=prepare(f"SELECT writes FROM {ks}.popularity_writes WHERE name = ?"),
+            delete_profile=prepare(f"DELETE FROM {ks}.user_profiles WHERE user_id = ?"),
+            delete_interactions=prepare(f"DELETE FROM {ks}.user_interactions WHERE user_id = ?"),
         )
     except Exception:
         cluster.shutdown()
@@ -453,37 +467,39 @@ class ScyllaProfileStore:
         if timeout_s <= 0:
             metrics.BACKEND_CALLS.labels(_METRIC, op, "error").inc()
             raise BackendError(_BACKEND, f"{op}: no time left in the budget")
-        try:
-            conn = self._conn or await self._connection(timeout_s)
-            loop = asyncio.get_running_loop()
-            done: asyncio.Future[None] = loop.create_future()
+        # Traced from here: a call refused for lack of budget never reached the cluster.
+        with tracing.client_span("cassandra", op):
+            try:
+                conn = self._conn or await self._connection(timeout_s)
+                loop = asyncio.get_running_loop()
+                done: asyncio.Future[None] = loop.create_future()
 
-            def wake(_: object) -> None:  # runs on the driver's I/O thread (or here, if already done)
-                # A closed loop raises RuntimeError: nobody waits for this answer any more.
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_resolve, done)
+                def wake(_: object) -> None:  # runs on the driver's I/O thread (or here, if already done)
+                    # A closed loop raises RuntimeError: nobody waits for this answer any more.
+                    with contextlib.suppress(RuntimeError):
+                        loop.call_soon_threadsafe(_resolve, done)
 
-            response = conn.session.execute_async(
-                make(conn.statements),
-                params,
-                timeout=timeout_s,
-                execution_profile=_READ_PROFILE if read else EXEC_PROFILE_DEFAULT,
-                paging_state=paging_state,
-            )
-            response.add_callbacks(wake, wake)
-            async with asyncio.timeout(timeout_s + _GUARD_S):
-                await done
-            # Done, so result() returns at once (or raises the driver's error).
-            result = response.result()
-        except asyncio.CancelledError:
-            # The caller's budget ran out first; the request still went to the server, so it counts.
-            metrics.BACKEND_CALLS.labels(_METRIC, op, "cancelled").inc()
-            raise
-        except Exception as exc:
-            metrics.BACKEND_CALLS.labels(_METRIC, op, "error").inc()
-            raise _backend_error(exc, op) from exc
-        metrics.BACKEND_CALLS.labels(_METRIC, op, "ok").inc()
-        return result
+                response = conn.session.execute_async(
+                    make(conn.statements),
+                    params,
+                    timeout=timeout_s,
+                    execution_profile=_READ_PROFILE if read else EXEC_PROFILE_DEFAULT,
+                    paging_state=paging_state,
+                )
+                response.add_callbacks(wake, wake)
+                async with asyncio.timeout(timeout_s + _GUARD_S):
+                    await done
+                # Done, so result() returns at once (or raises the driver's error).
+                result = response.result()
+            except asyncio.CancelledError:
+                # The caller's budget ran out first; the request still went to the server, so it counts.
+                metrics.BACKEND_CALLS.labels(_METRIC, op, "cancelled").inc()
+                raise
+            except Exception as exc:
+                metrics.BACKEND_CALLS.labels(_METRIC, op, "error").inc()
+                raise _backend_error(exc, op) from exc
+            metrics.BACKEND_CALLS.labels(_METRIC, op, "ok").inc()
+            return result
 
     async def _scan(
         self,
@@ -626,6 +642,31 @@ class ScyllaProfileStore:
         self._popularity_answer = (writes, counts)
         return counts
 
+    async def export_user(self, user_id: str, interaction_limit: int, timeout_s: float) -> UserExport:
+        """Single-partition reads at the configured consistency; the history is paged (not capped by
+        history_limit: an access request gets what is held), the seen map read whole."""
+        deadline = time.monotonic() + timeout_s
+        limit = max(interaction_limit, 0)
+
+        async def history() -> list[Interaction]:
+            events: list[Interaction] = []
+            # One row past the limit tells whether more are held.
+            params = [user_id, limit + 1]
+            async for page in self._scan("export_user", _recent_interactions, params, deadline):
+                events.extend(
+                    Interaction(user_id, item, action, weight, ts) for ts, item, action, weight in page
+                )
+            return events
+
+        async def seen() -> tuple[ItemHashes, np.ndarray]:
+            result = await self._execute("export_user", _seen_read, [user_id], timeout_s, read=True)
+            return _seen_arrays(result.one())
+
+        profile, events, (hashes, times) = await asyncio.gather(
+            self.get_profile(user_id, timeout_s), history(), seen()
+        )
+        return UserExport(profile, events[:limit], len(events) > limit, hashes, times)
+
     # --- operator reads (full scans) --------------------------------------------------------------------
     async def count_users(self) -> int:
         """Users with a profile or any interaction: a scan of both tables' partition keys, O(users).
@@ -701,6 +742,38 @@ class ScyllaProfileStore:
         # After the counters: a refresher that sees the new value reads counters that hold this call.
         await self._write_all("append_popularity", [(_writes_bump, [_CLOCK_ROW])], idempotent=False)
 
+    async def delete_users(self, user_ids: Sequence[str]) -> None:
+        """Per user, concurrently: one read of the seen map (which entries, at which write times), then
+        the partition deletes and the seen entries' removals. Acknowledged once every delete is, at the
+        configured consistency; all of them are idempotent, so a failed call is safe to repeat.
+
+        An interaction recorded concurrently with the erasure (between the read and the deletes) may
+        keep its seen entry while its history row goes: an erasure is meant for a user whose traffic
+        has stopped, and repeating it removes the rest."""
+        users = list(dict.fromkeys(user_ids))
+        if not users:
+            return
+        window = asyncio.Semaphore(max(1, self.config.write_concurrency))
+
+        async def seen_of(user_id: str) -> tuple[str, Any]:
+            async with window:
+                result = await self._execute(
+                    "delete_users", _seen_read, [user_id], self._write_timeout_s, read=False
+                )
+            return user_id, result.one()
+
+        reads = await asyncio.gather(*(seen_of(u) for u in users), return_exceptions=True)
+        failed = [r for r in reads if isinstance(r, BaseException)]
+        if failed:
+            raise _backend_error(failed[0], f"delete_users: {len(failed)} of {len(users)} seen-set reads")
+        work: list[tuple[Callable[[_Statements], Any], list[Any] | None]] = []
+        for user_id, row in (r for r in reads if not isinstance(r, BaseException)):
+            work.append((_delete_profile, [user_id]))
+            work.append((_delete_interactions, [user_id]))
+            hashes, times = _seen_arrays(row)
+            work.extend(_seen_removals(user_id, hashes.view(np.int64).tolist(), times.tolist()))
+        await self._write_all("delete_users", work)
+
     async def _write_all(
         self,
         op: str,
@@ -763,6 +836,45 @@ def _append_interaction(s: _Statements) -> Any:
 
 def _seen_read(s: _Statements) -> Any:
     return s.seen_read
+
+
+def _delete_profile(s: _Statements) -> Any:
+    return s.delete_profile
+
+
+def _delete_interactions(s: _Statements) -> Any:
+    return s.delete_interactions
+
+
+def _seen_arrays(row: Any) -> tuple[ItemHashes, np.ndarray]:
+    """A user_seen row's map as (hashes sorted ascending, last-seen times aligned), however large."""
+    if row is None or not row[0]:
+        return seen_sets.EMPTY
+    entries = row[0]
+    n = len(entries)
+    hashes = np.fromiter(entries.keys(), dtype=np.int64, count=n).view(np.uint64)
+    times = np.fromiter(entries.values(), dtype=np.int64, count=n)
+    order = np.argsort(hashes)  # CQL orders the keys as signed numbers
+    return hashes[order], times[order]
+
+
+def _seen_removals(
+    user_id: str, keys: Sequence[int], times_ms: Sequence[int]
+) -> list[tuple[Callable[[_Statements], Any], list[Any] | None]]:
+    """The inverse of _seen_writes: each entry removed by a tombstone at the time it was written with
+    (its last-seen time), one statement per distinct time, in single-partition UNLOGGED batches."""
+    at_time: dict[int, set[int]] = defaultdict(set)
+    for key, ts in zip(keys, times_ms, strict=True):
+        at_time[ts].add(key)
+    statements = [[ts * 1000, entries, user_id] for ts, entries in at_time.items()]
+    work: list[tuple[Callable[[_Statements], Any], list[Any] | None]] = []
+    for start in range(0, len(statements), _BATCH_ROWS):
+        chunk = statements[start : start + _BATCH_ROWS]
+        if len(chunk) == 1:
+            work.append((_seen_remove, chunk[0]))
+        else:
+            work.append((_unlogged_batch(_seen_remove, chunk), None))
+    return work
 
 
 def _seen_remove(s: _Statements) -> Any:

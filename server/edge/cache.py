@@ -27,7 +27,7 @@ from server.backends.single_flight import SingleFlight
 from server.config import EdgeConfig
 from server.edge.deletes import RecentDeletes
 from server.edge.entry import Entry, entry_size
-from server.edge.keys import KeyParts, normalise, time_bucket
+from server.edge.keys import KeyParts, key_of_user, normalise, time_bucket, user_key_prefix
 from server.edge.lru import ByteLRU
 from server.edge.origin import Origin, OriginError
 from server.edge.versions import UserVersions
@@ -89,15 +89,21 @@ class EdgeCache:
             self._config.key_version, self.model_version, user, version, normalise(request), bucket
         )
 
-    async def recommend(self, raw: bytes, timeout_s: float | None = None) -> bytes:
-        """The serialised RecommendResponse for the serialised RecommendRequest `raw`.
+    async def recommend(
+        self,
+        raw: bytes,
+        timeout_s: float | None = None,
+        parsed: recommender_pb2.RecommendRequest | None = None,
+    ) -> bytes:
+        """The serialised RecommendResponse for the serialised RecommendRequest `raw` (`parsed`: `raw`
+        already parsed, by a caller that checked it).
 
         `timeout_s` bounds this caller's wait only: a fill other callers share runs on the edge's own
         origin timeout, so one impatient caller cannot fail everyone waiting on the same key.
         Raises OriginError (with the origin's status) when the answer had to come from an origin and
         could not.
         """
-        request = recommender_pb2.RecommendRequest.FromString(raw)
+        request = parsed if parsed is not None else recommender_pb2.RecommendRequest.FromString(raw)
         parts = await self.lookup(request)
         key = parts.key()
         now = self._clock()
@@ -131,6 +137,15 @@ class EdgeCache:
     async def invalidate_users(self, user_ids: Iterable[str]) -> None:
         """After a write about these users: their cached answers stop matching, nobody else's."""
         await self.versions.bump(user_ids)
+
+    async def erase_users(self, user_ids: Iterable[str]) -> None:
+        """After an erasure: as a write, and the users' answers also leave this process's memory (a scan
+        of the first level, as erasures are rare). Entries in the shared level stop matching at once and
+        expire there within their TTL and grace."""
+        users = list(dict.fromkeys(user_ids))
+        await self.versions.bump(users)
+        prefixes = tuple(user_key_prefix(self._config.key_version, u) for u in users)
+        self.l1.pop_matching(lambda key: any(key_of_user(key, p) for p in prefixes))
 
     # --- fills and refreshes ------------------------------------------------------------------------
     async def _fill(self, key: str, raw: bytes, parts: KeyParts) -> bytes:

@@ -60,13 +60,24 @@ class KeyParts:
             separators=(",", ":"),
         ).encode()
         digest = hashlib.blake2b(blob, digest_size=16).hexdigest()
-        return f"edge:{self.key_version}:{self.user_id}:{digest}"
+        return user_key_prefix(self.key_version, self.user_id) + digest
 
     def with_model(self, model_version: str) -> KeyParts:
         """The same lookup under another model version: where an origin answer from that model belongs."""
         return KeyParts(
             self.key_version, model_version, self.user_id, self.user_version, self.request, self.bucket
         )
+
+
+def user_key_prefix(key_version: str, user_id: str) -> str:
+    """What every key of this user's answers starts with (then a hex digest)."""
+    return f"edge:{key_version}:{user_id}:"
+
+
+def key_of_user(key: str, prefix: str) -> bool:
+    """Whether `key` belongs to the user of `prefix` (user_key_prefix): the rest is the digest alone, so
+    user "a" does not claim the keys of user "a:b"."""
+    return key.startswith(prefix) and ":" not in key[len(prefix) :]
 
 
 def user_version_key(user_id: str) -> str:

@@ -60,6 +60,13 @@ class ByteLRU(Generic[V]):
         self.bytes_used -= found[1]
         return found[0]
 
+    def pop_matching(self, match: Callable[[str], bool]) -> int:
+        """Removes every entry whose key matches (a scan of all of them); returns how many."""
+        keys = [key for key in self._entries if match(key)]
+        for key in keys:
+            self.pop(key)
+        return len(keys)
+
     def clear(self) -> None:
         self._entries.clear()
         self.bytes_used = 0

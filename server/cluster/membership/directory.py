@@ -70,6 +70,15 @@ class NodeDirectory:
             changed = True
         return changed
 
+    def renew_all(self) -> None:
+        """Remakes every client on its current target (their TLS files changed on disk: gRPC reads them
+        only when a channel is made); the old ones retire as replaced ones do in `update`."""
+        for node, target in self._targets.items():
+            old = self._clients.get(node)
+            self._clients[node] = self._make_client(target)
+            if old is not None:
+                self._retire(old)
+
     async def _target_of(self, address: str, previous: str | None) -> str:
         host, port = split_address(address)
         if is_ip(host):

@@ -93,3 +93,37 @@ async def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+async def test_an_acknowledged_erasure_survives_kill_9(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    proc = start(tmp_path, address)
+    client = RecdClient(address, timeout_s=30)
+    try:
+        for user in ("erased-1", "erased-2", "kept"):
+            await client.upsert_users([UserProfile(user, np.ones(DIM, np.float32), {"lang": "en"})])
+            await client.record_interactions(
+                [Interaction(user, f"item-{k}", "view", 1.0, 1_700_000_000_000 + k) for k in range(5)]
+            )
+        await client.delete_user("erased-1")
+        await client.delete_users(["erased-2"])
+        # At once after the acknowledgement: the snapshot the erasure starts may not have been written.
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+    finally:
+        await client.close()
+
+    proc = start(tmp_path, address)
+    client = RecdClient(address, timeout_s=30)
+    try:
+        for user in ("erased-1", "erased-2"):
+            held = await client.get_user(user)
+            assert not held.found and list(held.interactions) == [] and list(held.seen) == []
+        kept = await client.get_user("kept")
+        assert kept.found and len(kept.interactions) == 5 and len(kept.seen) == 5
+        assert (await client.stats()).users == 1
+    finally:
+        await client.close()
+        proc.terminate()
+        proc.wait(timeout=60)

@@ -4,6 +4,7 @@ bound, and its extra accessors."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -293,3 +294,45 @@ async def test_a_format_1_snapshot_loads_with_seen_sets_and_counts_from_its_hist
     reopened = open_store(tmp_path, seen_limit=3)
     assert await state(reopened) == before
     await reopened.close()
+
+
+# --- erasure -------------------------------------------------------------------------------------------
+MARKERS = (b"erased-user-7f3a", b"marker-attribute-c0ffee", b"marker-item-b00c")
+
+
+def files_holding(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+async def test_an_erasure_is_durable_at_once_and_then_leaves_the_disk(tmp_path: Path) -> None:
+    data = tmp_path / "profiles"
+    store = open_store(data)
+    await fill(store)
+    erased = MARKERS[0].decode()
+    await store.upsert_profiles([UserProfile(erased, np.ones(4, np.float32), {"k": MARKERS[1].decode()})])
+    await store.append_interactions([Interaction(erased, MARKERS[2].decode(), "click", 1.0, 10_000)])
+    await store.compact()  # in the snapshot as well as in what the log held
+    assert all(files_holding(data, marker) for marker in MARKERS)
+
+    await store.delete_users([erased, "u1"])
+    # What a kill -9 right after the acknowledgement leaves: the erasure is only in the log so far.
+    crashed = tmp_path / "crashed"
+    shutil.copytree(data, crashed)
+    expected = await state(store)
+    assert erased not in expected["users"] and "u1" not in expected["users"]  # type: ignore[operator]
+    assert MARKERS[2].decode() in expected["popularity"]["all_time"]  # type: ignore[index]
+    replayed = open_store(crashed)
+    assert await state(replayed) == expected
+    assert await replayed.count_users() == 29
+
+    # The compaction the erasure started rewrites the snapshot and drops the log that held the user.
+    assert store._erasure_compaction is not None
+    await asyncio.wait_for(store._erasure_compaction, 10)
+    assert [files_holding(data, marker) for marker in MARKERS[:2]] == [[], []]
+    # The item id stays only as a popularity count (an anonymous aggregate), never with the user.
+    assert all(p.name == SNAPSHOT_FILE for p in files_holding(data, MARKERS[2]))
+    await store.close()
+    reopened = open_store(data)
+    assert await state(reopened) == expected
+    await reopened.close()
+    await replayed.close()

@@ -278,3 +278,91 @@ async def test_an_interaction_older_than_the_newest_counts_decayed(store: Profil
     counts = await store.item_popularity(T)
     assert counts["trending"]["a"] == pytest.approx(1.0, rel=1e-4)
     assert counts["trending"]["b"] == pytest.approx(0.25, rel=1e-4)
+
+
+# --- erasure and access ------------------------------------------------------------------------------------
+async def fill_user(store: ProfileStore, user: str) -> None:
+    await store.upsert_profiles([UserProfile(user, vec(0.5, 0.5), {"lang": "en"})])
+    await store.append_interactions([event(user, f"{user}-i{k}", 1_000 + k) for k in range(5)])
+
+
+async def test_delete_users_erases_profile_history_and_seen_set(store: ProfileStore) -> None:
+    for user in ("gone", "other", "also-gone"):
+        await fill_user(store, user)
+    await store.delete_users(["gone", "also-gone"])
+    for user in ("gone", "also-gone"):
+        assert await store.get_profile(user, T) is None
+        assert await store.recent_interactions(user, 10, T) == []
+        assert len(await store.seen_items(user, T)) == 0
+        [record] = await store.read_users([user], 10, T)
+        assert (record.profile, record.history, len(record.seen)) == (None, [], 0)
+    # Nobody else is touched.
+    assert_same_profile(
+        await store.get_profile("other", T), UserProfile("other", vec(0.5, 0.5), {"lang": "en"})
+    )
+    assert len(await store.recent_interactions("other", 10, T)) == 5
+    assert len(await store.seen_items("other", T)) == 5
+    assert await store.count_users() == 1
+
+
+async def test_delete_users_of_unknown_users_repeated_or_none_is_a_no_op(store: ProfileStore) -> None:
+    await fill_user(store, "kept")
+    await store.delete_users([])
+    await store.delete_users(["nobody", "nobody"])
+    assert await store.count_users() == 1
+    assert len(await store.recent_interactions("kept", 10, T)) == 5
+
+
+async def test_an_erased_user_can_start_again(store: ProfileStore) -> None:
+    await fill_user(store, "u1")
+    await store.delete_users(["u1"])
+    # Later than everything erased, earlier than everything erased, and an erased item seen again later.
+    await store.append_interactions(
+        [event("u1", "new", 9_000), event("u1", "backfill", 10), event("u1", "u1-i2", 8_000)]
+    )
+    await store.upsert_profiles([UserProfile("u1", None, {"lang": "fr"})])
+    assert [e.item_id for e in await store.recent_interactions("u1", 10, T)] == ["new", "u1-i2", "backfill"]
+    assert (await store.seen_items("u1", T)).tolist() == hashes("new", "backfill", "u1-i2")
+    assert_same_profile(await store.get_profile("u1", T), UserProfile("u1", None, {"lang": "fr"}))
+    assert await store.count_users() == 1
+
+
+async def test_erasure_keeps_the_items_popularity(store: ProfileStore) -> None:
+    await store.append_interactions([event("u1", "a", TODAY_MS), event("u2", "a", TODAY_MS)])
+    before = await store.item_popularity(T)
+    await store.delete_users(["u1"])
+    after = await store.item_popularity(T)
+    assert after["all_time"]["a"] == pytest.approx(before["all_time"]["a"]) == pytest.approx(2.0)
+
+
+async def test_export_user_returns_everything_held(store: ProfileStore) -> None:
+    await store.upsert_profiles([UserProfile("u1", vec(0.25, -0.5), {"lang": "en"})])
+    await store.append_interactions(
+        [event("u1", f"i{k}", 1_000 + k, "click", float(k)) for k in range(6)] + [event("u1", "i0", 2_000)]
+    )
+    held = await store.export_user("u1", 3, T)
+    assert held.found
+    assert held.profile is not None
+    assert_same_profile(held.profile, UserProfile("u1", vec(0.25, -0.5), {"lang": "en"}))
+    assert [(e.item_id, e.timestamp_ms) for e in held.interactions] == [
+        ("i0", 2_000),
+        ("i5", 1_005),
+        ("i4", 1_004),
+    ]
+    assert held.interactions[1].action == "click" and held.interactions[1].weight == pytest.approx(5.0)
+    assert held.interactions_truncated
+    assert held.seen.tolist() == hashes(*(f"i{k}" for k in range(6)))
+    last_seen = dict(zip(held.seen.tolist(), held.seen_last_ms.tolist(), strict=True))
+    assert last_seen[hashes("i0")[0]] == 2_000 and last_seen[hashes("i3")[0]] == 1_003
+    everything = await store.export_user("u1", 100, T)
+    assert len(everything.interactions) == 7 and not everything.interactions_truncated
+
+
+async def test_export_of_an_unknown_or_erased_user_is_empty(store: ProfileStore) -> None:
+    await fill_user(store, "u1")
+    await store.delete_users(["u1"])
+    for user in ("u1", "nobody"):
+        held = await store.export_user(user, 10, T)
+        assert not held.found
+        assert held.profile is None and held.interactions == [] and not held.interactions_truncated
+        assert len(held.seen) == 0 and len(held.seen_last_ms) == 0

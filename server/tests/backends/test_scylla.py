@@ -369,3 +369,36 @@ async def test_a_hung_cluster_costs_the_budget_and_a_returning_one_is_used_again
     finally:
         await store.close()
         await proxy.close()
+
+
+async def test_an_erasure_removes_each_seen_entry_at_its_own_time_and_every_partition() -> None:
+    store = await scylla_store(seen_limit=5)
+    try:
+        # Nine entries, more than seen_limit (not trimmed yet), one at a time past the erasure's own.
+        future_ms = int(time.time() * 1000) + 86_400_000
+        await store.append_interactions(
+            [*events("u1", 8), Interaction("u1", "later", "view", 1.0, future_ms)]
+        )
+        await store.upsert_profiles([UserProfile("u1", np.ones(4, np.float32), {"lang": "en"})])
+        spy = Spy(store)
+        await store.delete_users(["u1"])
+        names = [statement_name(store, s) for s, _, _ in spy.calls]
+        assert names.count("delete_profile") == names.count("delete_interactions") == 1
+        removals = [s for s, _, _ in spy.calls if statement_name(store, s) == "seen_remove"]
+        assert [len(b._statements_and_parameters) for b in removals] == [9]  # one per distinct time
+        assert all(b.batch_type.name == "UNLOGGED" and b.is_idempotent for b in removals)
+        ks = store.config.keyspace
+        session = store._conn.session
+        del session.execute_async  # the spy's: the session's own again, for the blocking reads below
+        for table in ("user_profiles", "user_interactions"):
+            assert session.execute(f"SELECT * FROM {ks}.{table} WHERE user_id = 'u1'").all() == []
+        seen_row = session.execute(f"SELECT items FROM {ks}.user_seen WHERE user_id = 'u1'").one()
+        assert seen_row is None or not seen_row[0]  # the future entry too: its tombstone is as late
+        # The identical interaction recorded again stays erased from the seen set (its tombstone is as
+        # new as it); any later time is a new entry.
+        await store.append_interactions([Interaction("u1", "i0", "view", 1.0, 1_000)])
+        assert len(await store.seen_items("u1", 1.0)) == 0
+        await store.append_interactions([Interaction("u1", "i0", "view", 1.0, 1_001)])
+        assert (await store.seen_items("u1", 1.0)).tolist() == _core.stable_hash64(["i0"]).tolist()
+    finally:
+        await store.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.edge.keys import KeyParts, normalise, time_bucket
+from server.edge.keys import KeyParts, key_of_user, normalise, time_bucket, user_key_prefix
 from server.gen.recd.v1 import common_pb2, recommender_pb2
 
 
@@ -108,3 +108,13 @@ def test_time_buckets_roll_over_at_a_per_user_phase() -> None:
         for user in changes
     }
     assert len(set(seconds.values())) > 10
+
+
+@pytest.mark.parametrize(
+    ("user", "owner", "expected"),
+    [("a", "a", True), ("a:b", "a", False), ("a", "a:b", False), ("a:b", "a:b", True), ("ab", "a", False)],
+)
+def test_a_users_keys_are_told_apart_from_ids_sharing_a_prefix(user: str, owner: str, expected: bool) -> None:
+    key = KeyParts("e1", "m1", user, "0", BASE.request, 7).key()
+    assert key_of_user(key, user_key_prefix("e1", owner)) is expected
+    assert not key_of_user(key, user_key_prefix("e2", user))  # another key version's

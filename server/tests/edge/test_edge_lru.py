@@ -60,3 +60,13 @@ def test_entry_round_trips_through_bytes() -> None:
     e = Entry(b"\x00answer", 12.5, 42.25, 2.0)
     assert Entry.decode(e.encode()) == e
     assert Entry.decode(b"short") is None
+
+
+def test_pop_matching_removes_exactly_the_matching_entries_and_their_bytes() -> None:
+    lru: ByteLRU[Entry] = ByteLRU(100_000, entry_size)
+    for key in ("a:1", "a:2", "b:1", "ab:1"):
+        lru.put(key, entry(100))
+    assert lru.pop_matching(lambda key: key.startswith("a:")) == 2
+    assert sorted(lru._entries) == ["ab:1", "b:1"]
+    assert lru.bytes_used == sum(size for _, size in lru._entries.values())
+    assert lru.pop_matching(lambda key: False) == 0

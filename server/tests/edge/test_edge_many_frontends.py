@@ -1,6 +1,7 @@
 """The edge in front of two real frontends over one set of shards, reached through one name (as a
-headless Service): both get Recommend calls, and a delete through either one drops the edge's cached
-answers that hold the item, whichever frontend the edge follows."""
+headless Service): both get Recommend calls, a delete through either one drops the edge's cached
+answers that hold the item, whichever frontend the edge follows, and a user's erasure through the edge
+drops that user's."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import pytest
 
 from server.api.server import RecdServer
 from server.client import RecdClient
+from server.domain import Interaction
+from server.edge.keys import key_of_user, user_key_prefix
 from server.edge.server import EdgeServer, build_edge
+from server.gen.recd.v1 import recommender_pb2 as rpb
 from server.recommender import Recommender
-from server.tests.api.test_end_to_end import load_toy
+from server.tests.api.test_end_to_end import cluster_items, load_toy
 from server.tests.conftest import ToyCatalogue, frontends_over_one_host, make_config
 from server.tests.edge.fakes import edge_config
 
@@ -99,4 +103,35 @@ async def test_a_delete_through_any_frontend_drops_the_edges_cached_answers(
         assert deleted not in {i.item_id for i in after.items}
     finally:
         await writer.close()
+        await client.close()
+
+
+def l1_keys_of(edge: EdgeServer, user: str) -> list[str]:
+    prefix = user_key_prefix(edge.config.key_version, user)
+    return [key for key in list(edge.cache.l1._entries) if key_of_user(key, prefix)]
+
+
+async def test_an_erasure_through_the_edge_drops_the_users_cached_answers(
+    frontends: list[RecdServer], edge: EdgeServer, toy: ToyCatalogue
+) -> None:
+    await eventually(lambda: all(len(s.recd.items) == len(toy.item_ids) for s in frontends))
+    client = RecdClient(edge.address, timeout_s=20.0)
+    try:
+        history = cluster_items(toy, 5, 6)
+        await client.record_interactions([Interaction("zoe", item, "click", 1.0, 0) for item in history])
+        await client.recommend("stranger", k=10)
+        warm = await client.recommend("zoe", k=10)
+        assert await client.recommend("zoe", k=10) == warm  # from the edge's cache
+        calls = edge.cache.origin_calls
+        assert l1_keys_of(edge, "zoe") and l1_keys_of(edge, "stranger")
+
+        await client.delete_user("zoe")
+
+        assert l1_keys_of(edge, "zoe") == []  # gone from memory, not only unreachable
+        assert l1_keys_of(edge, "stranger")  # nobody else's
+        cold = await client.recommend("zoe", k=10)
+        assert edge.cache.origin_calls == calls + 1  # a miss: answered by a frontend again
+        assert cold.retrieval == rpb.RETRIEVAL_UNSPECIFIED and cold != warm
+        assert not (await client.get_user("zoe")).found  # passed through to a frontend
+    finally:
         await client.close()

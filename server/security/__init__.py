@@ -1,0 +1,1 @@
+"""Transport security (tls.py) and caller identity, roles and quotas."""
