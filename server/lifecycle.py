@@ -20,6 +20,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server.config import TlsConfig
+from server.security import tls as transport
+from server.tracing.interceptor import server_interceptors as tracing_interceptors
+
 CloseHook = Callable[[], Awaitable[object]]
 
 
@@ -39,6 +43,8 @@ class ServerLifecycle:
         on_close: Sequence[CloseHook] = (),
         reuse_port: bool | None = None,
         extra_addresses: Sequence[str] = (),
+        tls: TlsConfig | None = None,
+        tls_key: str = "server.tls",
     ) -> None:
         """`register` adds the owner's services; `service_names` (full names) are what health reports
         on, besides the whole server (""), and what reflection lists; `on_close` runs after the drain.
@@ -47,13 +53,16 @@ class ServerLifecycle:
         gRPC's default, which is on). On, several processes share one port and the kernel spreads new
         connections over them (the workers of `recd serve --workers N`); off, a second server on a
         taken port fails at once instead of silently sharing it. `extra_addresses`: more ports for the
-        same services (a worker's private address, where its supervisor checks this one process)."""
+        same services (a worker's private address, where its supervisor checks this one process).
+        `tls`: every address's TLS (server/security/tls.py; None: plaintext, loopback only), and
+        `tls_key` the config key it came from, which error messages name."""
         options = list(options)
         if reuse_port is not None:
             options = [o for o in options if o[0] != "grpc.so_reuseport"]
             options.append(("grpc.so_reuseport", 1 if reuse_port else 0))
         self.server = grpc.aio.server(
-            interceptors=list(interceptors),
+            # Tracing outermost (when on): a call refused by an inner interceptor is still in its trace.
+            interceptors=[*tracing_interceptors(), *interceptors],
             options=options,
             maximum_concurrent_rpcs=maximum_concurrent_rpcs,
         )
@@ -67,14 +76,14 @@ class ServerLifecycle:
         self._health_names = ("", *service_names)
         self._on_close = tuple(on_close)
         # gRPC raises RuntimeError itself when the address is taken; 0 is its older way of saying so.
-        self.port = self.server.add_insecure_port(address)
+        self.port = transport.bind(self.server, address, tls, tls_key)
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {address}")
         # A unix socket has no port to fill in.
         self.address = address if address.startswith("unix:") else f"{address.rsplit(':', 1)[0]}:{self.port}"
         self.extra_ports: list[int] = []
         for extra in extra_addresses:
-            port = self.server.add_insecure_port(extra)
+            port = transport.bind(self.server, extra, tls, tls_key)
             if port == 0:
                 raise RuntimeError(f"cannot listen on {extra}")
             self.extra_ports.append(port)

@@ -8,6 +8,8 @@ import sys
 import time
 from collections.abc import Mapping
 
+from server import tracing
+
 
 class JsonFormatter(logging.Formatter):
     def __init__(self, fields: Mapping[str, str] | None = None) -> None:
@@ -23,6 +25,11 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        # The request's trace (while tracing is on): its id finds the line's trace in the trace store,
+        # and every line a request causes, in every process it crossed, carries the same id.
+        ids = tracing.log_ids()
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

@@ -57,6 +57,20 @@ RPC_LATENCY = Histogram(
     "recd_rpc_latency_seconds", "Server-side RPC latency", ["method", "code"], buckets=LATENCY_BUCKETS_S
 )
 RPC_IN_FLIGHT = Gauge("recd_rpc_in_flight", "RPCs being served now")
+# Calls refused, by reason: unauthenticated, permission_denied, quota (the caller's quota), concurrency
+# (server.max_concurrent_rpcs), deadline (DEADLINE_EXCEEDED), invalid_argument (bad input). caller: a
+# name from auth.callers, "anonymous" with auth off, "unknown" when none was recognised (server/security).
+RPC_REJECTIONS = Counter(
+    "recd_rpc_rejections_total", "RPCs refused, by reason and caller", ["reason", "caller", "method"]
+)
+# Changed certificate files a TLS listener saw (server/security/tls.py): reloaded, or refused (a pair
+# caught half-replaced, a file that does not parse: the previous certificate keeps serving). listener:
+# the config key (server.tls, edge.tls, cluster.tls).
+TLS_CERTIFICATE_RELOADS = Counter(
+    "recd_tls_certificate_reloads_total",
+    "Changed certificate files a TLS listener saw",
+    ["listener", "outcome"],
+)
 STEP_LATENCY = Histogram(
     "recd_step_latency_seconds", "Latency of each pipeline step", ["pipeline", "step"], buckets=STEP_BUCKETS_S
 )
@@ -88,6 +102,11 @@ RANK_BATCH = Histogram(
     "recd_rank_batch_size", "Requests per ranking launch", ["ranker"], buckets=BATCH_BUCKETS
 )
 RANK_FALLBACKS = Counter("recd_rank_fallbacks_total", "Rank batches moved to the fallback ranker", ["ranker"])
+# Hot model reload (server/ranking/registry.py): loads of changed model files, "loaded" or "refused".
+MODEL_RELOADS = Counter("recd_model_reloads_total", "Model file loads by outcome", ["outcome"])
+MODEL_LOADED = Gauge(
+    "recd_model_loaded", "Model versions loaded (role: default or loaded)", ["version", "role"]
+)
 CACHE_REQUESTS = Counter("recd_cache_requests_total", "Cache lookups", ["tier", "outcome"])
 BACKEND_CALLS = Counter("recd_backend_calls_total", "Round trips to backends", ["backend", "op", "outcome"])
 ITEMS = Gauge("recd_items", "Items in the catalogue")
@@ -163,6 +182,16 @@ SHARD_BREAKER_OPENED = Counter("recd_shard_breaker_opened_total", "Node circuits
 SHARD_PROBES = Counter("recd_shard_probes_total", "Background probes of shard nodes", ["node", "outcome"])
 LAYOUT_EPOCH = Gauge("recd_cluster_layout_epoch", "Epoch of the cluster layout this frontend routes by")
 WRITE_RETRIES = Counter("recd_shard_write_retries_total", "Writes retried on the shard nodes", ["reason"])
+# Hinted handoff (server/routing/handoff.py): writes a replica missed, held until it answers again.
+WRITE_HINTS_PENDING = Gauge("recd_write_hints_pending", "Missed writes held for a shard node", ["node"])
+WRITE_HINTS_REPLAYED = Counter(
+    "recd_write_hints_replayed_total", "Missed writes delivered to a shard node once it was back", ["node"]
+)
+WRITE_HINTS_DROPPED = Counter(
+    "recd_write_hints_dropped_total",
+    "Missed writes given up (handoff full, refused, shard moved): the node needs a repair",
+    ["node"],
+)
 
 
 # --- worker group (`recd serve --workers N`, server/workers) ---------------------------------------------

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from server import metrics, requests, validation
+from server import metrics, requests, tracing, validation
 from server.backends.base import ItemGraph, ProfileStore
 from server.batching import MicroBatcher
 from server.candidates.ann import AnnSource
@@ -61,6 +61,7 @@ class Similar:
     items: list[ScoredItem]
     coverage: Coverage
     retrieval: Retrieval = Retrieval.UNSPECIFIED
+    model_version: str = ""
 
 
 class Recommender:
@@ -73,11 +74,12 @@ class Recommender:
         items: ItemStore,
         users: UserStates,
         rank_service: RankService,
-        model: RankingModel,
         popularity_sync: PopularitySync,
     ) -> None:
         self.config = config
-        self.model = model
+        # Every loaded model version; the default one ranks unless a request is given another.
+        self.models = rank_service.models
+        model = self.models.default  # for what is set once here (the select step's fallback weights)
         self._profiles = profiles
         self._items = items
         self._users = users
@@ -121,7 +123,7 @@ class Recommender:
                 "hydrate_item": HydrateSeedItems(items),
                 "candidates": GatherCandidates([sources[s] for s in source_names], pc.steps, name),
                 "filter": FilterCandidates(items, popular_as_fallback=c.popular_for_warm_users == "fallback"),
-                "rank": RankCandidates(rank_service, items, model, pc.mmr_pool),
+                "rank": RankCandidates(rank_service, items, pc.mmr_pool),
                 "select": SelectItems(items, model.similarity_weight, model.side_weights),
             }
             unknown = [s for s in step_names if s not in steps]
@@ -140,6 +142,9 @@ class Recommender:
         b = pc.batch
         # Requests whose batch is running -> (what it has found so far, the request's index in it).
         self._running: dict[int, tuple[_Progress, int]] = {}
+        # While tracing is on, requests waiting for their batch -> their RPC's span: the batch runs in
+        # a task of its own, so the spans of its members must be handed over (server.tracing.spans).
+        self._request_spans: dict[int, tracing.Span] = {}
         self._batchers = {
             pipeline.name: MicroBatcher(
                 self._runner(pipeline), max_batch=b.max_batch, max_wait_s=b.max_wait_ms / 1000.0,
@@ -155,7 +160,11 @@ class Recommender:
             for i, r in enumerate(members):
                 self._running[id(r)] = (progress, i)
             try:
-                return await pipeline.run(Batch(tuple(members)), progress.see)
+                if not tracing.enabled():
+                    return await pipeline.run(Batch(tuple(members)), progress.see)
+                spans = [self._request_spans.get(id(r)) for r in members]
+                with tracing.batch_span(f"{pipeline.name} batch", spans, {"recd.pipeline": pipeline.name}):
+                    return await pipeline.run(Batch(tuple(members)), progress.see)
             finally:
                 for r in members:
                     self._running.pop(id(r), None)
@@ -168,12 +177,18 @@ class Recommender:
         return budget if caller_deadline is None else min(budget, caller_deadline)
 
     async def _answer(self, pipeline: str, request: Request) -> Answer:
+        traced = tracing.enabled()
+        if traced:
+            self._request_spans[id(request)] = tracing.current_span()
         try:
             async with asyncio.timeout_at(_loop_time(request.deadline)):
                 result = await self._batchers[pipeline].submit(request, request.deadline)
         except TimeoutError:
             metrics.DEADLINE_ANSWERS.labels(pipeline).inc()
             return self._popular_answer(request)
+        finally:
+            if traced:
+                del self._request_spans[id(request)]
         if isinstance(result, RecdError):
             raise result
         return result
@@ -209,22 +224,31 @@ class Recommender:
     async def recommend(self, query: RecommendQuery, caller_deadline: float | None = None) -> Recommendation:
         request = requests.recommend_request(query, self.limits, self._deadline(caller_deadline))
         answer = await self._answer("recommend", request)
+        # The version that ranked this answer: during a hot reload, two answers may differ.
+        version = answer.model_version or self.model.version
         return Recommendation(
             items=list(answer.items),
             coverage=answer.coverage,
-            cache_key=self.cache_key(query),
+            cache_key=self.cache_key(query, version),
             cache_ttl_seconds=self.config.response.cache_ttl_seconds,
-            model_version=self.model.version,
+            model_version=version,
             retrieval=answer.retrieval,
         )
 
     async def similar_items(self, query: SimilarQuery, caller_deadline: float | None = None) -> Similar:
         request = requests.similar_request(query, self.limits, self._deadline(caller_deadline))
         answer = await self._answer("similar", request)
-        return Similar(list(answer.items), answer.coverage, answer.retrieval)
+        version = answer.model_version or self.model.version
+        return Similar(list(answer.items), answer.coverage, answer.retrieval, version)
 
-    def cache_key(self, query: RecommendQuery) -> str:
-        return f"rec:v2:{self.model.version}:{query.user_id}:{requests.digest(requests.canonical(query))}"
+    @property
+    def model(self) -> RankingModel:
+        """The default model version, serving every request that names none."""
+        return self.models.default
+
+    def cache_key(self, query: RecommendQuery, model_version: str | None = None) -> str:
+        version = model_version or self.model.version
+        return f"rec:v2:{version}:{query.user_id}:{requests.digest(requests.canonical(query))}"
 
     # --- writes ---------------------------------------------------------------------------------------
     async def record_interactions(self, interactions: Sequence[Interaction]) -> int:

@@ -18,6 +18,7 @@ from server.catalog.item_store import ItemStore
 from server.catalog.popularity_sync import PopularitySync
 from server.config import Config
 from server.ranking.model import RankingModel
+from server.ranking.registry import ModelReloader
 from server.ranking.service import RankService
 from server.recommender import Recommender
 from server.routing.router import ShardRouter
@@ -46,7 +47,13 @@ class Recd:
         self.cache = cache
         self.items = items
         self.rank_service = rank_service
-        self.model = model
+        if rank_service.models.default != model:  # a rank service built before the model was chosen
+            rank_service.models.replace(None, model, make_default=True)
+        r = config.ranking
+        # Reads the model files once now; watches them for changes once serving (warm_up).
+        self.model_reloader = ModelReloader(
+            rank_service.models, r.model_file, r.extra_model_files, r.reload_interval_s
+        )
         self.warmer = Warmer(self._warm_search_path)
         self.feed = CatalogueFeed(router, items, config.shards.feed.retry_ms / 1000.0)
         # Started after sync_catalogue (cli), or by the first write through this frontend.
@@ -56,11 +63,24 @@ class Recd:
             profiles, cache, items, c.history_limit, c.history_half_life_s, config.cache.user_vector_ttl_s
         )
         self.recommender = Recommender(
-            config, router, profiles, graph, items, self.users, rank_service, model, self.popularity_sync
+            config, router, profiles, graph, items, self.users, rank_service, self.popularity_sync
         )
         self.catalog = Catalog(
-            config, router, profiles, graph, items, self.users, lambda: self.model.version, self.warmer.poke
+            config,
+            router,
+            profiles,
+            graph,
+            items,
+            self.users,
+            lambda: self.model.version,
+            self.warmer.poke,
+            models=self.model_reloader,
         )
+
+    @property
+    def model(self) -> RankingModel:
+        """The default model version (hot-reloaded: see server.ranking.registry)."""
+        return self.rank_service.models.default
 
     # --- life cycle -----------------------------------------------------------------------------------
     async def sync_catalogue(self) -> int:
@@ -72,7 +92,9 @@ class Recd:
     async def warm_up(self) -> None:
         """Runs the request path once before serving, so the first caller does not pay for lazy set-up
         (thread pools, kernel compilation, first index touches) and see a degraded answer. Runs again
-        by itself once a burst of item writes has gone quiet (server.warmup)."""
+        by itself once a burst of item writes has gone quiet (server.warmup). Starts watching the model
+        files: every path that serves warms up first."""
+        self.model_reloader.start()
         await asyncio.to_thread(self.rank_service.primary.warm_up)
         if len(self.items) and self.rank_service.fallback is not None:
             await asyncio.to_thread(self.rank_service.fallback.warm_up)
@@ -97,6 +119,7 @@ class Recd:
         await asyncio.to_thread(self.items.rebuild_popularity)
 
     async def close(self) -> None:
+        await self.model_reloader.close()
         await self.feed.close()
         await self.warmer.close()
         await self.popularity_sync.close()

@@ -1,9 +1,10 @@
 """The attributes of one shard's items, dictionary-encoded, for filtering search hits in NumPy.
 
-Labels get dense slots, kept for the life of the shard (a deleted label that comes back gets its slot
-again). A sorted copy of the label -> slot map maps a batch of hit labels with one `np.searchsorted`; per
-attribute, a value -> code dictionary, a code column by slot (-1: not set) and the number of live items
-holding each code, from which a filter's selectivity is estimated before searching.
+Labels get dense slots; a deleted label's slot is freed and given to the next new label, so a shard
+under steady upserts and deletes keeps a table the size of its live items. A sorted copy of the
+label -> slot map maps a batch of hit labels with one `np.searchsorted`; per attribute, a value -> code
+dictionary, a code column by slot (-1: not set) and the number of live items holding each code, from
+which a filter's selectivity is estimated before searching.
 
 Not thread-safe: the shard mutates it under its write lock and reads it under its read lock.
 """
@@ -56,6 +57,8 @@ class CompiledFilter:
 class AttributeTable:
     def __init__(self) -> None:
         self._slot_of: dict[int, int] = {}
+        self._free: list[int] = []  # slots of removed labels, reused first
+        self._high = 0  # 1 + the highest slot ever given
         self._keys = np.zeros(0, dtype=np.uint64)  # labels, sorted
         self._key_slots = np.zeros(0, dtype=np.int64)  # slot of each key
         self._live = np.zeros(1024, dtype=np.bool_)
@@ -71,7 +74,11 @@ class AttributeTable:
         for label, payload in zip(labels, payloads, strict=True):
             slot = self._slot_of.get(label)
             if slot is None:
-                slot = len(self._slot_of)
+                if self._free:
+                    slot = self._free.pop()
+                else:
+                    slot = self._high
+                    self._high += 1
                 self._slot_of[label] = slot
                 new.append((label, slot))
                 self._ensure(slot + 1)
@@ -90,10 +97,25 @@ class AttributeTable:
             self._key_slots = np.insert(self._key_slots, at, slots_new)
 
     def remove(self, labels: Sequence[int]) -> None:
+        gone = []
         for label in labels:
             slot = self._slot_of.get(label)
-            if slot is not None and self._live[slot]:
+            if slot is None:
+                continue
+            if self._live[slot]:
                 self._forget(slot)
+            del self._slot_of[label]
+            self._free.append(slot)
+            gone.append(label)
+        if gone:
+            at = np.searchsorted(self._keys, np.array(gone, dtype=np.uint64))
+            self._keys = np.delete(self._keys, at)
+            self._key_slots = np.delete(self._key_slots, at)
+
+    @property
+    def slot_capacity(self) -> int:
+        """Slots allocated (live ones and free ones): bounded by the most items held at once."""
+        return self._high
 
     def _forget(self, slot: int) -> None:
         """Takes a live slot out of the counts, clears its codes and marks it dead."""
@@ -150,7 +172,7 @@ class AttributeTable:
         return int(np.count_nonzero(self._live[slots]))
 
     def live_slots(self) -> NDArray[np.int64]:
-        return np.flatnonzero(self._live[: len(self._slot_of)]).astype(np.int64)
+        return np.flatnonzero(self._live[: self._high]).astype(np.int64)
 
     def compile(self, wanted: AttributeFilter) -> CompiledFilter:
         live = self.live_count

@@ -25,8 +25,12 @@ import grpc
 import numpy as np
 from numpy.typing import NDArray
 
+from server import tracing
+from server.config import ClientTlsConfig
 from server.gen.recd.v1 import shard_pb2 as pb
 from server.gen.recd.v1 import shard_pb2_grpc
+from server.security.credentials import authorized
+from server.security.tls import aio_channel
 from shards import convert
 from shards.changes import FeedRead
 from shards.host import ShardHost, search_outcome
@@ -266,7 +270,9 @@ class GrpcShardClient:
         channel: grpc.aio.Channel | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_reconnect_backoff_ms: int | None = None,
+        tls: ClientTlsConfig | None = None,
     ) -> None:
+        """`tls`: how the node is called (the config's cluster.client_tls; None: plaintext)."""
         self.address = address
         options: list[tuple[str, int]] = [
             ("grpc.max_send_message_length", max_message_bytes),
@@ -279,7 +285,7 @@ class GrpcShardClient:
                 ("grpc.min_reconnect_backoff_ms", min(100, max_reconnect_backoff_ms)),
                 ("grpc.max_reconnect_backoff_ms", max_reconnect_backoff_ms),
             ]
-        self._channel = channel or grpc.aio.insecure_channel(address, options=options)
+        self._channel = channel or authorized(aio_channel(address, tls, options, where="cluster.client_tls"))
         self._stub = shard_pb2_grpc.ShardStub(self._channel)
         self._dim: int | None = None  # learned lazily: an empty fetch must still have shape (0, dim)
 
@@ -296,7 +302,9 @@ class GrpcShardClient:
     ) -> dict[int, ShardHits | ShardError]:
         request = convert.search_request(queries, shard_ids, k, ef, exclude, filters)
         try:
-            response = await self._stub.Search(request, timeout=timeout_s)
+            # The node's Search span continues this one: the batch's trace reaches the shards.
+            with tracing.outgoing_call("/recd.v1.Shard/Search", self.address) as metadata:
+                response = await self._stub.Search(request, timeout=timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             error = convert.error_of_status(exc.code(), exc.details())
             if error.kind is ErrorKind.INVALID_ARGUMENT:
@@ -322,7 +330,7 @@ class GrpcShardClient:
             layout_epoch=layout_epoch,
             backfill=backfill,
         )
-        response = await self._unary(self._stub.Upsert, request, timeout_s)
+        response = await self._unary("/recd.v1.Shard/Upsert", self._stub.Upsert, request, timeout_s)
         return int(response.upserted)
 
     async def delete(
@@ -336,14 +344,14 @@ class GrpcShardClient:
         request = pb.ShardDeleteRequest(
             shard_id=shard_id, labels=as_labels(labels).tolist(), layout_epoch=layout_epoch
         )
-        response = await self._unary(self._stub.Delete, request, timeout_s)
+        response = await self._unary("/recd.v1.Shard/Delete", self._stub.Delete, request, timeout_s)
         return int(response.deleted)
 
     async def fetch(
         self, shard_id: int, labels: NDArray[np.uint64] | Sequence[int], timeout_s: float | None = None
     ) -> RecordBatch:
         request = pb.ShardFetchRequest(shard_id=shard_id, labels=as_labels(labels).tolist())
-        response = await self._unary(self._stub.Fetch, request, timeout_s)
+        response = await self._unary("/recd.v1.Shard/Fetch", self._stub.Fetch, request, timeout_s)
         if not response.records and self._dim is None:
             await self.stats(timeout_s)
         return convert.batch_from_proto(response.records, self._dim, "records")
@@ -371,30 +379,36 @@ class GrpcShardClient:
             call.cancel()
 
     async def stats(self, timeout_s: float | None = None) -> NodeStats:
-        response = await self._unary(self._stub.Stats, pb.ShardStatsRequest(), timeout_s)
+        response = await self._unary(
+            "/recd.v1.Shard/Stats", self._stub.Stats, pb.ShardStatsRequest(), timeout_s
+        )
         stats = convert.stats_from_proto(response)
         self._dim = stats.dim
         return stats
 
     async def get_layout(self, timeout_s: float | None = None) -> NodeLayout:
-        response = await self._unary(self._stub.GetLayout, pb.ShardGetLayoutRequest(), timeout_s)
+        response = await self._unary(
+            "/recd.v1.Shard/GetLayout", self._stub.GetLayout, pb.ShardGetLayoutRequest(), timeout_s
+        )
         return convert.layout_from_proto(response)
 
     async def set_layout(
         self, layout_json: str, drop_unplaced: bool = False, timeout_s: float | None = None
     ) -> NodeLayout:
         request = pb.ShardSetLayoutRequest(layout_json=layout_json, drop_unplaced=drop_unplaced)
-        response = await self._unary(self._stub.SetLayout, request, timeout_s)
+        response = await self._unary("/recd.v1.Shard/SetLayout", self._stub.SetLayout, request, timeout_s)
         return convert.layout_from_proto(response)
 
     async def close(self) -> None:
         await self._channel.close()
 
     async def _unary(
-        self, method: grpc.aio.UnaryUnaryMultiCallable, request: object, timeout_s: float | None
+        self, path: str, method: grpc.aio.UnaryUnaryMultiCallable, request: object, timeout_s: float | None
     ) -> Any:
+        """`path`: the method's full name, what its trace span is called."""
         try:
-            return await method(request, timeout=timeout_s)
+            with tracing.outgoing_call(path, self.address) as metadata:
+                return await method(request, timeout=timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             raise convert.error_of_status(exc.code(), exc.details()) from None
 

@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -34,7 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from server import _core
-from shards import oplog, snapshot
+from shards import metrics, oplog, snapshot
 from shards.attributes import AttributeTable, CompiledFilter
 from shards.changes import DEFAULT_RETAIN_BYTES, Change, ChangeLog
 from shards.records import (
@@ -111,7 +112,8 @@ class ShardIndex:
         self._lock = RWLock()
         self._records: dict[int, tuple[str, bytes]] = {}  # live label -> (item_id, payload)
         self._attributes = AttributeTable()  # live labels' attributes, for filtered search
-        self._deleted: set[int] = set()  # labels still in the graph but marked deleted
+        # Labels in the graph marked deleted, and perhaps some whose slot was reused (_prune_deleted).
+        self._deleted: set[int] = set()
         self._ef = params.ef_search
         self._turn = threading.Condition()  # LSN-ordered application
         self._applied_lsn = 0
@@ -126,13 +128,20 @@ class ShardIndex:
         self._touched: set[int] | None = None  # labels written live while receiving a rebalancing copy
         self._dir = Path(data_dir) if data_dir is not None else None
         self._wal: WriteAheadLog | None = None
+        self.snapshot_time = time.time()  # wall clock of the last snapshot (of opening, before one)
         if self._dir is None:
             self._index = self._new_index(params.initial_capacity)
         else:
-            self._index = self._open(self._dir, group_commit_window_s)
+            metrics.opening(shard_id)
+            try:
+                self._index = self._open(self._dir, group_commit_window_s)
+            except BaseException:
+                metrics.opened(None, shard_id)
+                raise
         self.changes = ChangeLog(
             self._applied_lsn + 1, feed_retain_bytes, self._logged_changes if self._wal is not None else None
         )
+        metrics.opened(self, shard_id)
 
     # ------------------------------------------------------------------ opening
     def _new_index(self, capacity: int) -> hnswlib.Index:
@@ -141,7 +150,7 @@ class ShardIndex:
             max_elements=capacity,
             M=self.params.m,
             ef_construction=self.params.ef_construction,
-            allow_replace_deleted=False,
+            allow_replace_deleted=True,
         )
         index.set_ef(self._ef)
         return index
@@ -153,6 +162,7 @@ class ShardIndex:
         snapshot_lsn = 0
         if found:
             state = snapshot.load(found[-1][1], self.params)
+            self.snapshot_time = found[-1][1].stat().st_mtime
             index = state.index
             index.set_ef(self._ef)
             self._records, self._deleted, snapshot_lsn = state.records, state.deleted, state.lsn
@@ -315,21 +325,63 @@ class ShardIndex:
         return len(batch)
 
     def _apply_upsert_locked(self, part: RecordBatch) -> None:
+        """Slot management, so that an index under steady upserts and deletes stays bounded:
+        - a live label is updated in its own slot;
+        - a deleted label still in the graph is unmarked and updated in its own slot;
+        - any other label takes the slot of some deleted label (hnswlib's `replace_deleted`), or a new
+          slot when none is vacant. hnswlib must never be asked to replace for a label it holds: it would
+          move the label to a vacant slot and orphan the old one, still linked in the graph.
+        hnswlib picks the vacant slot and does not say whose it was, so `_deleted` may keep labels whose
+        slot went to another label; `_prune_deleted` keeps that bounded and `_deleted_in_graph` is exact.
+        Which slot a label gets differs between a live run and a WAL replay; labels, vectors and the
+        live set do not."""
         labels = part.labels.tolist()
-        new = sum(1 for label in labels if label not in self._records and label not in self._deleted)
-        self._ensure_capacity(len(self._records) + len(self._deleted) + new)
-        for label in labels:
+        in_place = np.zeros(len(labels), dtype=np.bool_)
+        revived = 0
+        for i, label in enumerate(labels):
+            if label in self._records:
+                in_place[i] = True
+                continue
             if label in self._deleted:
-                self._index.unmark_deleted(label)
                 self._deleted.discard(label)
-        # An existing label is replaced in place (replace_deleted=False: slots of deleted labels are
-        # never reused for other labels, so a label's slot is stable).
-        self._index.add_items(
-            part.vectors, part.labels, num_threads=self.params.add_threads, replace_deleted=False
-        )
+                try:
+                    self._index.unmark_deleted(label)
+                except RuntimeError:
+                    continue  # its slot went to another label: a new label now
+                in_place[i] = True
+                revived += 1
+        fresh = len(labels) - int(in_place.sum())
+        used = self._index.get_current_count()
+        vacant = used - len(self._records) - revived
+        self._ensure_capacity(used + max(0, fresh - vacant))
+        threads = self.params.add_threads
+        if in_place.any():
+            self._index.add_items(
+                part.vectors[in_place], part.labels[in_place], num_threads=threads, replace_deleted=False
+            )
+        if fresh:
+            new = ~in_place
+            self._index.add_items(
+                part.vectors[new], part.labels[new], num_threads=threads, replace_deleted=True
+            )
         for label, item_id, payload in zip(labels, part.item_ids, part.payloads, strict=True):
             self._records[label] = (item_id, payload)
         self._attributes.set(labels, part.payloads)
+        if fresh and vacant:
+            self._prune_deleted()
+
+    def _prune_deleted(self) -> None:
+        """Drops from `_deleted` the labels whose slots were reused. Reading the graph's labels costs
+        O(items), so it runs only once the stale labels outnumber the shard's live items by a quarter
+        (plus the vacant slots): amortised O(1) per write."""
+        vacant = self._index.get_current_count() - len(self._records)
+        if len(self._deleted) <= 2 * vacant + max(1024, len(self._records) // 4):
+            return
+        self._deleted = self._deleted_in_graph()
+
+    def _deleted_in_graph(self) -> set[int]:
+        """Exactly the labels in the graph marked deleted (their slots are the vacant ones)."""
+        return set(self._index.get_ids_list()).difference(self._records)
 
     def _ensure_capacity(self, needed: int) -> None:
         capacity = self._index.get_max_elements()
@@ -583,12 +635,27 @@ class ShardIndex:
 
     def stats(self) -> ShardStats:
         with self._lock.read():
-            items, deleted = len(self._records), len(self._deleted)
+            items = len(self._records)
+            deleted = self._index.get_current_count() - items  # vacant slots, reused by the next adds
             capacity = self._index.get_max_elements()
         return ShardStats(self.shard_id, items, deleted, capacity, self._wal.size_bytes if self._wal else 0)
 
     def __len__(self) -> int:
         return len(self._records)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def persistent(self) -> bool:
+        """Whether the shard keeps a WAL and snapshots (not an in-memory test shard)."""
+        return self._wal is not None
+
+    @property
+    def unsnapshotted(self) -> int:
+        """Items applied since the last snapshot began (what a restart would replay, about)."""
+        return self._unsnapshotted
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self) -> int | None:
@@ -597,6 +664,7 @@ class ShardIndex:
         if self._wal is None or self._dir is None:
             return None
         with self._snapshot_mutex:
+            began = time.monotonic()
             self._wal.rotate()
             temp = None
             self._lock.acquire_read()
@@ -609,7 +677,7 @@ class ShardIndex:
                     self._unsnapshotted = 0
                 temp = snapshot.new_temp_dir(self._dir)
                 self._index.save_index(str(temp / snapshot.INDEX_FILE))
-                records, deleted = dict(self._records), set(self._deleted)
+                records, deleted = dict(self._records), self._deleted_in_graph()
                 capacity = self._index.get_max_elements()
             except BaseException:
                 if temp is not None:
@@ -619,6 +687,8 @@ class ShardIndex:
                 self._lock.release_read()
             snapshot.finish(temp, self._dir, lsn, self.params, capacity, records, deleted)
             self._snapshot_lsn = lsn
+            self.snapshot_time = time.time()
+            metrics.SNAPSHOT_DURATION.observe(time.monotonic() - began)
             # Segments holding only LSNs <= lsn are now redundant; newer ones (even rotated) stay.
             self._wal.drop_before(lsn + 1)
             snapshot.remove_older(self._dir, lsn)

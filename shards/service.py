@@ -23,10 +23,13 @@ from typing import Protocol, TypeVar
 
 import grpc
 
+from server.api.handlers import add_servicer
+from server.config import AuthConfig, TlsConfig
 from server.gen.recd.v1 import shard_pb2 as pb
 from server.gen.recd.v1 import shard_pb2_grpc
 from server.lifecycle import ServerLifecycle
-from shards import convert
+from server.security.admission import AdmissionInterceptor
+from shards import convert, metrics
 from shards.client import DEFAULT_MAX_MESSAGE_BYTES, gather_search
 from shards.host import ShardHost
 from shards.records import ErrorKind, NodeLayout, NodeStats, RecordBatch, ShardError
@@ -34,7 +37,8 @@ from shards.records import ErrorKind, NodeLayout, NodeStats, RecordBatch, ShardE
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-SERVICE_NAME = "recd.v1.Shard"
+SHARD_SERVICE = pb.DESCRIPTOR.services_by_name["Shard"]
+SERVICE_NAME = SHARD_SERVICE.full_name
 
 
 def _inner_timeout(remaining_s: float | None) -> float | None:
@@ -157,7 +161,8 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
                 shards=[convert.hits_to_proto(shard_id, result) for shard_id, result in results.items()]
             )
 
-        return await _guard(context, run)
+        with metrics.OP_LATENCY.labels("search").time():
+            return await _guard(context, run)
 
     async def Upsert(
         self, request: pb.ShardUpsertRequest, context: grpc.aio.ServicerContext
@@ -175,7 +180,8 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
                 )
             return pb.ShardUpsertResponse(upserted=upserted)
 
-        return await _guard(context, run)
+        with metrics.OP_LATENCY.labels("upsert").time():
+            return await _guard(context, run)
 
     async def Delete(
         self, request: pb.ShardDeleteRequest, context: grpc.aio.ServicerContext
@@ -187,7 +193,8 @@ class ShardServicer(shard_pb2_grpc.ShardServicer):
                 deleted = await self._blocking(functools.partial(self._host.delete, request.shard_id, labels))
             return pb.ShardDeleteResponse(deleted=deleted)
 
-        return await _guard(context, run)
+        with metrics.OP_LATENCY.labels("delete").time():
+            return await _guard(context, run)
 
     async def Fetch(
         self, request: pb.ShardFetchRequest, context: grpc.aio.ServicerContext
@@ -284,21 +291,27 @@ async def serve_node(
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     layout: LayoutKeeper | None = None,
+    tls: TlsConfig | None = None,
+    auth: AuthConfig | None = None,
 ) -> ShardNodeServer:
     """Start serving `host` on `address` ("127.0.0.1:0" picks a free port: see `.port`). The caller owns
     the host: stop the node first, then close the host (which takes final snapshots). `layout`: the
-    cluster layout this node follows, if any (enables GetLayout/SetLayout and write fencing)."""
+    cluster layout this node follows, if any (enables GetLayout/SetLayout and write fencing). `tls`: the
+    listener's TLS (the config's cluster.tls; None: plaintext, loopback only). `auth`: who may call it
+    (the config's `auth`, whose callers need the internal role; None: everyone)."""
     executor = cf.ThreadPoolExecutor(8, "shard-service")
     lifecycle = ServerLifecycle(
         address,
-        lambda server: shard_pb2_grpc.add_ShardServicer_to_server(
-            ShardServicer(host, executor, layout), server
-        ),
+        # Requests parsed by the handlers: bytes that are no Shard request are INVALID_ARGUMENT, not UNKNOWN.
+        lambda server: add_servicer(server, ShardServicer(host, executor, layout), SHARD_SERVICE),
         (SERVICE_NAME,),
         options=[
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ],
+        tls=tls,
+        tls_key="cluster.tls",
+        interceptors=[AdmissionInterceptor(auth)] if auth is not None else [],
         # Off the loop: a host call still running (an fsync) finishes before the executor goes.
         on_close=[lambda: asyncio.to_thread(executor.shutdown, True)],
     )

@@ -150,7 +150,10 @@ def load(path: Path, params: IndexParams) -> ShardState:
                 f"{path}: snapshot has {key}={saved[key]!r}, configured {getattr(params, key)!r}"
             )
     index = hnswlib.Index(space=params.space, dim=params.dim)
-    index.load_index(str(path / INDEX_FILE), max_elements=int(manifest["capacity"]))
+    # Vacant (deleted) slots are reused by later adds; hnswlib rebuilds its list of them from the marks.
+    index.load_index(
+        str(path / INDEX_FILE), max_elements=int(manifest["capacity"]), allow_replace_deleted=True
+    )
     with np.load(path / "meta.npz", allow_pickle=False) as meta:
         labels = meta["labels"].tolist()
         ids = [b.decode("utf-8") for b in _unpack_strings(meta["id_lens"], meta["id_blob"])]

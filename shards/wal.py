@@ -26,12 +26,15 @@ import os
 import re
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from shards import metrics
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +279,7 @@ class WriteAheadLog:
                     new_before = self._create_segment(self._durable_lsn + 1)
                 if count:
                     self._write_all(new_before.path if new_before else None, data)
+                    metrics.WAL_GROUP.observe(self._last_group_size)
                 if rotate and (count or active.count):
                     new_after = self._create_segment(upto + 1)
             finally:
@@ -312,10 +316,12 @@ class WriteAheadLog:
             fd = os.open(new_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         try:
             view = memoryview(data)
+            began = time.monotonic()
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
             _sync(fd)
+            metrics.WAL_FSYNC.observe(time.monotonic() - began)
             self.fsync_count += 1
         finally:
             if new_path is not None:

@@ -11,19 +11,31 @@ from typing import Any
 import grpc
 
 from server import metrics
+from server.api import prechecks
+from server.api.handlers import add_servicer
 from server.api.services import CatalogService, RecommenderService
 from server.catalog.deletions import DeletionLog
 from server.config import Config
-from server.gen.recd.v1 import catalog_pb2, catalog_pb2_grpc, recommender_pb2, recommender_pb2_grpc
+from server.gen.recd.v1 import catalog_pb2, recommender_pb2
 from server.lifecycle import ServerLifecycle
 from server.runtime import Recd
+from server.security.admission import AdmissionInterceptor
+from server.validation import Limits
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = (
-    recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name,
-    catalog_pb2.DESCRIPTOR.services_by_name["Catalog"].full_name,
-)
+RECOMMENDER = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"]
+CATALOG = catalog_pb2.DESCRIPTOR.services_by_name["Catalog"]
+SERVICE_NAMES = (RECOMMENDER.full_name, CATALOG.full_name)
+
+
+def metadata_limit(max_bytes: int) -> list[tuple[str, int]]:
+    """gRPC options bounding a call's metadata: past the soft limit gRPC refuses a share of calls at
+    random (up to all at the hard one); equal, every call over it is RESOURCE_EXHAUSTED."""
+    return [("grpc.max_metadata_size", max_bytes), ("grpc.absolute_max_metadata_size", max_bytes)]
+
+
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -35,7 +47,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
+        # Health checks (the kubelet's probes, balancers) are not traffic: counted, they would dilute
+        # the error ratios that page.
+        if handler is None or handler.unary_unary is None or details.method.startswith(HEALTH_PREFIX):
             return handler
         method = details.method.rsplit("/", 1)[-1]
         inner = handler.unary_unary
@@ -73,11 +87,14 @@ class RecdServer:
         # What Catalog.WatchDeletes streams to the edge tier: every delete this catalogue applies.
         self.deletions = DeletionLog(recd.items)
 
+        limits = Limits.of(config)
+
         def register(server: grpc.aio.Server) -> None:
             recommender = RecommenderService(recd.recommender)
-            recommender_pb2_grpc.add_RecommenderServicer_to_server(recommender, server)
+            # Not the generated add_*Servicer_to_server: requests are parsed by the handlers (see there).
+            add_servicer(server, recommender, RECOMMENDER, prechecks.recommender(limits))
             catalog = CatalogService(recd.catalog, self.deletions)
-            catalog_pb2_grpc.add_CatalogServicer_to_server(catalog, server)
+            add_servicer(server, catalog, CATALOG, prechecks.catalog(limits))
 
         self.lifecycle = ServerLifecycle(
             config.server.address,
@@ -86,13 +103,18 @@ class RecdServer:
             options=[
                 ("grpc.max_receive_message_length", config.server.max_message_bytes),
                 ("grpc.max_send_message_length", config.server.max_message_bytes),
+                *metadata_limit(config.server.limits.max_metadata_bytes),
             ],
             reuse_port=reuse_port,
             extra_addresses=extra_addresses,
-            interceptors=[MetricsInterceptor()],
-            # Past the cap gRPC answers RESOURCE_EXHAUSTED at once instead of queueing without bound.
-            maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
-            reflection_enabled=True,
+            tls=config.server.tls,
+            # Admission first: who calls, their role and quota, and the concurrency cap (past it,
+            # RESOURCE_EXHAUSTED at once instead of queueing without bound), all counted when refused.
+            interceptors=[
+                AdmissionInterceptor(config.auth, max_concurrent_rpcs=config.server.max_concurrent_rpcs),
+                MetricsInterceptor(),
+            ],
+            reflection_enabled=config.auth.reflection != "off",
             on_close=[recd.close],
         )
 

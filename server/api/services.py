@@ -52,7 +52,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         return recommender_pb2.SimilarItemsResponse(
             items=convert.scored_items(answer.items),
             coverage=convert.coverage_of(answer.coverage),
-            model_version=self._recommender.model.version,
+            model_version=answer.model_version,
             retrieval=convert.retrieval(answer.retrieval),
         )
 
@@ -64,6 +64,8 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         return recommender_pb2.RecordInteractionsResponse(accepted=accepted)
 
 
+# GetUser reads a whole seen set and up to 10,000 interactions: an operator's read, not the request path's.
+GET_USER_TIMEOUT_S = 10.0
 # A watcher's since_ms may run ahead of this frontend's clock by this much (skew between machines).
 MAX_SINCE_AHEAD_MS = 60_000
 
@@ -107,11 +109,48 @@ class CatalogService(catalog_pb2_grpc.CatalogServicer):
         return catalog_pb2.UpsertUsersResponse(upserted=upserted)
 
     @grpc_errors
+    async def DeleteUser(
+        self, request: catalog_pb2.DeleteUserRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.DeleteUserResponse:
+        await self._catalog.delete_user(request.user_id)
+        return catalog_pb2.DeleteUserResponse()
+
+    @grpc_errors
+    async def DeleteUsers(
+        self, request: catalog_pb2.DeleteUsersRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.DeleteUsersResponse:
+        erased = await self._catalog.delete_users(list(request.user_ids))
+        return catalog_pb2.DeleteUsersResponse(erased=erased)
+
+    @grpc_errors
+    async def GetUser(
+        self, request: catalog_pb2.GetUserRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.GetUserResponse:
+        remaining = context.time_remaining()
+        timeout_s = GET_USER_TIMEOUT_S if remaining is None else min(remaining, GET_USER_TIMEOUT_S)
+        data = await self._catalog.get_user(request.user_id, request.max_interactions, timeout_s)
+        return convert.user_data_message(data)
+
+    @grpc_errors
     async def UpsertEdges(
         self, request: catalog_pb2.UpsertEdgesRequest, context: grpc.aio.ServicerContext
     ) -> catalog_pb2.UpsertEdgesResponse:
         upserted = await self._catalog.upsert_edges(convert.edges(request))
         return catalog_pb2.UpsertEdgesResponse(upserted=upserted)
+
+    @grpc_errors
+    async def AdminReloadModel(
+        self, request: catalog_pb2.AdminReloadModelRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.AdminReloadModelResponse:
+        report = await self._catalog.reload_models(request.default_version)
+        return catalog_pb2.AdminReloadModelResponse(
+            default_version=report.default_version,
+            versions=report.versions,
+            files=[
+                catalog_pb2.ModelFileStatus(path=f.path, outcome=f.outcome, version=f.version, error=f.error)
+                for f in report.files
+            ],
+        )
 
     @grpc_errors
     async def Stats(

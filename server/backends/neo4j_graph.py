@@ -26,12 +26,13 @@ from typing import Any
 from neo4j import AsyncDriver, AsyncGraphDatabase, AsyncManagedTransaction, unit_of_work
 from neo4j.exceptions import ClientError
 
-from server import metrics
+from server import metrics, tracing
 from server.backends.base import neighbours_each
 from server.batching import MicroBatcher
 from server.config import GraphConfig
 from server.domain import Edge
 from server.errors import BackendError
+from server.security.tls import bolt_options
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,7 @@ class Neo4jItemGraph:
                 max_transaction_retry_time=min(c.write_timeout_s, 15.0),
                 # "constraint already exists" and the like are INFORMATION: not worth a log line each.
                 notifications_min_severity="WARNING",
+                **bolt_options(c.tls, "graph.tls"),
             )
         async with self._driver.session(database=self.config.database) as session:
             result = await session.run(self._constraint_cypher)
@@ -263,12 +265,14 @@ class Neo4jItemGraph:
             raise BackendError(_BACKEND, "neighbours: no time left in the budget")
         deadline = time.monotonic() + timeout_s
         query = _NeighbourQuery(seeds, hops, limit_per_hop, float(min_score), deadline)
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._ready(timeout_s)
-                return await self._batcher.submit(query, deadline)
-        except Exception as exc:
-            raise _backend_error(exc, "neighbours") from exc
+        # Traced per caller, around its share of the batched UNWIND query (one query serves many callers).
+        with tracing.client_span("neo4j", "neighbours"):
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._ready(timeout_s)
+                    return await self._batcher.submit(query, deadline)
+            except Exception as exc:
+                raise _backend_error(exc, "neighbours") from exc
 
     async def _query_batch(self, queries: list[_NeighbourQuery]) -> list[dict[str, float]]:
         """One UNWIND query for every request of the batch; rows split back by request index."""
@@ -314,14 +318,15 @@ class Neo4jItemGraph:
             result = await tx.run(cypher, params)
             return await result.values()
 
-        try:
-            async with asyncio.timeout(timeout_s + _SLACK_S):
-                driver = await self._ready(timeout_s)
-                async with driver.session(database=self.config.database, default_access_mode="READ") as s:
-                    rows = await s.execute_read(read)
-        except Exception as exc:
-            metrics.BACKEND_CALLS.labels(_METRIC, op, "error").inc()
-            raise _backend_error(exc, op) from exc
+        with tracing.client_span("neo4j", op):
+            try:
+                async with asyncio.timeout(timeout_s + _SLACK_S):
+                    driver = await self._ready(timeout_s)
+                    async with driver.session(database=self.config.database, default_access_mode="READ") as s:
+                        rows = await s.execute_read(read)
+            except Exception as exc:
+                metrics.BACKEND_CALLS.labels(_METRIC, op, "error").inc()
+                raise _backend_error(exc, op) from exc
         metrics.BACKEND_CALLS.labels(_METRIC, op, "ok").inc()
         return rows
 
@@ -343,16 +348,17 @@ class Neo4jItemGraph:
             result = await tx.run(self._upsert_cypher, edges=chunk)
             await result.consume()
 
-        try:
-            driver = await self._ready(timeout_s)
-            async with driver.session(database=self.config.database) as session:
-                for start in range(0, len(rows), step):
-                    async with asyncio.timeout(timeout_s + _SLACK_S):
-                        await session.execute_write(write, rows[start : start + step])
-                    metrics.BACKEND_CALLS.labels(_METRIC, "upsert_edges", "ok").inc()
-        except Exception as exc:
-            metrics.BACKEND_CALLS.labels(_METRIC, "upsert_edges", "error").inc()
-            raise _backend_error(exc, "upsert_edges") from exc
+        with tracing.client_span("neo4j", "upsert_edges"):
+            try:
+                driver = await self._ready(timeout_s)
+                async with driver.session(database=self.config.database) as session:
+                    for start in range(0, len(rows), step):
+                        async with asyncio.timeout(timeout_s + _SLACK_S):
+                            await session.execute_write(write, rows[start : start + step])
+                        metrics.BACKEND_CALLS.labels(_METRIC, "upsert_edges", "ok").inc()
+            except Exception as exc:
+                metrics.BACKEND_CALLS.labels(_METRIC, "upsert_edges", "error").inc()
+                raise _backend_error(exc, "upsert_edges") from exc
 
     async def drop_all(self) -> None:
         """Deletes every item of this label, its edges and its constraint (tests, full rebuilds)."""

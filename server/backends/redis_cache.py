@@ -23,8 +23,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from server import metrics
+from server import metrics, tracing
 from server.config import CacheConfig
+from server.security.tls import redis_url_and_options
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,10 @@ class RedisCache:
         self._timeout_s = config.timeout_ms / 1000.0
         self._prefix = config.key_prefix
         # No loop is bound here: connections are opened on first use, in the loop that uses them.
+        url, tls_options = redis_url_and_options(config.url, config.tls, "cache.tls")
         self._client = aioredis.Redis.from_url(
-            config.url,
+            url,
+            **tls_options,
             socket_connect_timeout=self._timeout_s,
             socket_timeout=self._timeout_s,
             retry=Retry(NoBackoff(), 0),
@@ -122,7 +125,8 @@ class RedisCache:
             return _FAILED
         try:
             async with asyncio.timeout(self._timeout_s):
-                value = await call()
+                with tracing.client_span("redis", op):
+                    value = await call()
         except asyncio.CancelledError:
             # The caller's budget ran out first; the command still went to Redis, so it counts.
             metrics.BACKEND_CALLS.labels(_TIER, op, "cancelled").inc()

@@ -3,17 +3,19 @@ and statistics. Speaks domain types only (the replica is kept in step by catalog
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from server import validation
-from server.backends.base import ItemGraph, ProfileStore
+from server.backends.base import ItemGraph, ProfileStore, UserExport
 from server.catalog.item_store import ItemStore
 from server.catalog.writes import ItemWriter
 from server.config import Config
 from server.domain import Edge, ItemRecord, UserProfile
-from server.errors import invalid
+from server.errors import invalid, unavailable
+from server.ranking.registry import ModelReloader, ReloadReport, UnknownModelVersion
 from server.routing.router import ShardRouter
 from server.users import UserStates
 from server.validation import Limits
@@ -32,6 +34,29 @@ class Stats:
     model_version: str
 
 
+MAX_VERSION_CHARS = 128
+
+# GetUser: the newest interactions returned when the caller does not say, and the most it may ask for.
+DEFAULT_EXPORT_INTERACTIONS = 1000
+MAX_EXPORT_INTERACTIONS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class SeenEntry:
+    item_id: str  # "" when this frontend's catalogue does not know the hash's item
+    item_hash: int
+    last_seen_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserData:
+    """What GetUser answers: everything held about one user."""
+
+    user_id: str
+    held: UserExport
+    seen: list[SeenEntry]  # most recently seen first
+
+
 class Catalog:
     def __init__(
         self,
@@ -43,8 +68,11 @@ class Catalog:
         users: UserStates,
         model_version: Callable[[], str],
         on_item_write: Callable[[], None],
+        *,
+        models: ModelReloader | None = None,
     ) -> None:
         self.config = config
+        self._models = models
         self._router = router
         self._profiles = profiles
         self._graph = graph
@@ -69,15 +97,74 @@ class Catalog:
     async def get_items(self, item_ids: Sequence[str]) -> tuple[list[ItemRecord], list[str]]:
         return await self.item_writer.get(item_ids)
 
+    async def reload_models(self, default_version: str) -> ReloadReport:
+        """AdminReloadModel: the model files re-read now, then `default_version` (if any) made the
+        default. Only this process: a worker group's other workers follow the files (registry.py)."""
+        if self._models is None:
+            raise unavailable("this frontend has no model reloader")
+        if len(default_version) > MAX_VERSION_CHARS:
+            raise invalid(f"default_version is longer than {MAX_VERSION_CHARS} characters")
+        try:
+            return await asyncio.to_thread(self._models.reload_now, default_version)
+        except UnknownModelVersion as exc:
+            raise invalid(
+                f"default_version: {exc}; list its file in ranking.extra_model_files to load it"
+            ) from exc
+
     async def upsert_users(self, users: Sequence[UserProfile]) -> int:
         validation.check_batch(len(users), "users", self.limits)
+        seen: set[str] = set()
         for i, u in enumerate(users):
             validation.check_id(u.user_id, f"users[{i}].user_id", self.limits)
+            if u.user_id in seen:
+                raise invalid(f"users[{i}].user_id {u.user_id!r} appears twice in the batch; send it once")
+            seen.add(u.user_id)
+            validation.check_attributes(
+                u.attributes, f"users[{i}].attributes", "max_attributes_per_user", self.limits
+            )
             if u.embedding is not None:
                 validation.check_embedding(u.embedding, f"users[{i}].embedding", self.limits)
         await self._profiles.upsert_profiles(users)
         await self._users.invalidate(u.user_id for u in users)
         return len(users)
+
+    async def delete_user(self, user_id: str) -> None:
+        validation.check_id(user_id, "user_id", self.limits)
+        await self.delete_users([user_id])
+
+    async def delete_users(self, user_ids: Sequence[str]) -> int:
+        """Erases the users from the profile store (durable when it returns), then invalidates their
+        cached state, as a write does, so that no frontend serves it again: a Recommend that read the
+        store before the erasure cannot cache what it read (server/users.py). Returns the distinct ids."""
+        validation.check_batch(len(user_ids), "user_ids", self.limits)
+        validation.check_ids(user_ids, "user_ids", self.limits)
+        unique = list(dict.fromkeys(user_ids))
+        await self._profiles.delete_users(unique)
+        await self._users.invalidate(unique)
+        # The count only: a log of erased ids would itself keep what was erased.
+        log.info("erased %d users", len(unique))
+        return len(unique)
+
+    async def get_user(self, user_id: str, max_interactions: int, timeout_s: float) -> UserData:
+        validation.check_id(user_id, "user_id", self.limits)
+        if not 0 <= max_interactions <= MAX_EXPORT_INTERACTIONS:
+            raise invalid(
+                f"max_interactions must be within 1..{MAX_EXPORT_INTERACTIONS} "
+                f"(0 = {DEFAULT_EXPORT_INTERACTIONS}), got {max_interactions}"
+            )
+        limit = max_interactions or DEFAULT_EXPORT_INTERACTIONS
+        held = await self._profiles.export_user(user_id, limit, timeout_s)
+        # The store keeps item hashes (shard labels); the catalogue names the items it knows.
+        order = sorted(range(len(held.seen)), key=lambda i: -int(held.seen_last_ms[i]))
+        seen = [
+            SeenEntry(
+                self._items.label_owner(int(held.seen[i])) or "",
+                int(held.seen[i]),
+                int(held.seen_last_ms[i]),
+            )
+            for i in order
+        ]
+        return UserData(user_id, held, seen)
 
     async def upsert_edges(self, edges: Sequence[Edge]) -> int:
         validation.check_batch(len(edges), "edges", self.limits)

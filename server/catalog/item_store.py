@@ -296,6 +296,10 @@ class ItemStore:
     def has_attribute(self, name: str) -> bool:
         return name in self._attr_codes
 
+    def attribute_name_count(self) -> int:
+        """Distinct attribute names held (each has a code column as long as the catalogue)."""
+        return len(self._attr_codes)
+
     def set_popularity_counts(self, list_name: str, counts: Mapping[str, float]) -> None:
         """Replaces list `list_name`'s decayed interaction counts (absolute values, so a repeated refresh
         never counts twice); ids not in the catalogue are ignored. The list's order follows within

@@ -40,9 +40,15 @@ class ItemWriter:
             seen.add(r.item_id)
             validation.check_embedding(r.embedding, f"items[{i}].embedding", self._limits)
             validation.check_popularity(r.popularity, f"items[{i}].popularity")
-            for key in r.attributes:
-                if not key:
-                    raise invalid(f"items[{i}].attributes has an empty key")
+            validation.check_attributes(
+                r.attributes, f"items[{i}].attributes", "max_attributes_per_item", self._limits
+            )
+        validation.check_new_attribute_names(
+            {name for r in records for name in r.attributes},
+            self._items.has_attribute,
+            self._items.attribute_name_count(),
+            self._limits,
+        )
 
     async def upsert(self, records: Sequence[ItemRecord]) -> int:
         self.validate(records)

@@ -22,6 +22,10 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from server.cluster import pids as procs
+from server.config import ClientTlsConfig, load_config
+from server.security.tls import sync_channel
+
 STATE_FILE = "cluster.json"
 CONFIG_FILE = "cluster.yaml"
 
@@ -33,10 +37,15 @@ def free_port() -> int:
 
 
 def wait_healthy(
-    address: str, proc: subprocess.Popen[bytes] | None, timeout_s: float, log: Path | None
+    address: str,
+    proc: subprocess.Popen[bytes] | None,
+    timeout_s: float,
+    log: Path | None,
+    tls: ClientTlsConfig | None = None,
 ) -> None:
+    """`tls`: how the process is reached (its listener's TLS; None: plaintext)."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
+    with sync_channel(address, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
@@ -66,6 +75,8 @@ class ProcessInfo:
     pid: int
     address: str
     log: str
+    started: int = 0  # the process's start time (pids.start_time): a reused pid is not ours
+    metrics: str = ""  # its /metrics address, if it serves one
 
 
 @dataclass
@@ -106,6 +117,7 @@ class LocalCluster:
         self.replication = replication
         self.python = python
         self.node_ports = {i: free_port() for i in range(nodes)}
+        self.node_metrics_ports: dict[int, int] = {}
         self.frontend_address = f"127.0.0.1:{free_port()}"
         self.metrics_address = f"127.0.0.1:{free_port()}"
         self.config_path = self.root / CONFIG_FILE
@@ -116,6 +128,11 @@ class LocalCluster:
     # --- config ---------------------------------------------------------------------------------------
     def node_address(self, node_id: int) -> str:
         return f"127.0.0.1:{self.node_ports[node_id]}"
+
+    def node_metrics_address(self, node_id: int) -> str:
+        if node_id not in self.node_metrics_ports:
+            self.node_metrics_ports[node_id] = free_port()
+        return f"127.0.0.1:{self.node_metrics_ports[node_id]}"
 
     def write_config(self) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -135,6 +152,12 @@ class LocalCluster:
         }
         self.config_path.write_text(yaml.safe_dump(_merge(base, self._extra), sort_keys=False))
         return self.config_path
+
+    def client_tls(self) -> tuple[ClientTlsConfig, ClientTlsConfig]:
+        """(server.client_tls, cluster.client_tls) of the written config: how its frontends and its
+        nodes are reached."""
+        config = load_config(self.config_path, environ={})
+        return config.server.client_tls, config.cluster.client_tls
 
     # --- processes ------------------------------------------------------------------------------------
     def _spawn(self, key: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -157,9 +180,11 @@ class LocalCluster:
         if node_id not in self.node_ports:
             self.node_ports[node_id] = free_port()
         address = self.node_address(node_id)
-        proc = self._spawn(f"node-{node_id}", ["shard", "--node-id", str(node_id), "--address", address])
+        metrics = self.node_metrics_address(node_id)
+        args = ["shard", "--node-id", str(node_id), "--address", address, "--metrics-address", metrics]
+        proc = self._spawn(f"node-{node_id}", args)
         self.state.nodes[str(node_id)] = ProcessInfo(
-            proc.pid, address, str(self.root / "logs" / f"node-{node_id}.log")
+            proc.pid, address, str(self.root / "logs" / f"node-{node_id}.log"), _started(proc.pid), metrics
         )
         self.state.save()
         if wait:
@@ -172,15 +197,18 @@ class LocalCluster:
             self._procs.get(f"node-{node_id}"),
             timeout_s,
             self.root / "logs" / f"node-{node_id}.log",
+            self.client_tls()[1],
         )
 
     def start_frontend(self, timeout_s: float = 120.0) -> subprocess.Popen[bytes]:
         proc = self._spawn("frontend", ["serve", "--single-process"])
         self.state.frontend = ProcessInfo(
-            proc.pid, self.frontend_address, str(self.root / "logs" / "frontend.log")
+            proc.pid, self.frontend_address, str(self.root / "logs" / "frontend.log"), _started(proc.pid)
         )
         self.state.save()
-        wait_healthy(self.frontend_address, proc, timeout_s, self.root / "logs" / "frontend.log")
+        wait_healthy(
+            self.frontend_address, proc, timeout_s, self.root / "logs" / "frontend.log", self.client_tls()[0]
+        )
         return proc
 
     def start_another_frontend(self, key: str, timeout_s: float = 120.0) -> str:
@@ -190,9 +218,9 @@ class LocalCluster:
         env = {"RECD_SERVER__ADDRESS": address, "RECD_SERVER__METRICS_ADDRESS": metrics}
         proc = self._spawn(key, ["serve", "--single-process"], env)
         log = self.root / "logs" / f"{key}.log"
-        self.state.more_frontends[key] = ProcessInfo(proc.pid, address, str(log))
+        self.state.more_frontends[key] = ProcessInfo(proc.pid, address, str(log), _started(proc.pid))
         self.state.save()
-        wait_healthy(address, proc, timeout_s, log)
+        wait_healthy(address, proc, timeout_s, log, self.client_tls()[0])
         return address
 
     def kill_frontend(self, key: str = "frontend", sig: int = signal.SIGKILL) -> None:
@@ -247,33 +275,59 @@ def _stop_all(procs: list[subprocess.Popen[bytes]], grace_s: float = 10.0) -> No
             proc.wait()
 
 
+def _started(pid: int) -> int:
+    return procs.start_time(pid) or 0
+
+
 def _ours(pid: int) -> bool:
-    """The pid still runs one of our commands (pids are reused after a process exits)."""
+    """The pid still runs one of our commands (a state file written before start times were kept)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"server.cli" in cmdline
+    return b"server.cli" in cmdline or any(os.path.basename(a) == b"recd" for a in cmdline[:2])
 
 
-def cluster_down(root: Path, grace_s: float = 10.0) -> list[int]:
-    """Stops the processes listed in root's state file (`recd cluster down`); returns their pids."""
-    state = ClusterState.load(root)
+def _port(address: str) -> int | None:
+    port = address.rpartition(":")[2]
+    return int(port) if port.isdigit() else None
+
+
+def cluster_processes(state: ClusterState) -> dict[int, int]:
+    """pid -> start time of every process running the cluster: those the state file lists (while still
+    the same process), and any other recd process serving one of its addresses or started with its
+    config, e.g. a node restarted by hand with `recd shard`."""
     infos = [
         *([state.frontend] if state.frontend else []),
         *state.more_frontends.values(),
         *state.nodes.values(),
     ]
-    pids = [i.pid for i in infos if _ours(i.pid)]
-    for pid in pids:
+    found: set[int] = set()
+    for info in infos:
+        if procs.is_same(info.pid, info.started) or (info.started == 0 and _ours(info.pid)):
+            found.add(info.pid)
+    addresses = [a for info in infos for a in (info.address, info.metrics)] + [state.metrics_address]
+    ports = {p for p in map(_port, addresses) if p is not None}
+    found |= procs.listening_on(ports)
+    found |= procs.naming_config(Path(state.config))
+    found.discard(os.getpid())
+    return {pid: started for pid in found if (started := procs.start_time(pid)) is not None}
+
+
+def cluster_down(root: Path, grace_s: float = 10.0) -> list[int]:
+    """Stops every process running the cluster of root's state file (`recd cluster down`), however it
+    was started; returns their pids."""
+    state = ClusterState.load(root)
+    victims = cluster_processes(state)
+    for pid in victims:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    for pid in pids:
-        while _ours(pid) and time.monotonic() < deadline:
+    for pid, started in victims.items():
+        while procs.is_same(pid, started) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _ours(pid):
+        if procs.is_same(pid, started):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     (root / STATE_FILE).unlink(missing_ok=True)
-    return pids
+    return sorted(victims)

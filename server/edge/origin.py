@@ -18,9 +18,12 @@ from typing import Literal, Protocol
 
 import grpc
 
-from server import metrics
+from server import metrics, tracing
 from server.client import MAX_MESSAGE_BYTES
+from server.config import ClientTlsConfig
 from server.edge.resolve import Resolver, resolve_target
+from server.security.credentials import authorized
+from server.security.tls import ClientFilesWatch, aio_channel
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +102,21 @@ class _Backend:
     of this edge on one worker of the pod.
     """
 
-    def __init__(self, address: str, connections: int = 1) -> None:
+    def __init__(self, address: str, connections: int = 1, tls: ClientTlsConfig | None = None) -> None:
         self.address = address
         self.channels = [
-            grpc.aio.insecure_channel(
-                address,
-                options=[
-                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                    # Otherwise channels to one address share gRPC's global subchannel: one connection.
-                    ("grpc.use_local_subchannel_pool", 1),
-                ],
+            authorized(
+                aio_channel(
+                    address,
+                    tls,
+                    where="edge.origin_tls",
+                    options=[
+                        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                        # Otherwise channels to one address share gRPC's global subchannel: one connection.
+                        ("grpc.use_local_subchannel_pool", 1),
+                    ],
+                )
             )
             for _ in range(max(1, connections))
         ]
@@ -159,7 +166,9 @@ class OriginPool:
         resolve_interval_s: float = 5.0,
         drain_s: float = 10.0,
         connections_per_origin: int = 1,
+        tls: ClientTlsConfig | None = None,
     ) -> None:
+        """`tls`: how the origins are called (edge.origin_tls; None: plaintext)."""
         if not targets:
             raise ValueError("the edge needs at least one origin address")
         if max_attempts < 1:
@@ -169,8 +178,10 @@ class OriginPool:
         self._resolve_interval_s = resolve_interval_s
         self._drain_s = drain_s
         self._connections = connections_per_origin
+        self._tls = tls
+        self._client_files = ClientFilesWatch(tls, "edge.origin_tls")
         self._resolved: dict[str, list[str]] = {t: [t] for t in self._targets}
-        self._backends = [_Backend(a, connections_per_origin) for a in self._targets]
+        self._backends = [_Backend(a, connections_per_origin, tls) for a in self._targets]
         self._balancing = balancing
         self._budget = budget
         self._max_attempts = max_attempts
@@ -212,7 +223,7 @@ class OriginPool:
             return False  # DNS may shuffle its records: an order change is no change
         added = [a for a in wanted if a not in current]
         gone = [b for a, b in current.items() if a not in wanted]
-        self._backends = [current.get(a) or _Backend(a, self._connections) for a in wanted]
+        self._backends = [current.get(a) or _Backend(a, self._connections, self._tls) for a in wanted]
         for backend in gone:
             self._retire(backend)
         if added or gone:
@@ -238,10 +249,22 @@ class OriginPool:
             last = loop.time()
             try:
                 await self.refresh()
+                if self._client_files.changed():
+                    self.renew()
             except Exception:
                 log.exception(
                     "following the origins failed; trying again in %.0f s", self._resolve_interval_s
                 )
+
+    def renew(self) -> None:
+        """New channels to every origin (edge.origin_tls's files changed: gRPC reads them only when a
+        channel is made); the old ones drain as those of a vanished address do."""
+        old, self._backends = (
+            self._backends,
+            [_Backend(b.address, self._connections, self._tls) for b in self._backends],
+        )
+        for backend in old:
+            self._retire(backend)
 
     def _retire(self, backend: _Backend) -> None:
         async def drain() -> None:
@@ -283,7 +306,10 @@ class OriginPool:
             started = time.perf_counter()
             code = "OK"
             try:
-                return bytes(await backend.method(method)(request, timeout=remaining))
+                # One span per attempt, each continued by the origin's own RPC span.
+                with tracing.outgoing_call(method, backend.address) as trace_metadata:
+                    call = backend.method(method)
+                    return bytes(await call(request, timeout=remaining, metadata=trace_metadata))
             except grpc.aio.AioRpcError as exc:
                 code = exc.code().name
                 # UNAVAILABLE: the origin did not take the call (down, draining, refused the

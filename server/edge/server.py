@@ -7,16 +7,20 @@ pass-through RPCs are forwarded without being decoded, and a cache hit is return
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf import message_factory
+from google.protobuf.message import DecodeError, Message
 
-from server.api.server import SERVICE_NAMES, MetricsInterceptor
+from server.api import prechecks
+from server.api.handlers import parse_or_abort
+from server.api.server import CATALOG, RECOMMENDER, SERVICE_NAMES, MetricsInterceptor, metadata_limit
 from server.backends.base import Cache
 from server.client import MAX_MESSAGE_BYTES
-from server.config import EdgeConfig
+from server.config import AuthConfig, EdgeConfig
 from server.edge.cache import EdgeCache
 from server.edge.deletes import DeleteWatch
 from server.edge.origin import Origin, OriginError, OriginPool, RetryBudget
@@ -24,8 +28,23 @@ from server.edge.resolve import Resolver, resolve_target
 from server.edge.shared import open_shared_cache
 from server.gen.recd.v1 import catalog_pb2, recommender_pb2
 from server.lifecycle import ServerLifecycle, run_until_signalled
+from server.security.admission import AdmissionInterceptor
+from server.validation import Limits
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _request_types() -> dict[str, type[Message]]:
+    """Each public method's path -> its request message class."""
+    return {
+        f"/{method.containing_service.full_name}/{method.name}": message_factory.GetMessageClass(
+            method.input_type
+        )
+        for service in (RECOMMENDER, CATALOG)
+        for method in service.methods
+    }
+
 
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 
@@ -38,10 +57,23 @@ def _upserted_users(raw: bytes) -> Iterable[str]:
     return (u.user_id for u in catalog_pb2.UpsertUsersRequest.FromString(raw).users)
 
 
+def _erased_user(raw: bytes) -> Iterable[str]:
+    return (catalog_pb2.DeleteUserRequest.FromString(raw).user_id,)
+
+
+def _erased_users(raw: bytes) -> Iterable[str]:
+    return catalog_pb2.DeleteUsersRequest.FromString(raw).user_ids
+
+
 # Writes about users: forwarded, then those users' cached answers are invalidated.
 USER_WRITES: dict[str, Callable[[bytes], Iterable[str]]] = {
     "/recd.v1.Recommender/RecordInteractions": _recorded_users,
     "/recd.v1.Catalog/UpsertUsers": _upserted_users,
+}
+# Erasures: forwarded, then those users' cached answers are invalidated and dropped from memory.
+USER_ERASURES: dict[str, Callable[[bytes], Iterable[str]]] = {
+    "/recd.v1.Catalog/DeleteUser": _erased_user,
+    "/recd.v1.Catalog/DeleteUsers": _erased_users,
 }
 # Everything else the edge forwards is an upsert, a delete or a read, which an origin may see twice
 # without harm, so UNAVAILABLE is retried on another origin; RecordInteractions appends, and a repeat
@@ -57,12 +89,20 @@ class EdgeServer:
         origin: Origin,
         shared: Cache | None,
         watch: DeleteWatch | None = None,
+        auth: AuthConfig | None = None,
     ) -> None:
+        """`auth`: who may call the edge (the config's `auth`; None: everyone). The edge authenticates its
+        callers itself and calls the origins as itself, with this process's token (auth.token_file)."""
         self.config = config
         self.cache = cache
         self.origin = origin
         self.shared = shared
         self.watch = watch
+        # Recommend's sizes only (filter, context, exclusions): the embedding dimension and batch sizes
+        # are the frontends' to check, on the writes the edge forwards.
+        self._recommend_precheck = prechecks.recommender(
+            Limits.with_limits(dim=0, max_batch=0, max_id_bytes=0, limits=config.limits)
+        )["Recommend"]
         self.lifecycle = ServerLifecycle(
             config.address,
             self._register,
@@ -72,10 +112,15 @@ class EdgeServer:
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
+                *metadata_limit(config.limits.max_metadata_bytes),
             ],
-            interceptors=[MetricsInterceptor()],
-            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-            reflection_enabled=True,
+            interceptors=[
+                AdmissionInterceptor(auth or AuthConfig(), max_concurrent_rpcs=config.max_concurrent_rpcs),
+                MetricsInterceptor(),
+            ],
+            tls=config.tls,
+            tls_key="edge.tls",
+            reflection_enabled=auth is None or auth.reflection != "off",
             on_close=[
                 cache.close,
                 *([watch.close] if watch is not None else []),
@@ -115,7 +160,9 @@ class EdgeServer:
                 if path == "/recd.v1.Recommender/Recommend":
                     handler = self._recommend
                 elif path in USER_WRITES:
-                    handler = self._user_write(path, USER_WRITES[path])
+                    handler = self._user_write(path, USER_WRITES[path], self.cache.invalidate_users)
+                elif path in USER_ERASURES:
+                    handler = self._user_write(path, USER_ERASURES[path], self.cache.erase_users)
                 else:
                     handler = self._forward(path)
                 # No (de)serializers: the handlers take and return bytes.
@@ -128,18 +175,23 @@ class EdgeServer:
         return ceiling if remaining is None else min(ceiling, remaining)
 
     async def _recommend(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        # What a frontend would refuse for its sizes is refused here, before a cache key is built from it.
+        request = await parse_or_abort(
+            recommender_pb2.RecommendRequest, raw, context, self._recommend_precheck
+        )
         try:
-            return await self.cache.recommend(raw, context.time_remaining())
+            return await self.cache.recommend(raw, context.time_remaining(), parsed=request)
         except OriginError as exc:
             await context.abort(exc.code, exc.details)
-        except DecodeError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request is not a RecommendRequest")
         raise AssertionError("unreachable: abort raises")
 
     def _forward(self, path: str) -> Handler:
         retryable = path not in NOT_RETRYABLE
+        request_type = _request_types()[path]
 
         async def forward(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            # Parsed only to be checked: what is not a request of this method never reaches an origin.
+            await parse_or_abort(request_type, raw, context)
             try:
                 return await self.origin.call(path, raw, self._origin_timeout(context), retryable)
             except OriginError as exc:
@@ -148,7 +200,12 @@ class EdgeServer:
 
         return forward
 
-    def _user_write(self, path: str, users_of: Callable[[bytes], Iterable[str]]) -> Handler:
+    def _user_write(
+        self,
+        path: str,
+        users_of: Callable[[bytes], Iterable[str]],
+        invalidate: Callable[[Iterable[str]], Awaitable[None]],
+    ) -> Handler:
         forward = self._forward(path)
 
         async def write(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -162,7 +219,7 @@ class EdgeServer:
             finally:
                 # Also after an error: a timed-out write may still have been applied, and a needless
                 # invalidation costs these users one miss each.
-                await self.cache.invalidate_users(users)
+                await invalidate(users)
 
         return write
 
@@ -180,7 +237,9 @@ class EdgeServer:
         log.info("recd edge stopped")
 
 
-def build_edge(config: EdgeConfig, resolver: Resolver = resolve_target) -> EdgeServer:
+def build_edge(
+    config: EdgeConfig, resolver: Resolver = resolve_target, auth: AuthConfig | None = None
+) -> EdgeServer:
     """`resolver` maps an origin target to its addresses (tests inject one instead of DNS)."""
     shared = open_shared_cache(config.cache)
     budget = RetryBudget(
@@ -195,17 +254,20 @@ def build_edge(config: EdgeConfig, resolver: Resolver = resolve_target) -> EdgeS
         resolve_interval_s=config.resolve_interval_s,
         drain_s=config.origin_drain_s,
         connections_per_origin=config.connections_per_origin,
+        tls=config.origin_tls,
     )
     cache = EdgeCache(config, origin, shared)
     watch = None
     if config.watch_deletes:
         watch = DeleteWatch(origin, cache.deletes, idle_timeout_s=config.watch_idle_timeout_s)
-    return EdgeServer(config, cache, origin, shared, watch)
+    return EdgeServer(config, cache, origin, shared, watch, auth)
 
 
-async def serve_edge(config: EdgeConfig, on_ready: Callable[[], None] | None = None) -> None:
+async def serve_edge(
+    config: EdgeConfig, on_ready: Callable[[], None] | None = None, auth: AuthConfig | None = None
+) -> None:
     from server.metrics import serve_metrics
 
-    server = build_edge(config)
+    server = build_edge(config, auth=auth)
     serve_metrics(config.metrics_address)
     await run_until_signalled(server, on_ready)

@@ -15,11 +15,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from server import metrics
+from server import metrics, tracing
 from server.config import StepConfig
 from server.domain import Coverage, Retrieval, ScoredItem
 from server.errors import ErrorKind, RecdError, unavailable
 from server.pipeline.stages import Batch, Selected
+from server.tracing.spans import mark_failed
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,26 @@ async def run_with_policy(
     awaits_io: bool,
 ) -> tuple[T | None, BaseException | None]:
     """Runs one unit of work under its budget: (result, None), or (None, failure) if it failed open;
-    raises RecdError if it failed closed."""
+    raises RecdError if it failed closed. Traced as a span "<pipeline>/<name>" under the batch's span
+    (server.tracing.spans says how a batch's spans relate to its requests' traces)."""
+    if not tracing.enabled():
+        return await _run_with_policy(pipeline, name, policy, deadline, call, awaits_io)
+    with tracing.span(f"{pipeline}/{name}", {"recd.step": name, "recd.budget_ms": policy.budget_ms}) as span:
+        result, failure = await _run_with_policy(pipeline, name, policy, deadline, call, awaits_io)
+        if failure is not None:
+            # Failed open: the step's span says so, though nothing was raised through it.
+            mark_failed(span, failure, "timeout" if isinstance(failure, TimeoutError) else "failed")
+        return result, failure
+
+
+async def _run_with_policy(
+    pipeline: str,
+    name: str,
+    policy: StepConfig,
+    deadline: float,
+    call: Callable[[], Awaitable[T]],
+    awaits_io: bool,
+) -> tuple[T | None, BaseException | None]:
     started = time.monotonic()
     budget = min(policy.budget_ms / 1000.0, deadline - started)
     failure: BaseException | None = None
@@ -104,6 +124,7 @@ class Answer:
     items: tuple[ScoredItem, ...]
     coverage: Coverage
     retrieval: Retrieval = Retrieval.UNSPECIFIED
+    model_version: str = ""  # the version that ranked the batch ("": no rank step)
 
 
 class Pipeline:
@@ -210,7 +231,8 @@ class Pipeline:
                 coverage.degrade("shards")
             for reason in coverage.degraded:
                 metrics.DEGRADED.labels(reason).inc()
-            out.append(Answer(selected.items[i], coverage, Retrieval(int(shards.retrieval[i]))))
+            version = ranked.model.version if ranked.model is not None else ""
+            out.append(Answer(selected.items[i], coverage, Retrieval(int(shards.retrieval[i])), version))
         return out
 
 

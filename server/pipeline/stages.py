@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from server.domain import Retrieval, ScoredItem, Source
 from server.errors import RecdError
+from server.ranking.model import RankingModel
 
 Rows = npt.NDArray[np.int64]
 Labels = npt.NDArray[np.uint64]
@@ -182,6 +183,8 @@ class Ranked:
     similarity: Floats  # unweighted similarity to the request's vector
     side: npt.NDArray[np.float32]  # (n, 3): graph, popularity, freshness (unweighted)
     ranker: str  # the ranker that scored them, or "prior" when ranking failed open
+    # The model version that ranked them (the default one for "prior"); None only in tests' stages.
+    model: RankingModel | None = None
 
 
 @dataclass(frozen=True, slots=True)

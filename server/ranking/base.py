@@ -8,6 +8,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from server.ranking.model import RankingModel
+
 
 @dataclass(slots=True)
 class RankBatch:
@@ -34,9 +36,11 @@ class RankResult:
 
 class Ranker(Protocol):
     name: str
+    model: RankingModel  # what rank() scores with when not given a model
 
-    def rank(self, batch: RankBatch) -> RankResult:
-        """Blocking; called from a worker thread, never on the event loop."""
+    def rank(self, batch: RankBatch, model: RankingModel | None = None) -> RankResult:
+        """Blocking; called from a worker thread, never on the event loop. `model` supplies the weights
+        of this batch (several versions may rank at once: the registry's hot reload)."""
         ...
 
     def upsert_rows(self, rows: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> None:

@@ -17,13 +17,14 @@ class CpuRanker:
 
     def __init__(self, table: _core.F16Table, model: RankingModel) -> None:
         self._table = table
-        self._model = model
-        self._side_weights = model.side_weight_vector
+        self.model = model
 
-    def rank(self, batch: RankBatch) -> RankResult:
+    def rank(self, batch: RankBatch, model: RankingModel | None = None) -> RankResult:
+        # The weights are read per call: a model swap needs nothing from this ranker.
+        model = model or self.model
         similarity = self._table.score(batch.queries, batch.rows)
-        total = similarity * np.float32(self._model.similarity_weight)
-        total += batch.side @ self._side_weights
+        total = similarity * np.float32(model.similarity_weight)
+        total += batch.side @ model.side_weight_vector
         # The table scores padding -inf, but a zero or negative similarity weight would turn that into NaN
         # or +inf: mask padding after weighting.
         total[batch.rows < 0] = -np.inf

@@ -82,6 +82,15 @@ def _ptr(x: int) -> np.uint64:
     return np.uint64(x)
 
 
+_Weights = tuple[np.float32, np.float32, np.float32, np.float32]
+
+
+def _weights(model: RankingModel) -> _Weights:
+    """The scoring kernel's weight arguments: similarity, then the side features in SIDE_FEATURES order."""
+    w0, w1, w2 = (np.float32(w) for w in model.side_weights)
+    return np.float32(model.similarity_weight), w0, w1, w2
+
+
 class _Kernels:
     """The compiled module's functions, looked up once per ranker."""
 
@@ -277,11 +286,7 @@ class GpuRanker:
         if reason is not None:
             raise RuntimeError(f"the GPU ranker cannot run: {reason}")
         self.dim = int(items.dim)
-        self._model = model
-        self._weights = (
-            np.float32(model.similarity_weight),
-            *(np.float32(w) for w in model.side_weights),
-        )
+        self.model = model
         self._device = cp.cuda.Device(device)
         self._lock = threading.Lock()
         self._last_sort: tuple[Any, ...] = ()
@@ -343,7 +348,10 @@ class GpuRanker:
             self._table.write(rows, None)
 
     # --- ranking ----------------------------------------------------------------------------------
-    def rank(self, batch: RankBatch) -> RankResult:
+    def rank(self, batch: RankBatch, model: RankingModel | None = None) -> RankResult:
+        """`model` (default: the one given at construction) supplies the weights, which are kernel
+        arguments of this batch's launch: a model swap touches no device buffer, and batches of several
+        versions can be in flight at once."""
         queries, rows, side, k = batch.queries, batch.rows, batch.side, int(batch.k)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -362,10 +370,11 @@ class GpuRanker:
                 scores=np.full((B, k), -np.inf, np.float32),
                 similarity=np.zeros((B, k), np.float32),
             )
+        weights = _weights(model or self.model)
         slot = self._slots.get()
         try:
             with self._device:
-                return self._rank_in(slot, queries, rows, side, k)
+                return self._rank_in(slot, queries, rows, side, k, weights)
         finally:
             self._slots.put(slot)
 
@@ -383,13 +392,15 @@ class GpuRanker:
         )
         return lay
 
-    def _rank_in(self, slot: _Slot, queries: Any, rows: Any, side: Any, k: int) -> RankResult:
+    def _rank_in(
+        self, slot: _Slot, queries: Any, rows: Any, side: Any, k: int, weights: _Weights
+    ) -> RankResult:
         lay = self._prepare(slot, queries, rows, side, k)
         B = lay.batch
         with self._lock:
             s = self._stream.ptr
             cp.cuda.runtime.memcpyAsync(slot.ptr("dev_in"), slot.ptr("host_in"), lay.in_bytes, _H2D, s)
-            self._launch_score(slot, lay)
+            self._launch_score(slot, lay, weights)
             self._launch_topk(slot, lay)
             cp.cuda.runtime.memcpyAsync(slot.ptr("host_out"), slot.ptr("dev_out"), lay.out_bytes, _D2H, s)
             slot.done.record(self._stream)
@@ -401,14 +412,14 @@ class GpuRanker:
             similarity=h[lay.similarity : lay.similarity + 4 * B * k].view(np.float32).reshape(B, k).copy(),
         )
 
-    def _launch_score(self, slot: _Slot, lay: _Layout) -> None:
+    def _launch_score(self, slot: _Slot, lay: _Layout, weights: _Weights) -> None:
         B, C = lay.batch, lay.candidates
         groups = gpu_kernels.SCORE_THREADS // self._tpc
         # Enough blocks for a few waves, each block reading its staged query for several candidates.
         tiles = B * math.ceil(C / groups)
         per_block = groups * min(self._max_iters, max(1, math.ceil(tiles / (16 * self._sms))))
         din, work = slot.ptr("dev_in"), slot.ptr("work")
-        w_sim, w0, w1, w2 = self._weights
+        w_sim, w0, w1, w2 = weights
         self._score_fn(
             (math.ceil(C / per_block), B),
             (gpu_kernels.SCORE_THREADS,),
@@ -542,12 +553,14 @@ class GpuRanker:
                         slot.ptr("dev_in"), slot.ptr("host_in"), lay.in_bytes, _H2D, self._stream.ptr
                     )
 
+                    weights = _weights(self.model)
+
                     def both() -> None:
-                        self._launch_score(slot, lay)
+                        self._launch_score(slot, lay, weights)
                         self._launch_topk(slot, lay)
 
                     runs = {
-                        "score": lambda: self._launch_score(slot, lay),
+                        "score": lambda: self._launch_score(slot, lay, weights),
                         "topk": lambda: self._launch_topk(slot, lay),
                         "kernels": both,
                     }

@@ -145,7 +145,9 @@ class ShardRouter:
             await self._hooks.ensure_started()
 
     async def close(self) -> None:
-        """Closes what the router owns: the static nodes' clients, or (with a cluster) the manager's."""
+        """Closes what the router owns: the static nodes' clients, or (with a cluster) the manager's.
+        Missed writes still held for a node are lost with the frontend (a repair catches the node up)."""
+        await self._writes.handoff.close()
         if self._hooks is not None:
             await self._hooks.close()
             return
@@ -171,7 +173,8 @@ class ShardRouter:
 
     async def upsert(self, batch: RecordBatch, timeout_s: float) -> int:
         """Durable once this returns: every record is in the write-ahead log of `write_acks` replicas
-        of its shard (of each placement, while a rebalance is under way)."""
+        of its shard (of each placement, while a rebalance is under way); the other replicas get it
+        directly or by hinted handoff. A refused write may still have been applied (at-least-once)."""
         await self.ensure_started()
         return await self._writes.upsert(batch, timeout_s)
 
@@ -192,6 +195,15 @@ class ShardRouter:
         await self.ensure_started()
         async for batch in reads.scan_all(self._replicas, self._topology.read, batch_size):
             yield batch
+
+    def pending_hints(self, node: str | None = None) -> int:
+        """Missed writes held for `node` (or every node) until it answers again."""
+        return self._writes.handoff.pending(node)
+
+    async def replay_hints(self) -> int:
+        """One handoff round now (the background one runs every hint_replay_interval_s); returns how many
+        missed writes reached their nodes."""
+        return await self._writes.handoff.replay()
 
     async def stats(self, timeout_s: float | None = 5.0) -> NodeStats:
         """Each logical shard's statistics (items, deleted, capacity, log size) once, from a replica that

@@ -45,6 +45,9 @@ class Topology:
 @dataclass(frozen=True)
 class RoutingPolicy:
     write_acks: int = 0  # 0: every replica
+    # Hinted handoff (handoff.py): missed writes held at most, and how often a returning node is tried.
+    hint_max_items: int = 200_000
+    hint_replay_interval_s: float = 0.5
     hedge: HedgePolicy = field(default_factory=lambda: HedgePolicy("off"))
     node_deadline_fraction: float = 0.9
     node_deadline_margin_s: float = 0.001

@@ -2,10 +2,14 @@
 each shard has its acks.
 
 A write goes to every replica of its shard, to both placements while a rebalance is under way; the
-replicas of one shard in one placement make an ack group, which needs `write_acks` of them (all, by
-default) to have the write in their write-ahead log. A (node, shard) pair in both placements is written
-once. Writes carry the layout epoch they were routed by; a node on another epoch refuses them, and the
-whole write (idempotent) is retried after the layout is refreshed.
+replicas of one shard in one placement make an ack group, which needs `write_acks` of them (0: all) to
+have the write in their write-ahead log. A (node, shard) pair in both placements is written once. Writes
+carry the layout epoch they were routed by; a node on another epoch refuses them, and the whole write
+(idempotent) is retried after the layout is refreshed.
+
+What a replica missed (down, circuit open, deadline) is kept as a hint and replayed to it once it answers
+(handoff.py), whether or not the write got its acks: a refused write is at-least-once, it may have been
+applied by some replicas, and the rest get it too, so replicas converge either way; the caller retries.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy.typing as npt
 
 from server import metrics
 from server.errors import BackendError
+from server.routing.handoff import HintedHandoff
 from server.routing.replicas import Replicas, time_left
 from server.routing.topology import RoutingPolicy, Topology
 from shards.records import ErrorKind, RecordBatch, ShardError
@@ -48,16 +53,18 @@ class Writes:
         self._policy = policy
         self._topology = topology
         self._refresh_layout = refresh_layout
+        self.handoff = HintedHandoff(replicas, topology, policy.hint_max_items, policy.hint_replay_interval_s)
 
     async def upsert(self, batch: RecordBatch, timeout_s: float) -> int:
         async def attempt(topology: Topology, deadline: float) -> int:
             per_node: NodeRows = defaultdict(lambda: defaultdict(list))
             groups = self._ack_groups(topology, batch.item_ids, per_node)
             calls = {
-                node: self._replicas.client(node).upsert(
+                node: self._upsert_on_node(
+                    node,
                     {shard: batch.take(np.unique(np.concatenate(rows))) for shard, rows in shards.items()},
-                    time_left(deadline),
-                    layout_epoch=topology.epoch,
+                    deadline,
+                    topology.epoch,
                 )
                 for node, shards in per_node.items()
             }
@@ -84,6 +91,24 @@ class Writes:
 
         return await self._retrying("delete", attempt, timeout_s)
 
+    async def _upsert_on_node(
+        self, node: str, batches: dict[int, RecordBatch], deadline: float, epoch: int
+    ) -> int:
+        client = self._replicas.client(node)
+        async with self.handoff.writing(node, [b.labels for b in batches.values()], deadline):
+            try:
+                written = await self._replicas.call(
+                    node, "upsert", client.upsert(batches, time_left(deadline), layout_epoch=epoch)
+                )
+            except ShardError as exc:
+                if _missed(exc):
+                    for shard, part in batches.items():
+                        self.handoff.missed_upsert(node, shard, part)
+                raise
+            for shard, part in batches.items():
+                self.handoff.written(node, shard, part.labels)
+            return written
+
     async def _delete_on_node(
         self,
         node: str,
@@ -94,13 +119,31 @@ class Writes:
     ) -> dict[int, int]:
         client = self._replicas.client(node)
         items = {shard: labels[np.unique(np.concatenate(rows))] for shard, rows in shards.items()}
-        counts = await asyncio.gather(
-            *(
-                client.delete(shard, shard_labels, time_left(deadline), layout_epoch=epoch)
-                for shard, shard_labels in items.items()
+        async with self.handoff.writing(node, items.values(), deadline):
+            outcomes = await asyncio.gather(
+                *(
+                    self._replicas.call(
+                        node,
+                        "delete",
+                        client.delete(shard, shard_labels, time_left(deadline), layout_epoch=epoch),
+                    )
+                    for shard, shard_labels in items.items()
+                ),
+                return_exceptions=True,
             )
-        )
-        return dict(zip(items, counts, strict=True))
+            counts: dict[int, int] = {}
+            failure: BaseException | None = None
+            for (shard, shard_labels), outcome in zip(items.items(), outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    if isinstance(outcome, ShardError) and _missed(outcome):
+                        self.handoff.missed_delete(node, shard, shard_labels)
+                    failure = failure or outcome
+                else:
+                    self.handoff.written(node, shard, shard_labels)
+                    counts[shard] = outcome
+            if failure is not None:
+                raise failure
+            return counts
 
     def _ack_groups(self, topology: Topology, item_ids: Sequence[str], per_node: NodeRows) -> AckGroups:
         """Fills per_node and returns the ack groups."""
@@ -118,11 +161,10 @@ class Writes:
         return groups
 
     async def _settle(self, op: str, calls: Mapping[str, Awaitable[T]], groups: AckGroups) -> dict[str, T]:
-        """Runs one call per node; raises unless every group has its acks. Returns the successes."""
+        """Runs one call per node (each through the node's breaker, hinting what it misses); raises
+        unless every group has its acks. Returns the successes."""
         names = list(calls)
-        outcomes = await asyncio.gather(
-            *(self._replicas.call(node, op, call) for node, call in calls.items()), return_exceptions=True
-        )
+        outcomes = await asyncio.gather(*calls.values(), return_exceptions=True)
         ok: dict[str, T] = {}
         failed: dict[str, ShardError] = {}
         for node, outcome in zip(names, outcomes, strict=True):
@@ -170,6 +212,12 @@ class Writes:
                 await asyncio.sleep(backoff)
                 backoff *= 3
         raise BackendError("shards", f"{op}: layout kept changing: {last}", True)
+
+
+def _missed(exc: ShardError) -> bool:
+    """A failure after which the node may lack the write while its peers have it: worth a hint. (A stale
+    layout retries the whole write; a refusal for good is refused by every replica alike.)"""
+    return exc.transient and exc.kind is not ErrorKind.STALE_LAYOUT
 
 
 class _StaleLayout(Exception):

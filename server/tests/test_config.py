@@ -50,6 +50,8 @@ def test_file_then_environment_override(tmp_path: Path) -> None:
             "pipeline.candidates.shard_k_factor must be > 0",
         ),
         ({"RECD_SHARDS__INDEX__EF_SEARCH": "0"}, "shards.index.ef_search must be >= 1"),
+        ({"RECD_CLUSTER__WRITE_ACKS": "-1"}, "cluster needs write_acks >= 0 (0: every replica)"),
+        ({"RECD_CLUSTER__HINT_REPLAY_INTERVAL_MS": "0"}, "hint_replay_interval_ms > 0"),
     ],
 )
 def test_bad_values_name_the_key(environ: dict[str, str], message: str) -> None:

@@ -23,6 +23,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from server.config import ClientTlsConfig
+from server.security.tls import aio_channel
+
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.05
@@ -41,6 +44,8 @@ class ChildSpec:
     # Readiness: health `health_service` SERVING at `health_target` (a gRPC target: host:port, unix:path).
     health_target: str
     health_service: str = ""
+    # How the supervisor reaches `health_target`: the TLS its listener requires (None: plaintext).
+    health_tls: ClientTlsConfig | None = None
     # Shown in group.json beside the pid (addresses, index).
     info: Mapping[str, Any] = field(default_factory=dict)
 
@@ -122,7 +127,7 @@ class Child:
         # Short reconnect backoff: the first checks find nothing listening yet, and gRPC's default
         # backoff (1 s, growing) would leave a ready child unnoticed for seconds.
         options = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 500)]
-        async with grpc.aio.insecure_channel(self.spec.health_target, options=options) as channel:
+        async with aio_channel(self.spec.health_target, self.spec.health_tls, options) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             request = health_pb2.HealthCheckRequest(service=name)
             while True:

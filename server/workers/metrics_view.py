@@ -1,4 +1,5 @@
-"""The group's one /metrics page: every worker's page, each sample labelled worker="<index>", and the
+"""The group's one /metrics page: every worker's page, each sample labelled worker="<index>", every shard
+node's page (the shards' own metrics, shards/metrics.py), each labelled shard_node="<id>", and the
 supervisor's own series (restarts, workers serving), on `server.metrics_address`.
 
 Each worker serves its page on a private loopback port of its own; a scrape of the supervisor fetches
@@ -31,6 +32,7 @@ from server import metrics
 log = logging.getLogger(__name__)
 
 WORKER_LABEL = "worker"
+NODE_LABEL = "shard_node"  # the group's shard nodes (server/workers/shard_node.py), by node id
 
 
 def fetch_page(address: str, timeout_s: float) -> str | None:
@@ -41,10 +43,13 @@ def fetch_page(address: str, timeout_s: float) -> str | None:
         return None
 
 
-def merge_pages(pages: Mapping[int, str]) -> list[Metric]:
-    """One family per name, holding every page's samples with the page's worker index as a label."""
+def merge_pages(pages: Mapping[int, str], node_pages: Mapping[int, str] | None = None) -> list[Metric]:
+    """One family per name, holding every page's samples with the page's worker index as a label (and
+    each shard node's with its node id as `shard_node`)."""
     families: dict[str, Metric] = {}
-    for index, text in sorted(pages.items()):
+    labelled = [(WORKER_LABEL, i, t) for i, t in sorted(pages.items())]
+    labelled += [(NODE_LABEL, i, t) for i, t in sorted((node_pages or {}).items())]
+    for label, index, text in labelled:
         for family in text_string_to_metric_families(text):
             merged = families.get(family.name)
             if merged is None:
@@ -52,34 +57,38 @@ def merge_pages(pages: Mapping[int, str]) -> list[Metric]:
                     family.name, family.documentation, family.type, family.unit
                 )
             for sample in family.samples:
-                merged.samples.append(sample._replace(labels={**sample.labels, WORKER_LABEL: str(index)}))
+                merged.samples.append(sample._replace(labels={**sample.labels, label: str(index)}))
     return list(families.values())
 
 
 class WorkerPages(Collector):
-    """Collects the workers' pages; `targets` says where they are now (index -> host:port)."""
+    """Collects the workers' pages and the shard nodes'; `targets` and `node_targets` say where they are
+    now (index or node id -> host:port)."""
 
-    def __init__(self, targets: Callable[[], Mapping[int, str]], timeout_s: float = 3.0) -> None:
+    def __init__(
+        self,
+        targets: Callable[[], Mapping[int, str]],
+        timeout_s: float = 3.0,
+        node_targets: Callable[[], Mapping[int, str]] | None = None,
+    ) -> None:
         self._targets = targets
+        self._node_targets = node_targets or dict
         self._timeout_s = timeout_s
         self._pool = cf.ThreadPoolExecutor(8, "worker-metrics")
 
     def collect(self) -> Iterator[Metric]:
-        targets = dict(self._targets())
-        fetched = dict(
-            zip(
-                targets,
-                self._pool.map(lambda a: fetch_page(a, self._timeout_s), targets.values()),
-                strict=True,
-            )
-        )
-        pages = {}
-        for index, text in fetched.items():
+        workers, nodes = dict(self._targets()), dict(self._node_targets())
+        addresses = [*workers.values(), *nodes.values()]
+        texts = list(self._pool.map(lambda a: fetch_page(a, self._timeout_s), addresses))
+        keys = [(False, i) for i in workers] + [(True, i) for i in nodes]
+        pages: dict[int, str] = {}
+        node_pages: dict[int, str] = {}
+        for (is_node, index), text in zip(keys, texts, strict=True):
             if text is None:
                 metrics.WORKER_SCRAPE_ERRORS.inc()
             else:
-                pages[index] = text
-        yield from merge_pages(pages)
+                (node_pages if is_node else pages)[index] = text
+        yield from merge_pages(pages, node_pages)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -88,9 +97,14 @@ class WorkerPages(Collector):
 class GroupMetrics:
     """Serves the merged page on `address` (host:port) from a thread, until `close()`."""
 
-    def __init__(self, address: str, targets: Callable[[], Mapping[int, str]]) -> None:
+    def __init__(
+        self,
+        address: str,
+        targets: Callable[[], Mapping[int, str]],
+        node_targets: Callable[[], Mapping[int, str]] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
-        self._pages = WorkerPages(targets)
+        self._pages = WorkerPages(targets, node_targets=node_targets)
         self.registry.register(self._pages)
         for own in (metrics.WORKER_RESTARTS, metrics.WORKERS_SERVING, metrics.WORKER_SCRAPE_ERRORS):
             self.registry.register(own)

@@ -22,6 +22,9 @@ from server.cluster.node.keeper import NodeLayoutKeeper
 from server.config import Config, load_config
 from server.lifecycle import stop_signal
 from server.logs import setup_logging
+from server.metrics import serve_metrics
+from server.security.credentials import use_token_file
+from server.tracing.setup import setup_tracing
 from server.wiring import build_shard_host
 from server.workers.control import follow_supervisor
 from shards.service import serve_node
@@ -38,7 +41,12 @@ async def run_group_node(config: Config, node_id: int, address: str) -> None:
     keeper = NodeLayoutKeeper(name, host, None, layout)
     try:
         server = await serve_node(
-            host, address, max_message_bytes=config.server.max_message_bytes, layout=keeper
+            host,
+            address,
+            max_message_bytes=config.server.max_message_bytes,
+            layout=keeper,
+            tls=config.cluster.tls,
+            auth=config.auth,
         )
     except BaseException:
         await asyncio.to_thread(host.close)
@@ -56,11 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config")
     parser.add_argument("--node-id", type=int, required=True)
     parser.add_argument("--address", required=True)
+    parser.add_argument("--metrics-address", help="serve this node's /metrics (the supervisor merges it)")
     args = parser.parse_args(argv)
     config = load_config(args.config)
+    use_token_file(config.auth.token_file)  # its calls to itself carry the group's token
     setup_logging(
         config.server.log_level, config.server.log_format, {"process": f"shard-node-{args.node_id}"}
     )
+    if args.metrics_address:
+        # Not cluster.node_metrics_address: the group's nodes share one machine, each needs its own port.
+        serve_metrics(args.metrics_address)
+    setup_tracing(config.tracing, "shard", f"shard-node-{args.node_id}")
 
     async def run() -> None:
         follow_supervisor()

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from server import metrics
-from server.backends.base import ItemHashes, UserRecord
+from server.backends.base import ItemHashes, UserExport, UserRecord
 from server.domain import Edge, Interaction, UserProfile
 from server.workers import state_wire
 
@@ -113,6 +113,17 @@ class StateProfileStore:
 
     async def count_users(self) -> int:
         return int(await self._calls.call("count_users", (), self._write_timeout_s))
+
+    async def delete_users(self, user_ids: Sequence[str]) -> None:
+        # A write: waits for a restarting state node, and returns once the node's store has logged it.
+        if user_ids:
+            await self._calls.call("delete_users", (list(user_ids),), self._write_timeout_s, write=True)
+
+    async def export_user(self, user_id: str, interaction_limit: int, timeout_s: float) -> UserExport:
+        result: UserExport = await self._calls.call(
+            "export_user", (user_id, interaction_limit, timeout_s), timeout_s
+        )
+        return result
 
     async def close(self) -> None:
         await self._calls.close()

@@ -28,7 +28,7 @@ from typing import Any
 
 import grpc
 
-from server.backends.base import UserRecord
+from server.backends.base import UserExport, UserRecord
 from server.domain import Edge, Interaction, UserProfile
 from server.errors import BackendError
 
@@ -46,6 +46,8 @@ METHODS: dict[str, tuple[str, ...]] = {
         "seen_items",
         "item_popularity",
         "count_users",
+        "delete_users",
+        "export_user",
     ),
     GRAPH: ("upsert_edges", "neighbours", "neighbours_many", "count_edges"),
     CACHE: ("get", "get_many", "set", "set_many", "delete"),
@@ -133,6 +135,21 @@ def _users_in(args: tuple[Any, ...], rows: Sequence[tuple[Any, ...]]) -> list[Us
     ]
 
 
+def _export_out(e: UserExport) -> tuple[Any, ...]:
+    return (
+        _profile_out(e.profile),
+        _interactions_out(e.interactions),
+        e.interactions_truncated,
+        e.seen,
+        e.seen_last_ms,
+    )
+
+
+def _export_in(t: tuple[Any, ...]) -> UserExport:
+    profile, interactions, truncated, seen, seen_last_ms = t
+    return UserExport(_profile_in(profile), _interactions_in(interactions), truncated, seen, seen_last_ms)
+
+
 Convert = Callable[[tuple[Any, ...]], tuple[Any, ...]]
 _ARGS_OUT: dict[tuple[str, str], Convert] = {
     (PROFILES, "append_interactions"): lambda a: (_interactions_out(a[0]),),
@@ -148,11 +165,13 @@ _RESULT_OUT: dict[tuple[str, str], Callable[[Any], Any]] = {
     (PROFILES, "read_users"): _users_out,
     (PROFILES, "get_profile"): _profile_out,
     (PROFILES, "recent_interactions"): _interactions_out,
+    (PROFILES, "export_user"): _export_out,
 }
 _RESULT_IN: dict[tuple[str, str], Callable[[tuple[Any, ...], Any], Any]] = {
     (PROFILES, "read_users"): _users_in,
     (PROFILES, "get_profile"): lambda _, t: _profile_in(t),
     (PROFILES, "recent_interactions"): lambda _, rows: _interactions_in(rows),
+    (PROFILES, "export_user"): lambda _, t: _export_in(t),
 }
 
 

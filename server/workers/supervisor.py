@@ -42,7 +42,8 @@ from typing import Any
 
 from server import metrics
 from server.cluster.local import free_port
-from server.config import Config
+from server.config import Config, ConfigError
+from server.security.tls import check_listener
 from server.workers.children import Backoff, Child, ChildFailed, ChildSpec, stop_children
 from server.workers.control import SERVE
 from server.workers.metrics_view import GroupMetrics
@@ -147,6 +148,7 @@ class WorkerGroup:
         self._restarts: dict[str, asyncio.Task[None]] = {}
         self._metrics: GroupMetrics | None = None
         self._worker_metrics: dict[int, str] = {}
+        self._node_metrics: dict[int, str] = {}
 
     # --- the plan as processes ----------------------------------------------------------------------------
     def _env(self, **overrides: str) -> dict[str, str]:
@@ -178,13 +180,17 @@ class WorkerGroup:
             )
             self.backing.append(Child(spec, self._backoff()))
         for node_id, address in sorted(self.plan.shard_nodes.items()):
+            node_metrics = f"127.0.0.1:{free_port()}"
+            self._node_metrics[node_id] = node_metrics
+            args = ("--node-id", str(node_id), "--address", address, "--metrics-address", node_metrics)
             spec = ChildSpec(
                 "shard_node",
                 f"shard-node-{node_id}",
-                self._command("server.workers.shard_node", "--node-id", str(node_id), "--address", address),
+                self._command("server.workers.shard_node", *args),
                 self._env(),
                 address,
-                info={"node_id": node_id, "address": address},
+                health_tls=self.config.cluster.client_tls,
+                info={"node_id": node_id, "address": address, "metrics_address": node_metrics},
             )
             self.backing.append(Child(spec, self._backoff()))
         state_socket = self.socket_path if self.plan.state_node else ""
@@ -204,6 +210,7 @@ class WorkerGroup:
                 env,
                 private,
                 WORKER_READY,
+                health_tls=self.config.server.client_tls,
                 info={"index": index, "private_address": private, "metrics_address": metrics_address},
             )
             self.workers.append(Child(spec, self._backoff()))
@@ -234,8 +241,16 @@ class WorkerGroup:
         try:
             self._prepare_run_dir()
             check_port_free(self.plan.address)
+            try:  # every worker would refuse it: say so once, before anything starts
+                check_listener(self.plan.address, self.config.server.tls, "server.tls")
+            except ConfigError as exc:
+                raise GroupStartFailed(str(exc)) from None
             try:
-                self._metrics = GroupMetrics(self.config.server.metrics_address, self._metrics_targets)
+                self._metrics = GroupMetrics(
+                    self.config.server.metrics_address,
+                    self._metrics_targets,
+                    lambda: dict(self._node_metrics),
+                )
             except OSError as exc:
                 raise GroupStartFailed(f"metrics on {self.config.server.metrics_address}: {exc}") from None
             self._build_children()

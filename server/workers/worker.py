@@ -24,6 +24,8 @@ from server.cli import run_server_loop
 from server.config import Config, load_config
 from server.lifecycle import stop_signal
 from server.logs import setup_logging
+from server.security.credentials import use_token_file
+from server.tracing.setup import setup_tracing
 from server.workers.control import SERVE, follow_supervisor
 
 log = logging.getLogger("server.workers.worker")  # also when run as __main__
@@ -84,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--private-address", required=True)
     args = parser.parse_args(argv)
     config = load_config(args.config)
+    # Its calls to the shard nodes (and a node's to itself) carry the group's token (README, Security).
+    use_token_file(config.auth.token_file)
     setup_logging(config.server.log_level, config.server.log_format, {"process": f"worker-{args.index}"})
+    # Each worker exports its own spans, told apart by instance.
+    setup_tracing(config.tracing, "frontend", f"worker-{args.index}")
     run_server_loop(run_worker(config, args.private_address), config)
     return 0
 

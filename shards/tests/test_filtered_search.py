@@ -347,16 +347,33 @@ def test_attribute_codes_follow_upserts_deletes_and_revivals() -> None:
     assert table.value_counts("tier") == {"a": 2, "b": 1}
     table.set([30], [payload({"tier": "b"})])  # replaced: its old values no longer count, "x" is gone
     assert table.value_counts("tier") == {"a": 1, "b": 2} and table.value_counts("x") == {}
+    freed = table.slots_of(np.array([20], np.uint64))[0]
     table.remove([20, 99])
     assert table.value_counts("tier") == {"a": 1, "b": 1}
     compiled = table.compile(_tier_filter("b"))
     assert compiled.count() == 1
     slots = table.slots_of(np.array([10, 20, 30, 40], np.uint64))
-    assert slots[3] == -1
+    assert slots[1] == -1 and slots[3] == -1  # a removed label has no slot, like an unknown one
     assert compiled.matches(slots).tolist() == [False, False, True, False]
-    table.set([20], [payload({"tier": "c"})])  # revived with new values, same slot
-    assert table.slots_of(np.array([20], np.uint64))[0] == slots[1]
+    table.set([20], [payload({"tier": "c"})])  # revived with new values, in the freed slot
+    assert table.slots_of(np.array([20], np.uint64))[0] == freed
     assert table.value_counts("tier") == {"a": 1, "b": 1, "c": 1}
+    assert table.slot_capacity == 3
+
+
+def test_attribute_slots_are_reused_under_churn() -> None:
+    table = AttributeTable()
+    live = list(range(100))
+    table.set(live, [payload({"tier": str(label % 3)}) for label in live])
+    for round_ in range(1, 11):  # ten times the table's size, through upserts of new labels and deletes
+        gone, live = live[:100], live[100:] + list(range(100 * round_, 100 * round_ + 100))
+        table.remove(gone)
+        table.set(live[-100:], [payload({"tier": str(label % 3)}) for label in live[-100:]])
+    assert table.slot_capacity == 100 and table.live_count == 100
+    assert sum(table.value_counts("tier").values()) == 100
+    slots = table.slots_of(np.array(live, np.uint64))
+    assert sorted(slots.tolist()) == list(range(100))
+    assert table.compile(_tier_filter("0")).count() == sum(1 for label in live if label % 3 == 0)
     assert table.compile(_tier_filter("nope")).bound == 0
 
 

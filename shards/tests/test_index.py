@@ -291,3 +291,70 @@ def test_closed_index_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(ShardError) as err:
         index.search(data[:1], k=1)
     assert err.value.transient
+
+
+def _churn(
+    index: ShardIndex, data: np.ndarray, live: list[int], rounds: int, step: int, seed: int
+) -> list[int]:
+    """Each round deletes the `step` oldest live labels and upserts `step` labels never seen before, with
+    fresh vectors written into `data` (indexed by label)."""
+    rng = np.random.default_rng(seed)
+    next_label = max(live) + 1
+    for _ in range(rounds):
+        gone, live = live[:step], live[step:]
+        assert index.delete(gone) == step
+        new = list(range(next_label, next_label + step))
+        next_label += step
+        data[new] = unit(rng.normal(size=(step, data.shape[1])))
+        index.upsert(batch_of(new, data[new]))
+        live += new
+    return live
+
+
+def test_deleted_slots_are_reused_so_churn_keeps_the_index_bounded(tmp_path: Path) -> None:
+    n, step = 600, 60
+    data = np.zeros((n * 12, DIM), np.float32)
+    data[:n] = small_data(n, seed=5)
+    index = ShardIndex(3, IndexParams(dim=DIM, ef_search=200, initial_capacity=1024), tmp_path)
+    index.upsert(batch_of(np.arange(n), data[:n]))
+    live = _churn(index, data, list(range(n)), rounds=10 * n // step, step=step, seed=6)  # 10x the size
+    stats = index.stats()
+    assert stats.items == n and stats.capacity == 1024  # never grew: the deleted slots were reused
+    assert stats.deleted <= step
+    assert len(index._deleted) <= 2 * step + 1024  # the stale labels are pruned
+    labels = np.array(live, np.uint64)
+    queries = unit(np.random.default_rng(7).normal(size=(100, DIM)))
+    exact = labels[exact_top_k(data[labels], queries, 10)]
+    assert recall(index.search(queries, k=10).labels, exact) >= 0.95
+    # Deleted labels are gone; a label deleted long ago (its slot reused by now) can come back.
+    assert not len(index.fetch(np.arange(n)))
+    index.upsert(batch_of([0, live[0]], data[[0, live[0]]]))
+    assert len(index.fetch([0])) == 1 and len(index) == n + 1
+    np.testing.assert_allclose(index.fetch([0]).vectors[0], data[0], atol=1e-6)
+    # A snapshot and a reopen keep the live set and the vacant slots, and replay reuses them too.
+    index.snapshot()
+    index.delete([0])
+    index.close()
+    reopened = ShardIndex(3, IndexParams(dim=DIM, ef_search=200, initial_capacity=1024), tmp_path)
+    try:
+        assert len(reopened) == n and sorted(reopened._records) == sorted(live)
+        live = _churn(reopened, data, live, rounds=n // step, step=step, seed=8)
+        assert reopened.stats().capacity == 1024 and len(reopened) == n
+        labels = np.array(live, np.uint64)
+        exact = labels[exact_top_k(data[labels], queries, 10)]
+        assert recall(reopened.search(queries, k=10).labels, exact) >= 0.95
+    finally:
+        reopened.close()
+
+
+def test_a_live_label_keeps_its_slot_when_vacant_slots_exist() -> None:
+    """hnswlib's replace_deleted is for new labels only: a live label updated while slots are vacant
+    must be updated in place, not moved (the old slot would stay in the graph, unlabelled)."""
+    index, _ = small_index(200)
+    index.delete(np.arange(100))
+    moved = unit(np.random.default_rng(9).normal(size=(50, DIM)))
+    index.upsert(batch_of(np.arange(100, 150), moved))
+    assert index.stats().deleted == 100 and index._index.get_current_count() == 200
+    np.testing.assert_allclose(index.fetch(np.arange(100, 150)).vectors, moved, atol=1e-6)
+    hits = index.search(moved, k=1)
+    assert hits.labels[:, 0].tolist() == list(range(100, 150))

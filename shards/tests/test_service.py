@@ -281,3 +281,29 @@ async def test_health_and_graceful_stop() -> None:
     await node.stop(1.0)
     await node.wait_for_termination(1.0)  # returns at once: the server has stopped
     host.close()
+
+
+SHARD_METHODS = list(pb.DESCRIPTOR.services_by_name["Shard"].methods)
+
+
+@pytest.mark.parametrize("method", SHARD_METHODS, ids=[m.name for m in SHARD_METHODS])
+async def test_bytes_that_are_no_request_are_invalid_argument(method: object) -> None:
+    host, _ = _host()
+    node = await serve_node(host, "127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as channel:
+            path = f"/recd.v1.Shard/{method.name}"  # type: ignore[attr-defined]
+            for raw in (b"\xff\xff\xff\xff", b"\x0a\x05ab", b"\x0b"):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    if method.server_streaming:  # type: ignore[attr-defined]
+                        async for _ in channel.unary_stream(path)(raw, timeout=5):
+                            pass
+                    else:
+                        await channel.unary_unary(path)(raw, timeout=5)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+                assert "not a valid recd.v1.Shard" in (err.value.details() or "")
+            stats = await shard_pb2_grpc.ShardStub(channel).Stats(pb.ShardStatsRequest(), timeout=5)
+            assert stats.dim == host.dim
+    finally:
+        await node.stop(0)
+        host.close()

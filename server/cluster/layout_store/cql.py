@@ -31,6 +31,7 @@ from server.cluster.layout import Layout
 from server.cluster.layout_store.base import LayoutConflict, check_successor
 from server.config import ProfilesConfig
 from server.errors import BackendError
+from server.security.tls import cql_options
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class CqlLayoutStore:
             connect_timeout=c.connect_timeout_s,
             control_connection_timeout=c.connect_timeout_s,
             reconnection_policy=ExponentialReconnectionPolicy(0.2, c.reconnect_max_s, max_attempts=None),
+            **cql_options(c.tls, "profiles.tls"),
         )
         try:
             session = cluster.connect()

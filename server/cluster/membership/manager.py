@@ -20,29 +20,31 @@ from collections.abc import Callable
 import grpc
 
 from server import metrics
+from server.addresses import resolve_host
 from server.cluster.layout import Layout, layout_from_config
 from server.cluster.layout_store.base import LayoutStore, open_layout_store
-from server.addresses import resolve_host
 from server.cluster.membership.directory import NodeDirectory, Resolver
-from server.config import Config
+from server.config import ClientTlsConfig, Config
 from server.errors import BackendError
 from server.gen.recd.v1 import shard_pb2, shard_pb2_grpc
 from server.routing.hedging import HedgePolicy
 from server.routing.router import ShardRouter
 from server.routing.topology import RoutingPolicy, topology_of
+from server.security.credentials import authorized_sync
+from server.security.tls import ClientFilesWatch, sync_channel
 from shards.client import GrpcShardClient, ShardClient
 from shards.records import NodeStats, ShardError
 
 log = logging.getLogger(__name__)
 
 
-def newest_layout_now(configured: Layout, timeout_s: float) -> Layout:
+def newest_layout_now(configured: Layout, timeout_s: float, tls: ClientTlsConfig | None = None) -> Layout:
     """The newest layout the configured nodes follow, asked with blocking calls: the frontend is being
     built (no event loop to await on yet) and what it scans at start depends on it."""
 
     def ask(address: str) -> Layout | None:
         try:
-            with grpc.insecure_channel(address) as channel:
+            with authorized_sync(sync_channel(address, tls, where="cluster.client_tls")) as channel:
                 reply = shard_pb2_grpc.ShardStub(channel).GetLayout(
                     shard_pb2.ShardGetLayoutRequest(), timeout=timeout_s
                 )
@@ -59,6 +61,8 @@ def routing_policy(config: Config) -> RoutingPolicy:
     c = config.cluster
     return RoutingPolicy(
         write_acks=c.write_acks,
+        hint_max_items=c.hint_max_items,
+        hint_replay_interval_s=c.hint_replay_interval_ms / 1000.0,
         hedge=HedgePolicy(c.hedge, c.hedge_after_ms / 1000.0, c.hedge_min_ms / 1000.0, c.hedge_budget),
         node_deadline_fraction=c.node_deadline_fraction,
         breaker_failures=c.breaker_failures,
@@ -80,13 +84,16 @@ class ClusterManager:
         manager owns it."""
         self._config = config
         c = config.cluster
-        self._layout = layout or newest_layout_now(layout_from_config(config), c.probe_timeout_ms / 1000.0)
+        self._layout = layout or newest_layout_now(
+            layout_from_config(config), c.probe_timeout_ms / 1000.0, c.client_tls
+        )
 
         def grpc_client(target: str) -> ShardClient:
             return GrpcShardClient(
                 target,
                 max_message_bytes=config.server.max_message_bytes,
                 max_reconnect_backoff_ms=c.max_reconnect_backoff_ms,
+                tls=c.client_tls,
             )
 
         self._directory = NodeDirectory(make_client or grpc_client, resolver)
@@ -102,6 +109,7 @@ class ClusterManager:
         self._probe_s = c.probe_interval_ms / 1000.0
         self._probe_timeout_s = c.probe_timeout_ms / 1000.0
         self._resolve_s = c.resolve_interval_s
+        self._client_files = ClientFilesWatch(c.client_tls, "cluster.client_tls")
         self._started = False
         self._start_lock: asyncio.Lock | None = None
         self._refresh_lock: asyncio.Lock | None = None
@@ -185,6 +193,9 @@ class ClusterManager:
                 if time.monotonic() >= next_resolve:
                     next_resolve = time.monotonic() + self._resolve_s
                     await self._follow_addresses()
+                    if self._client_files.changed():
+                        self._directory.renew_all()
+                        self.router.set_topology(self.router.topology, self._directory.clients())
             except Exception:  # the monitor must outlive any one bad round
                 log.exception("cluster monitor round failed")
 

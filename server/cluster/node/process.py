@@ -20,6 +20,7 @@ from server.cluster.node.keeper import NodeLayoutKeeper, load_layout
 from server.config import Config
 from server.errors import BackendError
 from server.lifecycle import wait_for_stop_signal
+from server.security.tls import check_listener
 from server.wiring import build_shard_host
 from shards.client import GrpcShardClient
 from shards.service import serve_node
@@ -67,9 +68,17 @@ async def _serve(
             f"{name} is not in the cluster layout (epoch {layout.epoch}: {', '.join(layout.all_nodes)}); "
             "give it --address to start it empty and add it with `recd shards rebalance --add-node`"
         )
+    check_listener(listen, config.cluster.tls, "cluster.tls")  # before its shards are opened
     host = build_shard_host(config, layout.hosted(name), directory)
     keeper = NodeLayoutKeeper(name, host, directory, layout)
-    server = await serve_node(host, listen, max_message_bytes=config.server.max_message_bytes, layout=keeper)
+    server = await serve_node(
+        host,
+        listen,
+        max_message_bytes=config.server.max_message_bytes,
+        layout=keeper,
+        tls=config.cluster.tls,
+        auth=config.auth,
+    )
     log.info(
         "%s serving shards %s on port %d (layout epoch %d)", name, host.shard_ids, server.port, layout.epoch
     )
@@ -78,7 +87,7 @@ async def _serve(
     if store.polled:
         # The node hands itself the stored layout through its own SetLayout: the same write fence as
         # a layout an operator hands it.
-        itself = GrpcShardClient(_local_target(listen, server.port))
+        itself = GrpcShardClient(_local_target(listen, server.port), tls=config.cluster.client_tls)
         node = itself
 
         async def apply(stored: Layout) -> object:

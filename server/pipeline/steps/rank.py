@@ -21,21 +21,18 @@ class RankCandidates:
     produces = Ranked
     awaits_io = True
 
-    def __init__(self, service: RankService, items: ItemStore, model: RankingModel, mmr_pool: int):
+    def __init__(self, service: RankService, items: ItemStore, mmr_pool: int):
         self._service = service
         self._items = items
-        self._model = model
         self._mmr_pool = mmr_pool
 
     def side_features(
-        self, rows: npt.NDArray[np.int64], graph: npt.NDArray[np.float32]
+        self, rows: npt.NDArray[np.int64], graph: npt.NDArray[np.float32], model: RankingModel
     ) -> npt.NDArray[np.float32]:
         side = np.empty((len(rows), 3), dtype=np.float32)
         side[:, 0] = graph
         side[:, 1] = self._items.popularity_feature(rows)
-        side[:, 2] = self._items.freshness_feature(
-            rows, int(time.time() * 1000), self._model.freshness_half_life_s
-        )
+        side[:, 2] = self._items.freshness_feature(rows, int(time.time() * 1000), model.freshness_half_life_s)
         return side
 
     def wanted(self, filtered: Filtered) -> npt.NDArray[np.int64]:
@@ -52,12 +49,15 @@ class RankCandidates:
         rows = filtered.rows
         if len(rows.values) == 0:
             return self.fallback(filtered)
+        # One model for the whole batch, features and scores alike, resolved once: a reload swaps the
+        # default for the next batch, never in the middle of this one.
+        model = self._service.models.default
         n = len(rows)
         lengths = rows.lengths
         width = int(lengths.max())
         owners = rows.owners()
         column = np.arange(len(rows.values)) - rows.offsets[owners]
-        side = self.side_features(rows.values, filtered.graph)
+        side = self.side_features(rows.values, filtered.graph, model)
         padded = np.full((n, width), -1, np.int64)
         padded[owners, column] = rows.values
         padded_side = np.zeros((n, width, 3), np.float32)
@@ -65,7 +65,7 @@ class RankCandidates:
         want = self.wanted(filtered)
         # Cold starts search with a zero vector: similarity contributes nothing, side features decide.
         batch = RankBatch(filtered.hydrated.vectors, padded, padded_side, max(1, int(want.max())))
-        result, ranker = await self._service.rank(batch, n)
+        result, ranker, model = await self._service.rank(batch, n, model=model)
         # The first want[i] positions of each row, valid ones only, flattened back to ragged arrays.
         take = (np.arange(batch.k)[None, :] < want[:, None]) & (result.positions >= 0)
         member, slot = np.nonzero(take)
@@ -79,6 +79,7 @@ class RankCandidates:
             result.similarity[member, slot],
             side[flat],
             ranker,
+            model,
         )
 
     def fallback(self, filtered: Filtered) -> Ranked:
@@ -101,4 +102,5 @@ class RankCandidates:
             np.zeros(len(order), np.float32),
             side,
             "prior",
+            self._service.models.default,
         )

@@ -42,8 +42,14 @@ class SelectItems:
         rows = ranked.rows.values[flat].tolist()
         bits = ranked.bits[flat].tolist()
         scores = ranked.scores[flat].tolist()
-        similarity = (ranked.similarity[flat].astype(np.float64) * self._w_sim).tolist()
-        side = (ranked.side[flat].astype(np.float64) * np.asarray(self._w_side)).tolist()
+        # The weights of the model that ranked the batch, so score parts add up to its scores.
+        w_sim, w_side = (
+            (ranked.model.similarity_weight, ranked.model.side_weights)
+            if ranked.model is not None
+            else (self._w_sim, self._w_side)
+        )
+        similarity = (ranked.similarity[flat].astype(np.float64) * w_sim).tolist()
+        side = (ranked.side[flat].astype(np.float64) * np.asarray(w_side)).tolist()
         item_id = self._items.item_id
         items = [
             ScoredItem(

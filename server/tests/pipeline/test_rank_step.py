@@ -49,7 +49,7 @@ def service(items: ItemStore) -> Iterator[RankService]:
 
 
 def step(service: RankService, items: ItemStore, mmr_pool: int = 6) -> RankCandidates:
-    return RankCandidates(service, items, MODEL, mmr_pool)
+    return RankCandidates(service, items, mmr_pool)
 
 
 @dataclass

@@ -351,7 +351,7 @@ def real_steps() -> dict[str, Step[Any, Any]]:
         "hydrate_item": HydrateSeedItems(items),
         "candidates": GatherCandidates([], PipelineConfig().steps, "t"),
         "filter": FilterCandidates(items),
-        "rank": RankCandidates(RankService(CpuRanker(items.table, model), None), items, model, 10),
+        "rank": RankCandidates(RankService(CpuRanker(items.table, model), None), items, 10),
         "select": SelectItems(items, 1.0, (0.0, 0.0, 0.0)),
     }
 

@@ -251,3 +251,36 @@ def test_bad_shapes_are_rejected() -> None:
         ranker.rank(RankBatch(batch.queries, batch.rows, batch.side, 0))
     empty = ranker.rank(RankBatch(batch.queries, batch.rows[:, :0], batch.side[:, :0], 3))
     assert np.all(empty.positions == -1)
+
+
+@needs_gpu
+@pytest.mark.gpu
+def test_batches_of_several_model_versions_in_flight_at_once() -> None:
+    """Hot reload: each batch ranks with the model it is given (weights are launch arguments), while
+    batches of another version run beside it on the same device buffers."""
+    rng = np.random.default_rng(8)
+    dim = 64
+    items = make_items(rng, 3000, dim)
+    other = RankingModel("other", -0.5, (0.1, 1.5, 0.2), 86400.0)
+    ranker = gpu.GpuRanker(items, MODEL, slots=2)
+    batches = [make_batch(rng, 3000, dim, 8, 500, 20) for _ in range(4)]
+    wanted = {m.version: [CpuRanker(items.table, m).rank(b) for b in batches] for m in (MODEL, other)}
+    assert not np.array_equal(wanted["test"][0].positions, wanted["other"][0].positions)
+    errors: list[BaseException] = []
+
+    def worker(model: RankingModel) -> None:
+        try:
+            for i in range(40):
+                j = i % len(batches)
+                got = ranker.rank(batches[j], model)
+                np.testing.assert_allclose(got.scores, wanted[model.version][j].scores, rtol=0, atol=TOL)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(m,)) for m in (MODEL, other, MODEL, other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    np.testing.assert_allclose(ranker.rank(batches[0]).scores, wanted["test"][0].scores, rtol=0, atol=TOL)

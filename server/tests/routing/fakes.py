@@ -151,6 +151,7 @@ def fake_cluster(
     write_acks: int = 0,
     breaker_failures: int = 3,
     breaker_open_s: float = 1.0,
+    hint_max_items: int = 200_000,
 ) -> tuple[ShardRouter, dict[str, FakeNode], Layout, Hooks]:
     names = tuple(node_name(i) for i in range(nodes))
     placement = Placement(shards, names, replication, 256)
@@ -162,6 +163,9 @@ def fake_cluster(
         hedge=hedge or HedgePolicy("off"),
         breaker_failures=breaker_failures,
         breaker_open_s=breaker_open_s,
+        hint_max_items=hint_max_items,
+        # Tests replay by hand (router.replay_hints) so they see each step; the background round waits.
+        hint_replay_interval_s=3600.0,
     )
     router = ShardRouter.for_cluster(DIM, topology_of(layout), fakes, policy, hooks)  # type: ignore[arg-type]
     return router, fakes, layout, hooks

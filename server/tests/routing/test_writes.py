@@ -32,8 +32,8 @@ async def test_write_acks_one_tolerates_a_lost_replica() -> None:
     router, fakes, _, _ = fake_cluster(nodes=3, replication=2, write_acks=1)
     fakes["node-0"].down = True
     ids, _ = await load(router, 200)
-    # Readable from the replicas that took it. (node-0 missed these writes: with write_acks < R a
-    # returning node serves stale reads until repaired, which is why the default is every replica.)
+    # Readable from the replicas that took it. (node-0 missed these writes: the hinted handoff brings
+    # them to it once it is back, test_handoff.py.)
     got = await router.fetch(ids, _core.stable_hash64(ids), 5)
     assert sorted(got.item_ids) == sorted(ids)
 

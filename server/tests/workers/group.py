@@ -22,6 +22,7 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from server.cluster.local import _merge as merge_config
 from server.cluster.local import free_port
 from server.gen.recd.v1 import recommender_pb2, recommender_pb2_grpc
 from server.tools.bench.serverproc import scrape
@@ -76,8 +77,12 @@ def alive(pid: int) -> bool:
 
 
 class Group:
-    def __init__(self, root: Path, data_dir: Path, workers: int) -> None:
+    def __init__(
+        self, root: Path, data_dir: Path, workers: int, config: dict[str, Any] | None = None
+    ) -> None:
+        """`config`: merged over group_config() (TLS sections, say)."""
         self.root = root
+        self.extra_config = config or {}
         self.data_dir = data_dir
         self.workers = workers
         self.address = f"127.0.0.1:{free_port()}"
@@ -100,7 +105,7 @@ class Group:
 
     def start(self, timeout_s: float = 180.0) -> Group:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(yaml.safe_dump(group_config()))
+        self.config_path.write_text(yaml.safe_dump(merge_config(group_config(), self.extra_config)))
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
                 [

@@ -69,6 +69,9 @@ async def test_the_group_serves_once_every_worker_does_and_both_answer(
     assert page["recd_workers_serving"] == WORKERS
     assert {f'recd_items{{worker="{i}"}}' for i in range(WORKERS)} <= set(page)
     assert all(page[f'recd_items{{worker="{i}"}}'] == 2000 for i in range(WORKERS))
+    # The shard node's own series are on the group's page too, labelled with its node id.
+    held = [v for k, v in page.items() if k.startswith("recd_shard_items{") and 'shard_node="0"' in k]
+    assert len(held) == 20 and sum(held) == 2000
 
 
 async def test_an_interaction_through_one_connection_shows_through_fresh_channels(

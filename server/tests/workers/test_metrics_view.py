@@ -58,3 +58,26 @@ def test_every_workers_series_is_labelled_with_its_index_and_dead_workers_are_le
     # One family per name, as Prometheus requires of a page.
     types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
     assert len(types) == len(set(types))
+
+
+def test_shard_node_pages_are_labelled_with_their_node_id() -> None:
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=worker_page(7))
+    worker, _ = start_http_server(0, addr="127.0.0.1", registry=worker_page(0))
+    nodes = {0: f"127.0.0.1:{server.server_address[1]}", 1: f"127.0.0.1:{free_port()}"}  # 1: restarting
+    view = GroupMetrics(
+        f"127.0.0.1:{free_port()}", lambda: {0: f"127.0.0.1:{worker.server_address[1]}"}, lambda: nodes
+    )
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{view.port}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+    finally:
+        view.close()
+        for s in (server, worker):
+            s.shutdown()
+        thread.join(5)
+    page = samples(text)
+    assert page[("recd_calls_total", (("method", "Recommend"), ("shard_node", "0")))] == 17
+    assert page[("recd_calls_total", (("method", "Recommend"), ("worker", "0")))] == 10
+    assert not [key for key in page if ("shard_node", "1") in key[1]]
+    types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(types) == len(set(types))

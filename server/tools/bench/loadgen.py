@@ -10,6 +10,9 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from server.config import ClientTlsConfig
+from server.security.tls import aio_channel
+
 
 @dataclass
 class LoadResult:
@@ -32,8 +35,10 @@ async def closed_loop(
     concurrency: int,
     duration_s: float,
     warmup_s: float = 1.0,
+    tls: ClientTlsConfig | None = None,
 ) -> LoadResult:
-    async with grpc.aio.insecure_channel(address) as channel:
+    """`tls`: how the server is reached (None: plaintext), here and in every generator below."""
+    async with aio_channel(address, tls) as channel:
         latencies: list[float] = []
         errors = 0
         counter = 0
@@ -71,12 +76,13 @@ async def open_loop(
     duration_s: float,
     warmup_s: float = 1.0,
     seed: int = 3,
+    tls: ClientTlsConfig | None = None,
 ) -> LoadResult:
     """Requests sent at `rate_per_s` on a Poisson schedule whatever the answers' latency (so a slow
     answer cannot hold the next request back, as it does in a closed loop); latencies of the requests
     sent after the warm-up."""
     rng = np.random.default_rng(seed)
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with aio_channel(address, tls) as channel:
         latencies: list[float] = []
         errors = 0
         start = time.monotonic()
@@ -137,10 +143,11 @@ def _generator(
     warmup_s: float,
     duration_s: float,
     offset: int,
+    tls: ClientTlsConfig | None = None,
 ) -> tuple[list[float], int]:
     async def run() -> tuple[list[float], int]:
         options = [("grpc.use_local_subchannel_pool", 1)]
-        chans = [grpc.aio.insecure_channel(address, options=options) for _ in range(channels)]
+        chans = [aio_channel(address, tls, options) for _ in range(channels)]
         methods = [c.unary_unary(calls.method) for c in chans]
         latencies: list[float] = []
         errors = 0
@@ -184,6 +191,7 @@ def multiprocess_closed_loop(
     duration_s: float,
     warmup_s: float = 2.0,
     channels: int = 4,
+    tls: ClientTlsConfig | None = None,
 ) -> LoadResult:
     """A closed loop of `concurrency` requests in flight per generator process, over `processes`."""
     import concurrent.futures as cf
@@ -202,6 +210,7 @@ def multiprocess_closed_loop(
                 warmup_s,
                 duration_s,
                 p * 7919,
+                tls,
             )
             for p in range(processes)
         ]

@@ -22,6 +22,11 @@ SUITES = {
         "server.tools.bench.cluster",
         "run_cluster_bench",
     ),
+    "availability": (
+        "Write availability: a shard node down under writes, and back",
+        "server.tools.bench.availability",
+        "run_availability_bench",
+    ),
     "seen": ("The seen set: cost and heavy users", "server.tools.bench.seen", "run_seen_bench"),
     "quality": (
         "Recommendation quality through the serving path (recd eval)",
@@ -38,6 +43,23 @@ SUITES = {
         "Many frontends: the worker group by workers, and visibility across frontends",
         "server.tools.bench.scale",
         "run_scale_bench",
+    ),
+    "reload": ("Hot model reload under load", "server.tools.bench.reload", "run_reload_bench"),
+    "churn": ("Bounded indexes under churn", "server.tools.bench.churn", "run_churn_bench"),
+    "fuzz": (
+        "Fuzzed inputs: every RPC of a frontend and a shard node",
+        "server.tools.bench.fuzz",
+        "run_fuzz_bench",
+    ),
+    "tls": (
+        "The cost of security: Recommend over mutual TLS, and with tokens, beside plaintext",
+        "server.tools.bench.tls",
+        "run_tls_bench",
+    ),
+    "tracing": (
+        "The cost of tracing: Recommend with tracing off, on at 1% and at 100%",
+        "server.tools.bench.tracing",
+        "run_tracing_bench",
     ),
     "rankers": (
         "Recommend end to end: GPU ranker vs CPU ranker",

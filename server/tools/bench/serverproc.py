@@ -14,6 +14,9 @@ from contextlib import contextmanager
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from server.config import ClientTlsConfig
+from server.security.tls import sync_channel
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -21,13 +24,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
+def wait_serving(
+    address: str, timeout_s: float, proc: subprocess.Popen[bytes], tls: ClientTlsConfig | None = None
+) -> None:
+    """`tls`: how the server is reached (its server.client_tls; None: plaintext)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"recd exited with {proc.returncode} before serving")
         try:
-            with grpc.insecure_channel(address) as channel:
+            with sync_channel(address, tls) as channel:
                 reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
@@ -39,11 +45,15 @@ def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen[bytes]) 
 
 @contextmanager
 def recd_server(
-    env_overrides: dict[str, str], timeout_s: float = 600.0, config: str | None = None, workers: int = 0
+    env_overrides: dict[str, str],
+    timeout_s: float = 600.0,
+    config: str | None = None,
+    workers: int = 0,
+    tls: ClientTlsConfig | None = None,
 ) -> Iterator[tuple[str, str, int]]:
     """Yields (grpc address, metrics address, pid) of a `recd serve` child; stops it (SIGTERM) afterwards.
     `workers`: 0 (the default, what the benchmarks measure) runs it as one process, N a worker group
-    (the pid is then its supervisor's)."""
+    (the pid is then its supervisor's). `tls`: how to reach it, when the overrides turn server.tls on."""
     address = f"127.0.0.1:{free_port()}"
     metrics = f"127.0.0.1:{free_port()}"
     env = {
@@ -57,7 +67,7 @@ def recd_server(
     args += ["--config", config] if config else []
     proc = subprocess.Popen(args, env=env)
     try:
-        wait_serving(address, timeout_s, proc)
+        wait_serving(address, timeout_s, proc, tls)
         yield address, metrics, proc.pid
     finally:
         proc.terminate()

@@ -14,10 +14,18 @@ from server.cluster.layout import Layout, Placement, layout_from_config, node_na
 from server.cluster.layout_store.base import LayoutConflict, LayoutStore, open_layout_store, read_or_seed
 from server.config import Config, load_config
 from server.errors import BackendError
+from server.security.credentials import use_token_file
 from shards.client import GrpcShardClient, ShardClient
-from shards.records import NodeLayout
+from shards.records import NodeLayout, ShardError
 
 ConfigArg = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
+
+
+def _load_config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    # The nodes are called as this process's caller (the token of auth.token_file; see README, Security).
+    use_token_file(config.auth.token_file)
+    return config
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], with_config: ConfigArg) -> None:
@@ -41,6 +49,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], with_
                 "--max-rate", type=float, help="items scanned per second at most (leaves CPU to live traffic)"
             )
         p.set_defaults(func=func)
+    p = with_config(shards_sub.add_parser("check", help="compare every shard's replicas, item by item"))
+    p.add_argument(
+        "--repair-from",
+        type=int,
+        metavar="ID",
+        help="first make the other replicas of node ID's shards match node ID (run while writes are quiet)",
+    )
+    p.set_defaults(func=cmd_check)
 
     cluster = sub.add_parser("cluster", help="a local cluster on 127.0.0.1 (tests, benchmarks)")
     cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
@@ -95,7 +111,10 @@ def _target(args: argparse.Namespace, layout: Layout) -> tuple[Placement, dict[s
 def _clients(config: Config, addresses: dict[str, str]) -> dict[str, ShardClient]:
     return {
         name: GrpcShardClient(
-            address, max_message_bytes=config.server.max_message_bytes, max_reconnect_backoff_ms=500
+            address,
+            max_message_bytes=config.server.max_message_bytes,
+            max_reconnect_backoff_ms=500,
+            tls=config.cluster.client_tls,
         )
         for name, address in addresses.items()
     }
@@ -109,7 +128,7 @@ async def _close(clients: dict[str, ShardClient]) -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     from server.tools.cluster.rebalance import format_plan, make_plan, sample_ids
 
-    config = load_config(args.config)
+    config = _load_config(args)
     layout = layout_from_config(config)
 
     async def run() -> str:
@@ -139,7 +158,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_rebalance(args: argparse.Namespace) -> int:
     from server.tools.cluster.rebalance import RebalanceError, Rebalancer
 
-    config = load_config(args.config)
+    config = _load_config(args)
     configured = layout_from_config(config)
 
     async def run() -> int:
@@ -192,6 +211,47 @@ def cmd_rebalance(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Exit status 0: every shard's replicas alike (after the repair, with --repair-from); 1: some diverge;
+    2: some could not be read (or repaired)."""
+    from server.tools.cluster.check import check_replicas, repair_from
+
+    config = _load_config(args)
+    configured = layout_from_config(config)
+
+    async def run() -> int:
+        clients = _clients(config, dict(configured.addresses))
+        try:
+            layout, _ = await newest_layout(clients, configured)
+            missing = set(layout.addresses) - set(clients)
+            clients.update(_clients(config, {n: layout.addresses[n] for n in missing}))
+            if args.repair_from is not None:
+                source = node_name(args.repair_from)
+                if source not in layout.current.nodes:
+                    nodes = ", ".join(layout.current.nodes)
+                    print(f"--repair-from: {source} is not in the layout (epoch {layout.epoch}: {nodes})")
+                    return 2
+                for repair in await repair_from(layout, clients, source):
+                    done = [
+                        f"{n}: {repair.copied[n]} written, {repair.deleted[n]} deleted" for n in repair.copied
+                    ]
+                    print(f"shard {repair.shard} repaired from {source}: {'; '.join(done)}")
+            checks = await check_replicas(layout, clients)
+        except ShardError as exc:
+            print(f"repair stopped: {exc}")
+            return 2
+        finally:
+            await _close(clients)
+        for check in checks:
+            print(check.describe())
+        diverged = sum(1 for c in checks if not c.alike and not c.unreadable)
+        unread = sum(1 for c in checks if c.unreadable)
+        print(f"layout epoch {layout.epoch}: {len(checks)} shards, {diverged} diverged, {unread} not checked")
+        return 2 if unread else 1 if diverged else 0
+
+    return asyncio.run(run())
+
+
 # --- cluster up / down --------------------------------------------------------------------------------
 def cmd_cluster_up(args: argparse.Namespace) -> int:
     import yaml
@@ -217,6 +277,7 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
                 "frontend": cluster.frontend_address,
                 "metrics": cluster.metrics_address,
                 "nodes": {k: v.address for k, v in state.nodes.items()},
+                "node_metrics": {k: v.metrics for k, v in state.nodes.items()},
                 "config": str(cluster.config_path),
             }
         )

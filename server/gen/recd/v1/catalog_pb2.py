@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15recd/v1/catalog.proto\x12\x07recd.v1\"\xbb\x01\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x11\n\tembedding\x18\x02 \x03(\x02\x12\x31\n\nattributes\x18\x03 \x03(\x0b\x32\x1d.recd.v1.Item.AttributesEntry\x12\x12\n\npopularity\x18\x04 \x01(\x02\x12\x15\n\rcreated_at_ms\x18\x05 \x01(\x03\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x12UpsertItemsRequest\x12\x1c\n\x05items\x18\x01 \x03(\x0b\x32\r.recd.v1.Item\"\'\n\x13UpsertItemsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"&\n\x12\x44\x65leteItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"&\n\x13\x44\x65leteItemsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"#\n\x0fGetItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"J\n\x10GetItemsResponse\x12\x1c\n\x05items\x18\x01 \x03(\x0b\x32\r.recd.v1.Item\x12\x18\n\x10missing_item_ids\x18\x02 \x03(\t\"\x90\x01\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tembedding\x18\x02 \x03(\x02\x12\x31\n\nattributes\x18\x03 \x03(\x0b\x32\x1d.recd.v1.User.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x12UpsertUsersRequest\x12\x1c\n\x05users\x18\x01 \x03(\x0b\x32\r.recd.v1.User\"\'\n\x13UpsertUsersResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"?\n\x04\x45\x64ge\x12\x13\n\x0bsrc_item_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64st_item_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"2\n\x12UpsertEdgesRequest\x12\x1c\n\x05\x65\x64ges\x18\x01 \x03(\x0b\x32\r.recd.v1.Edge\"\'\n\x13UpsertEdgesResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"\x0e\n\x0cStatsRequest\"B\n\x0eShardItemCount\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\r\n\x05items\x18\x02 \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x04\"W\n\x0fIndexParameters\x12\r\n\x05space\x18\x01 \x01(\t\x12\t\n\x01m\x18\x02 \x01(\r\x12\x17\n\x0f\x65\x66_construction\x18\x03 \x01(\r\x12\x11\n\tef_search\x18\x04 \x01(\r\"\xb8\x01\n\rStatsResponse\x12\r\n\x05items\x18\x01 \x01(\x04\x12\'\n\x06shards\x18\x02 \x03(\x0b\x32\x17.recd.v1.ShardItemCount\x12\r\n\x05users\x18\x03 \x01(\x04\x12\r\n\x05\x65\x64ges\x18\x04 \x01(\x04\x12\x11\n\tdimension\x18\x05 \x01(\r\x12\'\n\x05index\x18\x06 \x01(\x0b\x32\x18.recd.v1.IndexParameters\x12\x15\n\rmodel_version\x18\x07 \x01(\t\"\'\n\x13WatchDeletesRequest\x12\x10\n\x08since_ms\x18\x01 \x01(\x03\"M\n\x0c\x44\x65letedItems\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x13\n\x0bposition_ms\x18\x02 \x01(\x03\x12\x16\n\x0e\x63overs_from_ms\x18\x03 \x01(\x03\x32\xf1\x03\n\x07\x43\x61talog\x12H\n\x0bUpsertItems\x12\x1b.recd.v1.UpsertItemsRequest\x1a\x1c.recd.v1.UpsertItemsResponse\x12H\n\x0b\x44\x65leteItems\x12\x1b.recd.v1.DeleteItemsRequest\x1a\x1c.recd.v1.DeleteItemsResponse\x12?\n\x08GetItems\x12\x18.recd.v1.GetItemsRequest\x1a\x19.recd.v1.GetItemsResponse\x12H\n\x0bUpsertUsers\x12\x1b.recd.v1.UpsertUsersRequest\x1a\x1c.recd.v1.UpsertUsersResponse\x12H\n\x0bUpsertEdges\x12\x1b.recd.v1.UpsertEdgesRequest\x1a\x1c.recd.v1.UpsertEdgesResponse\x12\x36\n\x05Stats\x12\x15.recd.v1.StatsRequest\x1a\x16.recd.v1.StatsResponse\x12\x45\n\x0cWatchDeletes\x12\x1c.recd.v1.WatchDeletesRequest\x1a\x15.recd.v1.DeletedItems0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15recd/v1/catalog.proto\x12\x07recd.v1\"\xbb\x01\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x11\n\tembedding\x18\x02 \x03(\x02\x12\x31\n\nattributes\x18\x03 \x03(\x0b\x32\x1d.recd.v1.Item.AttributesEntry\x12\x12\n\npopularity\x18\x04 \x01(\x02\x12\x15\n\rcreated_at_ms\x18\x05 \x01(\x03\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x12UpsertItemsRequest\x12\x1c\n\x05items\x18\x01 \x03(\x0b\x32\r.recd.v1.Item\"\'\n\x13UpsertItemsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"&\n\x12\x44\x65leteItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"&\n\x13\x44\x65leteItemsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"#\n\x0fGetItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"J\n\x10GetItemsResponse\x12\x1c\n\x05items\x18\x01 \x03(\x0b\x32\r.recd.v1.Item\x12\x18\n\x10missing_item_ids\x18\x02 \x03(\t\"\x90\x01\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tembedding\x18\x02 \x03(\x02\x12\x31\n\nattributes\x18\x03 \x03(\x0b\x32\x1d.recd.v1.User.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x12UpsertUsersRequest\x12\x1c\n\x05users\x18\x01 \x03(\x0b\x32\r.recd.v1.User\"\'\n\x13UpsertUsersResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"$\n\x11\x44\x65leteUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteUserResponse\"&\n\x12\x44\x65leteUsersRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\"%\n\x13\x44\x65leteUsersResponse\x12\x0e\n\x06\x65rased\x18\x01 \x01(\r\";\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x18\n\x10max_interactions\x18\x02 \x01(\r\"X\n\x0fUserInteraction\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x02\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\"D\n\x08SeenItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x11\n\titem_hash\x18\x02 \x01(\x04\x12\x14\n\x0clast_seen_ms\x18\x03 \x01(\x03\"\xc2\x01\n\x0fGetUserResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x1e\n\x07profile\x18\x03 \x01(\x0b\x32\r.recd.v1.User\x12.\n\x0cinteractions\x18\x04 \x03(\x0b\x32\x18.recd.v1.UserInteraction\x12\x1e\n\x16interactions_truncated\x18\x05 \x01(\x08\x12\x1f\n\x04seen\x18\x06 \x03(\x0b\x32\x11.recd.v1.SeenItem\"?\n\x04\x45\x64ge\x12\x13\n\x0bsrc_item_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64st_item_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"2\n\x12UpsertEdgesRequest\x12\x1c\n\x05\x65\x64ges\x18\x01 \x03(\x0b\x32\r.recd.v1.Edge\"\'\n\x13UpsertEdgesResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"\x0e\n\x0cStatsRequest\"B\n\x0eShardItemCount\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\r\n\x05items\x18\x02 \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x04\"W\n\x0fIndexParameters\x12\r\n\x05space\x18\x01 \x01(\t\x12\t\n\x01m\x18\x02 \x01(\r\x12\x17\n\x0f\x65\x66_construction\x18\x03 \x01(\r\x12\x11\n\tef_search\x18\x04 \x01(\r\"\xb8\x01\n\rStatsResponse\x12\r\n\x05items\x18\x01 \x01(\x04\x12\'\n\x06shards\x18\x02 \x03(\x0b\x32\x17.recd.v1.ShardItemCount\x12\r\n\x05users\x18\x03 \x01(\x04\x12\r\n\x05\x65\x64ges\x18\x04 \x01(\x04\x12\x11\n\tdimension\x18\x05 \x01(\r\x12\'\n\x05index\x18\x06 \x01(\x0b\x32\x18.recd.v1.IndexParameters\x12\x15\n\rmodel_version\x18\x07 \x01(\t\"\'\n\x13WatchDeletesRequest\x12\x10\n\x08since_ms\x18\x01 \x01(\x03\"M\n\x0c\x44\x65letedItems\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x13\n\x0bposition_ms\x18\x02 \x01(\x03\x12\x16\n\x0e\x63overs_from_ms\x18\x03 \x01(\x03\"2\n\x17\x41\x64minReloadModelRequest\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x01 \x01(\t\"P\n\x0fModelFileStatus\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"n\n\x18\x41\x64minReloadModelResponse\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\x12\'\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x18.recd.v1.ModelFileStatus2\x99\x06\n\x07\x43\x61talog\x12H\n\x0bUpsertItems\x12\x1b.recd.v1.UpsertItemsRequest\x1a\x1c.recd.v1.UpsertItemsResponse\x12H\n\x0b\x44\x65leteItems\x12\x1b.recd.v1.DeleteItemsRequest\x1a\x1c.recd.v1.DeleteItemsResponse\x12?\n\x08GetItems\x12\x18.recd.v1.GetItemsRequest\x1a\x19.recd.v1.GetItemsResponse\x12H\n\x0bUpsertUsers\x12\x1b.recd.v1.UpsertUsersRequest\x1a\x1c.recd.v1.UpsertUsersResponse\x12\x45\n\nDeleteUser\x12\x1a.recd.v1.DeleteUserRequest\x1a\x1b.recd.v1.DeleteUserResponse\x12H\n\x0b\x44\x65leteUsers\x12\x1b.recd.v1.DeleteUsersRequest\x1a\x1c.recd.v1.DeleteUsersResponse\x12<\n\x07GetUser\x12\x17.recd.v1.GetUserRequest\x1a\x18.recd.v1.GetUserResponse\x12H\n\x0bUpsertEdges\x12\x1b.recd.v1.UpsertEdgesRequest\x1a\x1c.recd.v1.UpsertEdgesResponse\x12\x36\n\x05Stats\x12\x15.recd.v1.StatsRequest\x1a\x16.recd.v1.StatsResponse\x12\x45\n\x0cWatchDeletes\x12\x1c.recd.v1.WatchDeletesRequest\x1a\x15.recd.v1.DeletedItems0\x01\x12W\n\x10\x41\x64minReloadModel\x12 .recd.v1.AdminReloadModelRequest\x1a!.recd.v1.AdminReloadModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -59,24 +59,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPSERTUSERSREQUEST']._serialized_end=707
   _globals['_UPSERTUSERSRESPONSE']._serialized_start=709
   _globals['_UPSERTUSERSRESPONSE']._serialized_end=748
-  _globals['_EDGE']._serialized_start=750
-  _globals['_EDGE']._serialized_end=813
-  _globals['_UPSERTEDGESREQUEST']._serialized_start=815
-  _globals['_UPSERTEDGESREQUEST']._serialized_end=865
-  _globals['_UPSERTEDGESRESPONSE']._serialized_start=867
-  _globals['_UPSERTEDGESRESPONSE']._serialized_end=906
-  _globals['_STATSREQUEST']._serialized_start=908
-  _globals['_STATSREQUEST']._serialized_end=922
-  _globals['_SHARDITEMCOUNT']._serialized_start=924
-  _globals['_SHARDITEMCOUNT']._serialized_end=990
-  _globals['_INDEXPARAMETERS']._serialized_start=992
-  _globals['_INDEXPARAMETERS']._serialized_end=1079
-  _globals['_STATSRESPONSE']._serialized_start=1082
-  _globals['_STATSRESPONSE']._serialized_end=1266
-  _globals['_WATCHDELETESREQUEST']._serialized_start=1268
-  _globals['_WATCHDELETESREQUEST']._serialized_end=1307
-  _globals['_DELETEDITEMS']._serialized_start=1309
-  _globals['_DELETEDITEMS']._serialized_end=1386
-  _globals['_CATALOG']._serialized_start=1389
-  _globals['_CATALOG']._serialized_end=1886
+  _globals['_DELETEUSERREQUEST']._serialized_start=750
+  _globals['_DELETEUSERREQUEST']._serialized_end=786
+  _globals['_DELETEUSERRESPONSE']._serialized_start=788
+  _globals['_DELETEUSERRESPONSE']._serialized_end=808
+  _globals['_DELETEUSERSREQUEST']._serialized_start=810
+  _globals['_DELETEUSERSREQUEST']._serialized_end=848
+  _globals['_DELETEUSERSRESPONSE']._serialized_start=850
+  _globals['_DELETEUSERSRESPONSE']._serialized_end=887
+  _globals['_GETUSERREQUEST']._serialized_start=889
+  _globals['_GETUSERREQUEST']._serialized_end=948
+  _globals['_USERINTERACTION']._serialized_start=950
+  _globals['_USERINTERACTION']._serialized_end=1038
+  _globals['_SEENITEM']._serialized_start=1040
+  _globals['_SEENITEM']._serialized_end=1108
+  _globals['_GETUSERRESPONSE']._serialized_start=1111
+  _globals['_GETUSERRESPONSE']._serialized_end=1305
+  _globals['_EDGE']._serialized_start=1307
+  _globals['_EDGE']._serialized_end=1370
+  _globals['_UPSERTEDGESREQUEST']._serialized_start=1372
+  _globals['_UPSERTEDGESREQUEST']._serialized_end=1422
+  _globals['_UPSERTEDGESRESPONSE']._serialized_start=1424
+  _globals['_UPSERTEDGESRESPONSE']._serialized_end=1463
+  _globals['_STATSREQUEST']._serialized_start=1465
+  _globals['_STATSREQUEST']._serialized_end=1479
+  _globals['_SHARDITEMCOUNT']._serialized_start=1481
+  _globals['_SHARDITEMCOUNT']._serialized_end=1547
+  _globals['_INDEXPARAMETERS']._serialized_start=1549
+  _globals['_INDEXPARAMETERS']._serialized_end=1636
+  _globals['_STATSRESPONSE']._serialized_start=1639
+  _globals['_STATSRESPONSE']._serialized_end=1823
+  _globals['_WATCHDELETESREQUEST']._serialized_start=1825
+  _globals['_WATCHDELETESREQUEST']._serialized_end=1864
+  _globals['_DELETEDITEMS']._serialized_start=1866
+  _globals['_DELETEDITEMS']._serialized_end=1943
+  _globals['_ADMINRELOADMODELREQUEST']._serialized_start=1945
+  _globals['_ADMINRELOADMODELREQUEST']._serialized_end=1995
+  _globals['_MODELFILESTATUS']._serialized_start=1997
+  _globals['_MODELFILESTATUS']._serialized_end=2077
+  _globals['_ADMINRELOADMODELRESPONSE']._serialized_start=2079
+  _globals['_ADMINRELOADMODELRESPONSE']._serialized_end=2189
+  _globals['_CATALOG']._serialized_start=2192
+  _globals['_CATALOG']._serialized_end=2985
 # @@protoc_insertion_point(module_scope)

@@ -94,6 +94,74 @@ class UpsertUsersResponse(_message.Message):
     upserted: int
     def __init__(self, upserted: _Optional[int] = ...) -> None: ...
 
+class DeleteUserRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class DeleteUserResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DeleteUsersRequest(_message.Message):
+    __slots__ = ("user_ids",)
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteUsersResponse(_message.Message):
+    __slots__ = ("erased",)
+    ERASED_FIELD_NUMBER: _ClassVar[int]
+    erased: int
+    def __init__(self, erased: _Optional[int] = ...) -> None: ...
+
+class GetUserRequest(_message.Message):
+    __slots__ = ("user_id", "max_interactions")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_INTERACTIONS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    max_interactions: int
+    def __init__(self, user_id: _Optional[str] = ..., max_interactions: _Optional[int] = ...) -> None: ...
+
+class UserInteraction(_message.Message):
+    __slots__ = ("item_id", "action", "weight", "timestamp_ms")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    action: str
+    weight: float
+    timestamp_ms: int
+    def __init__(self, item_id: _Optional[str] = ..., action: _Optional[str] = ..., weight: _Optional[float] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...
+
+class SeenItem(_message.Message):
+    __slots__ = ("item_id", "item_hash", "last_seen_ms")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_HASH_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_MS_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    item_hash: int
+    last_seen_ms: int
+    def __init__(self, item_id: _Optional[str] = ..., item_hash: _Optional[int] = ..., last_seen_ms: _Optional[int] = ...) -> None: ...
+
+class GetUserResponse(_message.Message):
+    __slots__ = ("user_id", "found", "profile", "interactions", "interactions_truncated", "seen")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    INTERACTIONS_FIELD_NUMBER: _ClassVar[int]
+    INTERACTIONS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    SEEN_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    found: bool
+    profile: User
+    interactions: _containers.RepeatedCompositeFieldContainer[UserInteraction]
+    interactions_truncated: bool
+    seen: _containers.RepeatedCompositeFieldContainer[SeenItem]
+    def __init__(self, user_id: _Optional[str] = ..., found: _Optional[bool] = ..., profile: _Optional[_Union[User, _Mapping]] = ..., interactions: _Optional[_Iterable[_Union[UserInteraction, _Mapping]]] = ..., interactions_truncated: _Optional[bool] = ..., seen: _Optional[_Iterable[_Union[SeenItem, _Mapping]]] = ...) -> None: ...
+
 class Edge(_message.Message):
     __slots__ = ("src_item_id", "dst_item_id", "score")
     SRC_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
@@ -175,3 +243,31 @@ class DeletedItems(_message.Message):
     position_ms: int
     covers_from_ms: int
     def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., position_ms: _Optional[int] = ..., covers_from_ms: _Optional[int] = ...) -> None: ...
+
+class AdminReloadModelRequest(_message.Message):
+    __slots__ = ("default_version",)
+    DEFAULT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    default_version: str
+    def __init__(self, default_version: _Optional[str] = ...) -> None: ...
+
+class ModelFileStatus(_message.Message):
+    __slots__ = ("path", "outcome", "version", "error")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    outcome: str
+    version: str
+    error: str
+    def __init__(self, path: _Optional[str] = ..., outcome: _Optional[str] = ..., version: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class AdminReloadModelResponse(_message.Message):
+    __slots__ = ("default_version", "versions", "files")
+    DEFAULT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    default_version: str
+    versions: _containers.RepeatedScalarFieldContainer[str]
+    files: _containers.RepeatedCompositeFieldContainer[ModelFileStatus]
+    def __init__(self, default_version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., files: _Optional[_Iterable[_Union[ModelFileStatus, _Mapping]]] = ...) -> None: ...

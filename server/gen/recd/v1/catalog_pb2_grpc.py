@@ -55,6 +55,21 @@ class CatalogStub:
                 request_serializer=recd_dot_v1_dot_catalog__pb2.UpsertUsersRequest.SerializeToString,
                 response_deserializer=recd_dot_v1_dot_catalog__pb2.UpsertUsersResponse.FromString,
                 _registered_method=True)
+        self.DeleteUser = channel.unary_unary(
+                '/recd.v1.Catalog/DeleteUser',
+                request_serializer=recd_dot_v1_dot_catalog__pb2.DeleteUserRequest.SerializeToString,
+                response_deserializer=recd_dot_v1_dot_catalog__pb2.DeleteUserResponse.FromString,
+                _registered_method=True)
+        self.DeleteUsers = channel.unary_unary(
+                '/recd.v1.Catalog/DeleteUsers',
+                request_serializer=recd_dot_v1_dot_catalog__pb2.DeleteUsersRequest.SerializeToString,
+                response_deserializer=recd_dot_v1_dot_catalog__pb2.DeleteUsersResponse.FromString,
+                _registered_method=True)
+        self.GetUser = channel.unary_unary(
+                '/recd.v1.Catalog/GetUser',
+                request_serializer=recd_dot_v1_dot_catalog__pb2.GetUserRequest.SerializeToString,
+                response_deserializer=recd_dot_v1_dot_catalog__pb2.GetUserResponse.FromString,
+                _registered_method=True)
         self.UpsertEdges = channel.unary_unary(
                 '/recd.v1.Catalog/UpsertEdges',
                 request_serializer=recd_dot_v1_dot_catalog__pb2.UpsertEdgesRequest.SerializeToString,
@@ -69,6 +84,11 @@ class CatalogStub:
                 '/recd.v1.Catalog/WatchDeletes',
                 request_serializer=recd_dot_v1_dot_catalog__pb2.WatchDeletesRequest.SerializeToString,
                 response_deserializer=recd_dot_v1_dot_catalog__pb2.DeletedItems.FromString,
+                _registered_method=True)
+        self.AdminReloadModel = channel.unary_unary(
+                '/recd.v1.Catalog/AdminReloadModel',
+                request_serializer=recd_dot_v1_dot_catalog__pb2.AdminReloadModelRequest.SerializeToString,
+                response_deserializer=recd_dot_v1_dot_catalog__pb2.AdminReloadModelResponse.FromString,
                 _registered_method=True)
 
 
@@ -101,6 +121,31 @@ class CatalogServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteUser(self, request, context):
+        """Erases what is held about one user: profile, interaction history, seen set and cached state.
+        Acknowledged once the erasure is durable (the embedded store's fsynced log, or the cluster at the
+        configured consistency). Idempotent: erasing an unknown user succeeds. The user's past
+        interactions stay counted in the items' popularity (anonymous aggregates).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteUsers(self, request, context):
+        """DeleteUser for a batch of users (at most server.max_batch ids), with the same guarantees.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUser(self, request, context):
+        """Everything held about one user, for an access request. An unknown user is not an error: found is
+        false and the rest is empty.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UpsertEdges(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -119,6 +164,18 @@ class CatalogServicer:
         so any frontend's stream carries every delete; the edge tier uses it to drop cached answers that
         hold a deleted item. The stream ends when the frontend stops: resume on another from the last
         position_ms (a delete may then arrive twice; ids are idempotent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdminReloadModel(self, request, context):
+        """Role admin. Re-reads the ranking model files (ranking.model_file, ranking.extra_model_files) now,
+        as the file watch does every ranking.reload_interval_s, loading what changed; then, when
+        default_version is set, makes that loaded version the default one (until model_file's version
+        changes). Batches already running finish with the model they started with. A broken file is
+        refused (its outcome says why) and its old version keeps serving. Reaches the one frontend process
+        that answers it: to reload a worker group or many pods, change the files (each process watches them).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -147,6 +204,21 @@ def add_CatalogServicer_to_server(servicer, server):
                     request_deserializer=recd_dot_v1_dot_catalog__pb2.UpsertUsersRequest.FromString,
                     response_serializer=recd_dot_v1_dot_catalog__pb2.UpsertUsersResponse.SerializeToString,
             ),
+            'DeleteUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUser,
+                    request_deserializer=recd_dot_v1_dot_catalog__pb2.DeleteUserRequest.FromString,
+                    response_serializer=recd_dot_v1_dot_catalog__pb2.DeleteUserResponse.SerializeToString,
+            ),
+            'DeleteUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUsers,
+                    request_deserializer=recd_dot_v1_dot_catalog__pb2.DeleteUsersRequest.FromString,
+                    response_serializer=recd_dot_v1_dot_catalog__pb2.DeleteUsersResponse.SerializeToString,
+            ),
+            'GetUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUser,
+                    request_deserializer=recd_dot_v1_dot_catalog__pb2.GetUserRequest.FromString,
+                    response_serializer=recd_dot_v1_dot_catalog__pb2.GetUserResponse.SerializeToString,
+            ),
             'UpsertEdges': grpc.unary_unary_rpc_method_handler(
                     servicer.UpsertEdges,
                     request_deserializer=recd_dot_v1_dot_catalog__pb2.UpsertEdgesRequest.FromString,
@@ -161,6 +233,11 @@ def add_CatalogServicer_to_server(servicer, server):
                     servicer.WatchDeletes,
                     request_deserializer=recd_dot_v1_dot_catalog__pb2.WatchDeletesRequest.FromString,
                     response_serializer=recd_dot_v1_dot_catalog__pb2.DeletedItems.SerializeToString,
+            ),
+            'AdminReloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdminReloadModel,
+                    request_deserializer=recd_dot_v1_dot_catalog__pb2.AdminReloadModelRequest.FromString,
+                    response_serializer=recd_dot_v1_dot_catalog__pb2.AdminReloadModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -283,6 +360,87 @@ class Catalog:
             _registered_method=True)
 
     @staticmethod
+    def DeleteUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recd.v1.Catalog/DeleteUser',
+            recd_dot_v1_dot_catalog__pb2.DeleteUserRequest.SerializeToString,
+            recd_dot_v1_dot_catalog__pb2.DeleteUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recd.v1.Catalog/DeleteUsers',
+            recd_dot_v1_dot_catalog__pb2.DeleteUsersRequest.SerializeToString,
+            recd_dot_v1_dot_catalog__pb2.DeleteUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recd.v1.Catalog/GetUser',
+            recd_dot_v1_dot_catalog__pb2.GetUserRequest.SerializeToString,
+            recd_dot_v1_dot_catalog__pb2.GetUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def UpsertEdges(request,
             target,
             options=(),
@@ -353,6 +511,33 @@ class Catalog:
             '/recd.v1.Catalog/WatchDeletes',
             recd_dot_v1_dot_catalog__pb2.WatchDeletesRequest.SerializeToString,
             recd_dot_v1_dot_catalog__pb2.DeletedItems.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdminReloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recd.v1.Catalog/AdminReloadModel',
+            recd_dot_v1_dot_catalog__pb2.AdminReloadModelRequest.SerializeToString,
+            recd_dot_v1_dot_catalog__pb2.AdminReloadModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
