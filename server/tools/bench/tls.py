@@ -195,7 +195,7 @@ def run_tls_bench(quick: bool = False) -> tuple[str, dict[str, float]]:
         " (`recd serve` as one process each, on the demo snapshot) run at"
         f" once and the phases alternate between them, {rounds} rounds of {phase_s:.0f} s Recommend then"
         f" {phase_s:.0f} s empty RPC per mode (each after 1 s of warm-up), so other load on the machine falls on"
-        f" both alike; server CPU comes from each server's own counter (the steadier figure on a shared"
+        f" all alike; server CPU comes from each server's own counter (the steadier figure on a shared"
         f" machine: the client runs on the same cores, and its TLS work too). Closed loop, {CONCURRENCY}"
         " concurrent callers over one connection from one grpc.aio client process, Zipf-distributed users of"
         f" the demo dataset ({len(users):,} users). New connections: {connections} in a row per round, each a"
