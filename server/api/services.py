@@ -77,6 +77,9 @@ class CatalogService(catalog_pb2_grpc.CatalogServicer):
         self._catalog = catalog
         self._deletions = deletions
         self._heartbeat_s = heartbeat_s
+        if deletions is not None:
+            # Erasures through this frontend reach the edges by its WatchDeletes stream.
+            catalog.add_erasure_listener(deletions.record_erasures)
 
     @grpc_errors
     async def UpsertItems(
@@ -191,5 +194,9 @@ class CatalogService(catalog_pb2_grpc.CatalogServicer):
             )
         async for batch in self._deletions.follow(request.since_ms, self._heartbeat_s):
             yield catalog_pb2.DeletedItems(
-                item_ids=batch.item_ids, position_ms=batch.position_ms, covers_from_ms=batch.covers_from_ms
+                item_ids=batch.item_ids,
+                position_ms=batch.position_ms,
+                covers_from_ms=batch.covers_from_ms,
+                erased_user_ids=batch.erased_user_ids,
+                started_ms=batch.started_ms,
             )

@@ -83,6 +83,12 @@ class Catalog:
         self._on_item_write = on_item_write
         self.limits = Limits.of(config)
         self.item_writer = ItemWriter(router, items, self.limits)
+        # Told of every erasure once it is durable (the deletion log streaming it to the edges); one that
+        # returns False could not take it, and the erasure is not acknowledged.
+        self._erasure_listeners: list[Callable[[Sequence[str]], bool]] = []
+
+    def add_erasure_listener(self, listener: Callable[[Sequence[str]], bool]) -> None:
+        self._erasure_listeners.append(listener)
 
     async def upsert_items(self, records: Sequence[ItemRecord]) -> int:
         written = await self.item_writer.upsert(records)
@@ -141,6 +147,14 @@ class Catalog:
         unique = list(dict.fromkeys(user_ids))
         await self._profiles.delete_users(unique)
         await self._users.invalidate(unique)
+        for listener in self._erasure_listeners:
+            if not listener(unique):
+                # The erasure is durable, but the edges may never hear of it from this process: the
+                # caller retries (erasure is idempotent), through a frontend that is not stopping.
+                raise unavailable(
+                    "this frontend is stopping; the users are erased but the edge caches may not have "
+                    "been told: send the erasure again"
+                )
         # The count only: a log of erased ids would itself keep what was erased.
         log.info("erased %d users", len(unique))
         return len(unique)

@@ -16,6 +16,9 @@ resumed: that frontend restarted, or its log overflowed; or the edge's own bound
 every entry stored before the gap's end a miss. While no stream is up the edge serves from its caches as
 usual (it fails open, as it does without Redis), and the deletes it missed are replayed when it resumes
 from its last position, on the same origin or another one.
+
+Erasures (users erased through a frontend) come on the same streams but are each frontend's own, so
+ErasureWatch follows every origin address for them and bumps the erased users' versions (below).
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ import math
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Literal, Protocol
 
 import grpc
 
@@ -252,3 +255,167 @@ class DeleteWatch:
                 self._recent.prune()
             known_ms = max(known_ms, message.position_ms)
             self.position_ms = known_ms
+
+
+# How far the first message of a stream may be trusted when its log starts after the position asked for:
+# "clean": the last stream from this address ended cleanly, so the log is a new process's, which lost
+# nothing; "new": an address that appeared while the watch ran, whose whole log (if it dropped nothing)
+# is all that process ever took; "strict": anything else (the watch's start, a broken stream).
+_Trust = Literal["clean", "new", "strict"]
+
+
+def _whole(message: catalog_pb2.DeletedItems, trust: _Trust) -> bool:
+    if trust == "clean":
+        return True
+    return trust == "new" and message.started_ms > 0 and message.covers_from_ms <= message.started_ms
+
+
+class ErasureWatch:
+    """Follows every origin's WatchDeletes for the users erased through it, and makes their cached answers
+    stop matching (`erase`: the edge cache's erase_users, as a DeleteUser through the edge does).
+
+    Deletes reach every frontend by the shards' change feed, erasures do not: each frontend streams only
+    its own, so one stream per origin address, each resumed on that address only, following the
+    addresses as they are resolved. A user erased again on a replay is only bumped again (one miss).
+
+    Gaps: a stream that ended cleanly sent every erasure its process acknowledged (a stopping frontend
+    refuses erasures once its log is closed, server/catalog/deletions.py), so the log of the process
+    that follows it at that address may start late without loss; an address that appears while the watch
+    runs (a new pod) is followed from its process's start, so its log is whole unless it dropped some
+    (started_ms). Rolling deploys and scale-outs cost nothing. Otherwise (the watch's start, a broken
+    stream, a log past its bound) a log that does not reach back to the edge's position may have lost
+    erasures: entries stored before its start are refused.
+    """
+
+    def __init__(
+        self,
+        origins: StreamSource,
+        erase: Callable[[list[str]], Awaitable[None]],
+        recent: RecentDeletes,
+        idle_timeout_s: float = 20.0,
+        backoff_min_s: float = 0.05,
+        backoff_max_s: float = 5.0,
+        rescan_s: float = 1.0,
+        clock: Clock = time.time,
+    ) -> None:
+        self._origins = origins
+        self._erase = erase
+        self._recent = recent
+        self._idle_timeout_s = idle_timeout_s
+        self._backoff_min_s = backoff_min_s
+        self._backoff_max_s = backoff_max_s
+        self._rescan_s = rescan_s
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self._followers: dict[str, asyncio.Task[None]] = {}
+        # Per address: the origin-side position (ms) every erasure before which this edge has heard of.
+        self.positions: dict[str, int] = {}
+        # Addresses whose stream is up (it delivered its first message).
+        self.connected: set[str] = set()
+        self.erased = 0
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._task, *self._followers.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._task = None
+        self._followers.clear()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        first_pass = True
+        while True:
+            wanted = set(self._origins.addresses)
+            for address in wanted - self._followers.keys():
+                # An address that appears later is a new frontend (or pod), followed from its birth.
+                new = not first_pass and address not in self.positions
+                self._followers[address] = loop.create_task(self._follow(address, "new" if new else "strict"))
+            first_pass = False
+            for address in list(self._followers):
+                task = self._followers[address]
+                if address not in wanted:
+                    task.cancel()
+                    del self._followers[address]
+                    self.positions.pop(address, None)
+                    self.connected.discard(address)
+                elif task.done():
+                    del self._followers[address]  # started again on the next pass, from its position
+            await asyncio.sleep(self._rescan_s)
+
+    def _since_ms(self, address: str) -> int:
+        position = self.positions.get(address)
+        if position is None:
+            # Everything an entry still servable may predate.
+            return max(1, int((self._clock() - self._recent.keep_s) * 1000))
+        # A replay of the last moments, as DeleteWatch does: positions are that frontend's clock.
+        return max(1, position - int(self._recent.margin_s * 1000))
+
+    async def _follow(self, address: str, trust: _Trust) -> None:
+        failures = 0
+        while address in self._origins.addresses:
+            since_ms = self._since_ms(address)
+            request = catalog_pb2.WatchDeletesRequest(since_ms=since_ms).SerializeToString()
+            others = frozenset(a for a in self._origins.addresses if a != address)
+            got, call = self._origins.stream(WATCH_DELETES_METHOD, request, others)
+            ended_cleanly = False
+            try:
+                if got != address:
+                    return  # the address went between the check and the call
+                await self._consume(call, address, since_ms, trust)
+                ended_cleanly = True
+                log.info("erasures stream from %s ended; resuming", address)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    self.positions.pop(address, None)
+                    log.warning(
+                        "erasures stream refused by %s (check the clocks): %s", address, exc.details()
+                    )
+                else:
+                    log.info("erasures stream from %s failed: %s %s", address, exc.code().name, exc.details())
+            except TimeoutError:
+                log.info("erasures stream from %s silent for %.0f s; resuming", address, self._idle_timeout_s)
+            except Exception:
+                log.exception("erasures stream from %s broke; resuming", address)
+            finally:
+                call.cancel()
+                delivered = address in self.connected
+                self.connected.discard(address)
+            # A stream that delivered nothing (the address is down while its frontend restarts) says
+            # nothing of what may have been missed: the last stream's end still stands.
+            if delivered or ended_cleanly:
+                trust = "clean" if ended_cleanly else "strict"
+            failures = 0 if delivered else failures + 1
+            delay = min(self._backoff_max_s, self._backoff_min_s * 2 ** min(failures, 16))
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+
+    async def _consume(
+        self, call: grpc.aio.UnaryStreamCall, address: str, since_ms: int, trust: _Trust
+    ) -> None:
+        """Reads the stream until it ends cleanly; raises on errors. `address` is in `connected` once the
+        stream delivered a message. `trust`: whether a log that starts late may be taken as whole (above)."""
+        known_ms = since_ms
+        delivered = False
+        while True:
+            raw = await asyncio.wait_for(call.read(), self._idle_timeout_s)
+            if raw is grpc.aio.EOF:
+                return
+            message = catalog_pb2.DeletedItems.FromString(raw)
+            if message.covers_from_ms > known_ms and (delivered or not _whole(message, trust)):
+                # Erasures through this origin between what we know and what its log holds are lost to us.
+                self._recent.blind(message.covers_from_ms / 1000.0, "erasures")
+            if not delivered:
+                delivered = True
+                self.connected.add(address)
+            if message.erased_user_ids:
+                users = list(dict.fromkeys(message.erased_user_ids))
+                await self._erase(users)
+                self.erased += len(users)
+            known_ms = max(known_ms, message.position_ms)
+            self.positions[address] = known_ms

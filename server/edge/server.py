@@ -22,7 +22,7 @@ from server.backends.base import Cache
 from server.client import MAX_MESSAGE_BYTES
 from server.config import AuthConfig, EdgeConfig
 from server.edge.cache import EdgeCache
-from server.edge.deletes import DeleteWatch
+from server.edge.deletes import DeleteWatch, ErasureWatch
 from server.edge.origin import Origin, OriginError, OriginPool, RetryBudget
 from server.edge.resolve import Resolver, resolve_target
 from server.edge.shared import open_shared_cache
@@ -90,6 +90,7 @@ class EdgeServer:
         shared: Cache | None,
         watch: DeleteWatch | None = None,
         auth: AuthConfig | None = None,
+        erasures: ErasureWatch | None = None,
     ) -> None:
         """`auth`: who may call the edge (the config's `auth`; None: everyone). The edge authenticates its
         callers itself and calls the origins as itself, with this process's token (auth.token_file)."""
@@ -98,6 +99,7 @@ class EdgeServer:
         self.origin = origin
         self.shared = shared
         self.watch = watch
+        self.erasures = erasures
         # Recommend's sizes only (filter, context, exclusions): the embedding dimension and batch sizes
         # are the frontends' to check, on the writes the edge forwards.
         self._recommend_precheck = prechecks.recommender(
@@ -124,6 +126,7 @@ class EdgeServer:
             on_close=[
                 cache.close,
                 *([watch.close] if watch is not None else []),
+                *([erasures.close] if erasures is not None else []),
                 origin.close,
                 *([shared.close] if shared is not None else []),
             ],
@@ -228,6 +231,8 @@ class EdgeServer:
         await self.origin.start()
         if self.watch is not None:
             await self.watch.start()
+        if self.erasures is not None:
+            await self.erasures.start()
         await self.lifecycle.start()
         log.info("recd edge serving on %s, origins %s", self.address, ", ".join(self.config.origins))
 
@@ -257,10 +262,14 @@ def build_edge(
         tls=config.origin_tls,
     )
     cache = EdgeCache(config, origin, shared)
-    watch = None
+    watch = erasures = None
     if config.watch_deletes:
         watch = DeleteWatch(origin, cache.deletes, idle_timeout_s=config.watch_idle_timeout_s)
-    return EdgeServer(config, cache, origin, shared, watch, auth)
+        # Erasures sent straight to any frontend: each streams only its own, so all are followed.
+        erasures = ErasureWatch(
+            origin, cache.erase_users, cache.deletes, idle_timeout_s=config.watch_idle_timeout_s
+        )
+    return EdgeServer(config, cache, origin, shared, watch, auth, erasures)
 
 
 async def serve_edge(

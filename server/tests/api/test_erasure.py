@@ -6,58 +6,17 @@ Cassandra and Redis."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-
 import grpc
 import numpy as np
 import pytest
 
-from server.client import RecdClient
-from server.config import Config
 from server.domain import Interaction, UserProfile
 from server.gen.recd.v1 import catalog_pb2, common_pb2
 from server.gen.recd.v1 import recommender_pb2 as rpb
-from server.tests.api.test_end_to_end import cluster_items, load_toy
-from server.tests.backends.real_backends import on_real_backends
-from server.tests.conftest import ToyCatalogue, frontends_over_one_host, make_config
-
-Pair = tuple[RecdClient, RecdClient]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not reached within {timeout_s}s")
-        await asyncio.sleep(0.02)
-
-
-@pytest.fixture(params=["embedded", pytest.param("real", marks=pytest.mark.real)])
-async def config(request: pytest.FixtureRequest) -> AsyncIterator[Config]:
-    if request.param == "embedded":
-        yield make_config()
-        return
-    async with on_real_backends(make_config()) as config:
-        yield config
-
-
-@pytest.fixture
-async def pair(config: Config, toy: ToyCatalogue) -> AsyncIterator[Pair]:
-    async with frontends_over_one_host(config, 2) as servers:
-        a, b = (RecdClient(s.address, timeout_s=20.0) for s in servers)
-        try:
-            await load_toy(a, toy)
-
-            async def synced() -> bool:
-                _, missing = await b.get_items(toy.item_ids)
-                return not missing
-
-            await eventually(synced)
-            yield a, b
-        finally:
-            await a.close()
-            await b.close()
+from server.tests.api.test_end_to_end import cluster_items
+from server.tests.api.two_frontends import *  # noqa: F403 (the two-frontend fixtures)
+from server.tests.api.two_frontends import Pair, eventually
+from server.tests.conftest import ToyCatalogue
 
 
 def top_item(toy: ToyCatalogue) -> str:

@@ -9,49 +9,14 @@ each has its own connections to Cassandra, Neo4j and Redis.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-
 import numpy as np
-import pytest
 
 from server.client import RecdClient
-from server.config import Config
 from server.domain import Interaction
-from server.tests.api.test_end_to_end import cluster_items, load_toy
-from server.tests.backends.real_backends import on_real_backends
-from server.tests.conftest import ToyCatalogue, frontends_over_one_host, make_config
-
-Pair = tuple[RecdClient, RecdClient]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not reached within {timeout_s}s")
-        await asyncio.sleep(0.02)
-
-
-@pytest.fixture(params=["embedded", pytest.param("real", marks=pytest.mark.real)])
-async def config(request: pytest.FixtureRequest) -> AsyncIterator[Config]:
-    if request.param == "embedded":
-        yield make_config()
-        return
-    async with on_real_backends(make_config()) as config:
-        yield config
-
-
-@pytest.fixture
-async def pair(config: Config, toy: ToyCatalogue) -> AsyncIterator[Pair]:
-    async with frontends_over_one_host(config, 2) as servers:
-        a, b = (RecdClient(s.address, timeout_s=20.0) for s in servers)
-        try:
-            await load_toy(a, toy)  # through the first frontend only
-            yield a, b
-        finally:
-            await a.close()
-            await b.close()
+from server.tests.api.test_end_to_end import cluster_items
+from server.tests.api.two_frontends import *  # noqa: F403 (the two-frontend fixtures)
+from server.tests.api.two_frontends import Pair, eventually
+from server.tests.conftest import ToyCatalogue
 
 
 async def test_items_written_through_one_frontend_are_served_by_the_other(

@@ -135,3 +135,49 @@ async def test_a_long_log_keeps_its_bound_and_its_order_across_compactions() -> 
     replayed = await take(stream, 100)
     assert ids(replayed) == [f"i{n}" for n in range(4900, 5000)]
     await stream.aclose()
+
+
+def erased(batches: list[DeletedBatch]) -> list[str]:
+    return [u for b in batches for u in b.erased_user_ids]
+
+
+async def test_erasures_are_streamed_in_order_with_the_deletes_and_count_towards_the_bound() -> None:
+    clock = Clock()
+    log = DeletionLog(max_ids=3, clock=clock)
+    stream = log.follow(0, heartbeat_s=30.0)
+    await take(stream, 1)  # the first message: nothing to replay
+    log.record(["item"])
+    clock.now += 0.001
+    assert log.record_erasures(["zoe", "yan"])
+    got = await take(stream, 2)
+    assert ids(got) == ["item"] and got[0].erased_user_ids == ()
+    assert erased(got) == ["zoe", "yan"] and got[1].item_ids == ()
+    assert got[1].position_ms == int(clock.now * 1000)
+    assert {b.started_ms for b in got} == {log.started_ms} == {int(1_800_000_000.0 * 1000)}
+    clock.now += 0.001
+    log.record_erasures(["xi"])  # 4 ids held > 3: the oldest batch goes
+    assert len(log) == 3
+    assert log.covers_from_ms > log.started_ms  # the watcher can tell the log is no longer whole
+    assert erased(await take(log.follow(1), 2)) == ["zoe", "yan", "xi"]
+    await stream.aclose()
+
+
+async def test_a_mass_erasure_goes_out_in_pieces() -> None:
+    log = DeletionLog()
+    users = [f"u{n}" for n in range(MAX_IDS_PER_MESSAGE + 1)]
+    log.record_erasures(users)
+    got = await take(log.follow(1), 2)
+    assert [len(b.erased_user_ids) for b in got] == [MAX_IDS_PER_MESSAGE, 1]
+    assert erased(got) == users
+
+
+async def test_close_sends_what_was_recorded_then_refuses_erasures() -> None:
+    log = DeletionLog()
+    stream = log.follow(0, heartbeat_s=30.0)
+    await take(stream, 1)
+    # Recorded and closed before the follower runs again: a clean end of stream still carries it.
+    assert log.record_erasures(["zoe"])
+    log.close()
+    assert erased([b async for b in stream]) == ["zoe"]
+    assert not log.record_erasures(["yan"])  # the caller must not acknowledge it as streamed
+    assert len(log) == 1

@@ -17,7 +17,7 @@ from server.backends.memory_cache import InMemoryCache
 from server.catalog.deletions import DeletionLog
 from server.client import RecdClient
 from server.edge.cache import EdgeCache
-from server.edge.deletes import DeleteWatch, RecentDeletes
+from server.edge.deletes import DeleteWatch, ErasureWatch, RecentDeletes
 from server.edge.entry import Entry
 from server.edge.origin import OriginPool, RetryBudget
 from server.edge.server import build_edge
@@ -135,19 +135,28 @@ async def test_an_answer_from_an_origin_that_has_not_applied_a_delete_yet_is_not
 
 
 # --- the watch over gRPC --------------------------------------------------------------------------------
+class NoCatalog:
+    """Where a frontend's Catalog would be: the test records erasures in the log itself."""
+
+    def add_erasure_listener(self, listener: object) -> None:
+        pass
+
+
 class LogServer:
     """A frontend reduced to its Catalog.WatchDeletes over a DeletionLog the test feeds."""
 
-    def __init__(self, log: DeletionLog) -> None:
+    def __init__(self, log: DeletionLog, port: int = 0) -> None:
         self.log = log
         self.server = grpc.aio.server()
-        service = CatalogService(None, log, heartbeat_s=0.05)  # type: ignore[arg-type]
+        service = CatalogService(NoCatalog(), log, heartbeat_s=0.05)  # type: ignore[arg-type]
         catalog_pb2_grpc.add_CatalogServicer_to_server(service, self.server)
-        self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
+        self.address = f"127.0.0.1:{self.port}"
 
     async def stop(self) -> None:
+        # As a frontend stops: the log first, then a drain in which the streams end cleanly.
         self.log.close()
-        await self.server.stop(None)
+        await self.server.stop(1.0)
 
 
 def long_running_log() -> DeletionLog:
@@ -160,8 +169,8 @@ def long_running_log() -> DeletionLog:
 async def started() -> AsyncIterator[Callable[[DeletionLog], asyncio.Future[LogServer]]]:
     servers: list[LogServer] = []
 
-    async def start(log: DeletionLog) -> LogServer:
-        server = LogServer(log)
+    async def start(log: DeletionLog, port: int = 0) -> LogServer:
+        server = LogServer(log, port)
         await server.server.start()
         servers.append(server)
         return server
@@ -224,6 +233,123 @@ async def test_a_gap_no_origin_can_fill_refuses_older_entries(started) -> None: 
         assert recent.blind_until == b.log.covers_from_ms / 1000
     finally:
         await stop_watching(watch, pool)
+
+
+# --- erasures: every origin followed -------------------------------------------------------------------
+class Erased:
+    """What the watch erases (the edge cache's erase_users)."""
+
+    def __init__(self) -> None:
+        self.users: list[str] = []
+
+    async def __call__(self, users: list[str]) -> None:
+        self.users.extend(users)
+
+
+async def watching_erasures(*servers: LogServer) -> tuple[ErasureWatch, Erased, RecentDeletes, OriginPool]:
+    pool = OriginPool([s.address for s in servers], "round_robin", RetryBudget(0.1, 10.0))
+    await pool.start()
+    recent = RecentDeletes(keep_s=300.0, margin_s=1.0, max_ids=1000)
+    erased = Erased()
+    watch = ErasureWatch(pool, erased, recent, idle_timeout_s=2.0, backoff_min_s=0.01, rescan_s=0.05)
+    await watch.start()
+    return watch, erased, recent, pool
+
+
+async def test_erasures_through_every_origin_are_heard_of(started) -> None:  # type: ignore[no-untyped-def]
+    a, b = await started(long_running_log()), await started(long_running_log())
+    watch, erased, recent, pool = await watching_erasures(a, b)
+    try:
+        await wait_until(lambda: watch.connected == {a.address, b.address})
+        a.log.record_erasures(["zoe"])
+        b.log.record_erasures(["yan", "yan"])
+        a.log.record(["an-item"])  # item deletes are DeleteWatch's, not erasures
+        await wait_until(lambda: sorted(erased.users) == ["yan", "zoe"])
+        assert watch.erased == 2
+        assert recent.blind_until == -math.inf and "an-item" not in recent
+    finally:
+        await watch.close()
+        await pool.close()
+
+
+async def test_a_frontend_restarted_after_a_clean_end_leaves_no_gap(started) -> None:  # type: ignore[no-untyped-def]
+    a = await started(long_running_log())
+    watch, erased, recent, pool = await watching_erasures(a)
+    try:
+        await wait_until(lambda: watch.connected == {a.address})
+        a.log.record_erasures(["zoe"])
+        await a.stop()  # a rolling deploy: its log closes, what it held is sent, the stream ends
+        await wait_until(lambda: a.address not in watch.connected)
+        successor = await started(DeletionLog(), a.port)  # a log that starts now, at the same address
+        await wait_until(lambda: watch.connected == {a.address})
+        successor.log.record_erasures(["yan"])
+        await wait_until(lambda: erased.users[-1:] == ["yan"])
+        assert "zoe" in erased.users
+        assert recent.blind_until == -math.inf
+    finally:
+        await watch.close()
+        await pool.close()
+
+
+async def test_a_log_that_does_not_reach_back_refuses_older_entries(started) -> None:  # type: ignore[no-untyped-def]
+    young = await started(DeletionLog())  # its log starts after everything the edge may still serve
+    watch, _, recent, pool = await watching_erasures(young)
+    try:
+        await wait_until(lambda: watch.connected == {young.address})
+        assert recent.blind_until == young.log.covers_from_ms / 1000
+    finally:
+        await watch.close()
+        await pool.close()
+
+
+async def test_a_broken_stream_then_a_late_log_refuses_older_entries(started) -> None:  # type: ignore[no-untyped-def]
+    a = await started(long_running_log())
+    watch, _, recent, pool = await watching_erasures(a)
+    try:
+        await wait_until(lambda: watch.connected == {a.address})
+        await a.server.stop(None)  # a crash: the stream breaks, nothing says it sent everything
+        await wait_until(lambda: a.address not in watch.connected)
+        successor = await started(DeletionLog(), a.port)
+        await wait_until(lambda: watch.connected == {a.address})
+        assert recent.blind_until == successor.log.covers_from_ms / 1000
+    finally:
+        await watch.close()
+        await pool.close()
+
+
+@pytest.mark.parametrize("dropped", [False, True], ids=["whole log", "log past its bound"])
+async def test_a_frontend_that_appears_later_is_followed_from_its_start(started, dropped: bool) -> None:  # type: ignore[no-untyped-def]
+    a = await started(long_running_log())
+    found = [a.address]
+
+    async def dns(target: str) -> list[str]:
+        return list(found)
+
+    pool = OriginPool(["frontends"], "round_robin", RetryBudget(0.1, 10.0), resolver=dns)
+    await pool.start()
+    recent = RecentDeletes(keep_s=300.0, margin_s=1.0, max_ids=1000)
+    erased = Erased()
+    watch = ErasureWatch(pool, erased, recent, idle_timeout_s=2.0, backoff_min_s=0.01, rescan_s=0.05)
+    await watch.start()
+    try:
+        await wait_until(lambda: watch.connected == {a.address})
+        newcomer = await started(DeletionLog(max_ids=1))  # a new pod: its log starts now
+        newcomer.log.record_erasures(["zoe"])
+        if dropped:
+            newcomer.log.record_erasures(["yan"])  # past its bound: "zoe" is dropped before the edge looks
+        found.append(newcomer.address)
+        await pool.refresh()
+        await wait_until(lambda: watch.connected == {a.address, newcomer.address})
+        await wait_until(lambda: bool(erased.users))
+        if dropped:
+            assert erased.users == ["yan"]
+            assert recent.blind_until == newcomer.log.covers_from_ms / 1000
+        else:
+            assert erased.users == ["zoe"]
+            assert recent.blind_until == -math.inf
+    finally:
+        await watch.close()
+        await pool.close()
 
 
 @pytest.mark.parametrize(

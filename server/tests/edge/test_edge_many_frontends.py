@@ -1,13 +1,14 @@
 """The edge in front of two real frontends over one set of shards, reached through one name (as a
 headless Service): both get Recommend calls, a delete through either one drops the edge's cached
-answers that hold the item, whichever frontend the edge follows, and a user's erasure through the edge
-drops that user's."""
+answers that hold the item, whichever frontend the edge follows, and a user's erasure, through the edge
+or straight through either frontend, drops that user's."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
+import grpc
 import pytest
 
 from server.api.server import RecdServer
@@ -135,3 +136,56 @@ async def test_an_erasure_through_the_edge_drops_the_users_cached_answers(
         assert not (await client.get_user("zoe")).found  # passed through to a frontend
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("followed", [True, False], ids=["the frontend followed for deletes", "the other"])
+async def test_an_erasure_straight_through_a_frontend_reaches_the_edge(
+    frontends: list[RecdServer], edge: EdgeServer, toy: ToyCatalogue, followed: bool
+) -> None:
+    erasures = edge.erasures
+    assert edge.watch is not None and erasures is not None
+    await eventually(lambda: all(len(s.recd.items) == len(toy.item_ids) for s in frontends))
+    await eventually(edge.watch.connected.is_set)
+    await eventually(lambda: erasures.connected == {s.address for s in frontends})
+    through = next(s for s in frontends if (s.address == edge.watch.address) == followed)
+    client = RecdClient(edge.address, timeout_s=20.0)
+    writer = RecdClient(through.address, timeout_s=20.0)
+    try:
+        history = cluster_items(toy, 5, 6)
+        await client.record_interactions([Interaction("zoe", item, "click", 1.0, 0) for item in history])
+        await client.recommend("stranger", k=10)
+        warm = await client.recommend("zoe", k=10)
+        assert await client.recommend("zoe", k=10) == warm  # from the edge's cache
+        calls = edge.cache.origin_calls
+
+        await writer.delete_user("zoe")  # the edge is not told by the call: only by the stream
+
+        await eventually(lambda: l1_keys_of(edge, "zoe") == [])
+        assert erasures.erased == 1
+        assert l1_keys_of(edge, "stranger")  # nobody else's
+        cold = await client.recommend("zoe", k=10)
+        assert edge.cache.origin_calls == calls + 1  # a miss: answered by a frontend again
+        assert cold.retrieval == rpb.RETRIEVAL_UNSPECIFIED and cold != warm
+    finally:
+        await writer.close()
+        await client.close()
+
+
+async def test_a_stopping_frontend_refuses_an_erasure_it_could_not_stream(
+    frontends: list[RecdServer],
+) -> None:
+    stopping, other = frontends
+    stopping.deletions.close()  # what RecdServer.stop does first
+    writer = RecdClient(stopping.address, timeout_s=20.0)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await writer.delete_user("zoe")
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "send the erasure again" in (refused.value.details() or "")
+    finally:
+        await writer.close()
+    retry = RecdClient(other.address, timeout_s=20.0)
+    try:
+        await retry.delete_user("zoe")  # another frontend takes it
+    finally:
+        await retry.close()

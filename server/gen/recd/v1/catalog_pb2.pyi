@@ -235,14 +235,18 @@ class WatchDeletesRequest(_message.Message):
     def __init__(self, since_ms: _Optional[int] = ...) -> None: ...
 
 class DeletedItems(_message.Message):
-    __slots__ = ("item_ids", "position_ms", "covers_from_ms")
+    __slots__ = ("item_ids", "position_ms", "covers_from_ms", "erased_user_ids", "started_ms")
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     POSITION_MS_FIELD_NUMBER: _ClassVar[int]
     COVERS_FROM_MS_FIELD_NUMBER: _ClassVar[int]
+    ERASED_USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_MS_FIELD_NUMBER: _ClassVar[int]
     item_ids: _containers.RepeatedScalarFieldContainer[str]
     position_ms: int
     covers_from_ms: int
-    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., position_ms: _Optional[int] = ..., covers_from_ms: _Optional[int] = ...) -> None: ...
+    erased_user_ids: _containers.RepeatedScalarFieldContainer[str]
+    started_ms: int
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., position_ms: _Optional[int] = ..., covers_from_ms: _Optional[int] = ..., erased_user_ids: _Optional[_Iterable[str]] = ..., started_ms: _Optional[int] = ...) -> None: ...
 
 class AdminReloadModelRequest(_message.Message):
     __slots__ = ("default_version",)
