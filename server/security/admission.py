@@ -91,6 +91,16 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     # --- the checks ---------------------------------------------------------------------------------
+    async def _admitted(
+        self, method: str, short: str, context: grpc.aio.ServicerContext, needs_role: bool, started: float
+    ) -> Caller:
+        """The caller, once admitted; a refusal aborts the call (and is counted) here."""
+        try:
+            return await self._admit(method, context, needs_role)
+        except Rejection as rejection:
+            await self._refuse(rejection, short, context, started)
+            raise AssertionError("unreachable: abort raises") from None
+
     async def _admit(self, method: str, context: grpc.aio.ServicerContext, needs_role: bool) -> Caller:
         """Steps 2-5; raises Rejection. The caller holds a concurrency slot when this returns."""
         if self.authenticator.enabled:
@@ -180,11 +190,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
                 started = time.perf_counter()
-                try:
-                    caller = await self._admit(method, context, needs_role)
-                except Rejection as rejection:
-                    await self._refuse(rejection, short, context, started)
-                    raise AssertionError("unreachable: abort raises") from None
+                caller = await self._admitted(method, short, context, needs_role, started)
                 failed = True
                 try:
                     request = await self._decode(deserialize, raw, short, context, started)
@@ -203,11 +209,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_stream(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 started = time.perf_counter()
-                try:
-                    caller = await self._admit(method, context, needs_role)
-                except Rejection as rejection:
-                    await self._refuse(rejection, short, context, started)
-                    raise AssertionError("unreachable: abort raises") from None
+                caller = await self._admitted(method, short, context, needs_role, started)
                 failed = True
                 try:
                     request = await self._decode(deserialize, raw, short, context, started)
