@@ -119,3 +119,34 @@ class Recommendation:
     cache_ttl_seconds: int
     model_version: str
     retrieval: Retrieval = Retrieval.UNSPECIFIED
+    # The (experiment, variant) pairs that served it (server/experiments); empty outside experiments.
+    experiments: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Exposure:
+    """One answer served to a user, as the exposure log keeps it (server/experiments): what experiment
+    arm served which items, for attribution, per-variant outcomes and impression fatigue."""
+
+    user_id: str
+    served_at_ms: int
+    item_ids: tuple[str, ...]  # in the order served
+    # The experiment variants that served it, "experiment=variant" pairs in the experiments' order,
+    # joined by ";"
+    # ("" outside every experiment: an answer logged only for write-back).
+    arm: str
+    latency_ms: float  # the Recommend's own time on the frontend
+    diversity: float  # mean pairwise cosine distance of the items (0 for fewer than two)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """An interaction attributed to the exposure that served its item to that user."""
+
+    user_id: str
+    item_id: str
+    action: str
+    weight: float
+    at_ms: int  # when the interaction happened
+    served_at_ms: int  # when the exposure it is attributed to was served
+    arm: str  # that exposure's arm

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from server.domain import Edge, Interaction, UserProfile
+from server.domain import Edge, Exposure, Interaction, Outcome, UserProfile
 
 # Stable 64-bit item hashes (`_core.stable_hash64(item_id)`, the same value as the item's shard label).
 ItemHashes = npt.NDArray[np.uint64]
@@ -38,10 +38,18 @@ class UserExport:
     interactions_truncated: bool  # more interactions are held than `interactions` lists
     seen: ItemHashes  # sorted, unique
     seen_last_ms: npt.NDArray[np.int64]  # when each of `seen` was last seen, aligned with it
+    exposures_held: int = 0  # answers served to them that the exposure log holds
+    outcomes_held: int = 0  # their interactions attributed to those answers
 
     @property
     def found(self) -> bool:
-        return self.profile is not None or bool(self.interactions) or len(self.seen) > 0
+        return (
+            self.profile is not None
+            or bool(self.interactions)
+            or len(self.seen) > 0
+            or self.exposures_held > 0
+            or self.outcomes_held > 0
+        )
 
 
 class ProfileStore(Protocol):
@@ -78,10 +86,39 @@ class ProfileStore(Protocol):
 
     async def count_users(self) -> int: ...
 
+    # --- the exposure log (server/experiments): answers served, and interactions attributed to them ---
+    async def record_exposures(self, exposures: Sequence[Exposure], keep_per_user: int, ttl_s: float) -> None:
+        """Appends answers served. Each user keeps at most their `keep_per_user` newest exposures (where
+        the store can bound it: ScyllaDB bounds them by the TTL, and reads by their limit), and an
+        exposure is forgotten `ttl_s` after it was recorded (as CQL's USING TTL counts: the writer's
+        flush delay after it was served). Every frontend reads what any of them recorded."""
+        ...
+
+    async def read_exposures(
+        self, user_ids: Sequence[str], since_ms: int, limit: int, timeout_s: float
+    ) -> list[list[Exposure]]:
+        """Each user's exposures served at or after `since_ms`, newest first, at most `limit` each,
+        aligned with `user_ids` (unique): one read for a batch."""
+        ...
+
+    async def record_outcomes(self, outcomes: Sequence[Outcome], ttl_s: float) -> None:
+        """Appends attributed interactions, forgotten `ttl_s` after they were recorded."""
+        ...
+
+    async def scan_exposures(self, since_ms: int) -> list[Exposure]:
+        """Every user's exposures served at or after `since_ms` (the experiment report; not the
+        request path)."""
+        ...
+
+    async def scan_outcomes(self, since_ms: int) -> list[Outcome]:
+        """Every attributed interaction that happened at or after `since_ms` (the experiment report)."""
+        ...
+
     async def delete_users(self, user_ids: Sequence[str]) -> None:
-        """Erases each user's profile, interaction history and seen set; returns once the erasure is as
-        durable as a write (a crash after the return loses none of it). Unknown users are no error. The
-        items' popularity counts keep what these users' interactions added (anonymous aggregates)."""
+        """Erases each user's profile, interaction history, seen set, exposures and outcomes; returns
+        once the erasure is as durable as a write (a crash after the return loses none of it). Unknown
+        users are no error. The items' popularity counts keep what these users' interactions added
+        (anonymous aggregates)."""
         ...
 
     async def export_user(self, user_id: str, interaction_limit: int, timeout_s: float) -> UserExport:

@@ -27,6 +27,17 @@ the writes it follows), and then asks for a compaction, so the erased users' dat
 the new snapshot no longer holds them and the log segments that did are dropped. Their interactions stay
 counted in the items' popularity (anonymous aggregates), which replay reproduces the same way.
 
+The exposure log (server/experiments) lives here too: per user, the newest `keep_per_user` answers
+served (the bound each `record_exposures` call gives) and at most `outcomes_per_user` attributed
+interactions, both newest first. Each entry expires `ttl_s` after the call that recorded it (the write
+time, as a CQL `USING TTL` counts; for answers logged as they are served that is their serving time),
+by the wall clock, so expiry holds across restarts. Expired entries are never answered; they leave
+memory when their user is next written or read, or by a sweep that a few writes advance at a time, and
+no snapshot holds them. Both are log records and snapshot rows like the rest, and an erasure removes
+them. Exposures and outcomes do not make a user count in `count_users` (users with a profile or
+history). The same (served time, items, arm) recorded twice is one exposure, and the same (time, item,
+action) one outcome, as in the CQL tables whose clustering keys they are: a retried write counts once.
+
 Reads never wait for I/O: they look at immutable per-user values that writers replace, never mutate,
 which also lets a snapshot capture the state with a shallow copy instead of a lock.
 """
@@ -37,12 +48,15 @@ import asyncio
 import itertools
 import json
 import logging
+import math
 import os
 import struct
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -53,7 +67,7 @@ from server.backends import seen as seen_sets
 from server.backends.base import ItemHashes, UserExport, UserRecord
 from server.backends.journal import Journal
 from server.config import PopularityConfig
-from server.domain import Interaction, UserProfile
+from server.domain import Exposure, Interaction, Outcome, UserProfile
 from server.errors import BackendError
 from server.popularity import DecayedCounts
 
@@ -61,7 +75,9 @@ log = logging.getLogger(__name__)
 
 _BACKEND = "profiles"
 SNAPSHOT_FILE = "profiles.snapshot"
-_SNAPSHOT_FORMAT = "recd-profiles-2"
+_SNAPSHOT_FORMAT = "recd-profiles-3"
+# Without the exposure log: loads as format 3 with none held.
+_SNAPSHOT_FORMAT_2 = "recd-profiles-2"
 # Without seen sets and popularity counts: loading one derives both from the histories it holds.
 _SNAPSHOT_FORMAT_1 = "recd-profiles-1"
 
@@ -71,12 +87,28 @@ _VERSION = b"\x01"
 _PROFILES = b"P"
 _INTERACTIONS = b"I"
 _ERASURES = b"E"
+_EXPOSURES = b"X"
+_OUTCOMES = b"O"
 
 # (timestamp_ms, item_id, action, weight): a tuple of atoms, which CPython's garbage collector stops
 # tracking, so hundreds of thousands of stored events do not lengthen every full collection (Interaction
 # objects would: they measured as 150 ms pauses of the event loop at 600k events).
 Event = tuple[int, str, str, float]
 History = tuple[Event, ...]
+# (served_at_ms, item_ids, arm, latency_ms, diversity, expires_at_ms) and (at_ms, item_id, action,
+# weight, served_at_ms, arm, expires_at_ms): atoms too, for the same reason.
+ExposureEntry = tuple[int, tuple[str, ...], str, float, float, int]
+OutcomeEntry = tuple[int, str, str, float, int, str, int]
+# A user's exposures (or outcomes), newest first: replaced, never mutated.
+Exposures = tuple[ExposureEntry, ...]
+Outcomes = tuple[OutcomeEntry, ...]
+Entry = TypeVar("Entry", ExposureEntry, OutcomeEntry)
+
+# Users whose expired exposures and outcomes one write sweeps; a full pass starts at most this often.
+_SWEEP_USERS = 512
+_SWEEP_EVERY_MS = 60_000
+# Users a scan of the exposure log reads between yields to the event loop.
+_SCAN_USERS = 2000
 
 
 class InMemoryProfileStore:
@@ -91,13 +123,27 @@ class InMemoryProfileStore:
         popularity_half_lives: Mapping[str, float] | None = None,
         compact_after_records: int = 10_000,
         group_commit_window_s: float = 0.002,
+        outcomes_per_user: int = 2000,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """`outcomes_per_user`: attributed interactions kept per user (the newest); the default is ten
+        per answer of the default exposures.keep_per_user. `clock`: the wall clock (seconds) that the
+        exposure log's expiry reads (tests inject one)."""
         if history_limit < 1:
             raise ValueError(f"history_limit must be at least 1, got {history_limit}")
         if seen_limit < 1:
             raise ValueError(f"seen_limit must be at least 1, got {seen_limit}")
+        if outcomes_per_user < 1:
+            raise ValueError(f"outcomes_per_user must be at least 1, got {outcomes_per_user}")
         self.history_limit = history_limit
         self.seen_limit = seen_limit
+        self.outcomes_per_user = outcomes_per_user
+        self._clock = clock
+        self._exposures: dict[str, Exposures] = {}
+        self._outcomes: dict[str, Outcomes] = {}
+        # Users still to sweep for expired entries in this pass, and when the next pass may start.
+        self._sweep_pending: list[str] = []
+        self._next_sweep_ms = 0
         self._profiles: dict[str, UserProfile] = {}
         # Oldest first, at most history_limit long, replaced (never mutated) on every change.
         self._histories: dict[str, History] = {}
@@ -192,13 +238,62 @@ class InMemoryProfileStore:
         history = self._histories.get(user_id, ())
         limit = max(interaction_limit, 0)
         hashes, times = self._seen.get(user_id, seen_sets.EMPTY)
+        now_ms = self._now_ms()
         return UserExport(
             self._profiles.get(user_id),
             await self.recent_interactions(user_id, limit, timeout_s),
             len(history) > limit,
             hashes,
             times,
+            exposures_held=sum(1 for e in self._exposures.get(user_id, ()) if e[5] > now_ms),
+            outcomes_held=sum(1 for o in self._outcomes.get(user_id, ()) if o[6] > now_ms),
         )
+
+    # --- the exposure log: reads -----------------------------------------------------------------------
+    async def read_exposures(
+        self, user_ids: Sequence[str], since_ms: int, limit: int, timeout_s: float
+    ) -> list[list[Exposure]]:
+        now_ms = self._now_ms()
+        out: list[list[Exposure]] = []
+        for user_id in user_ids:
+            held = self._exposures.get(user_id, ())
+            found: list[Exposure] = []
+            if held and held[-1][5] <= now_ms:
+                held = self._prune_user(user_id, now_ms)[0]
+            for served_at, item_ids, arm, latency_ms, diversity, expires_at in held:
+                if served_at < since_ms or len(found) >= limit:
+                    break
+                if expires_at > now_ms:
+                    found.append(Exposure(user_id, served_at, item_ids, arm, latency_ms, diversity))
+            out.append(found)
+        return out
+
+    async def scan_exposures(self, since_ms: int) -> list[Exposure]:
+        """User by user, newest first within each; yields to the event loop between chunks of users."""
+        now_ms = self._now_ms()
+        found: list[Exposure] = []
+        for n, (user_id, held) in enumerate(list(self._exposures.items()), 1):
+            for served_at, item_ids, arm, latency_ms, diversity, expires_at in held:
+                if served_at < since_ms:
+                    break
+                if expires_at > now_ms:
+                    found.append(Exposure(user_id, served_at, item_ids, arm, latency_ms, diversity))
+            if n % _SCAN_USERS == 0:
+                await asyncio.sleep(0)
+        return found
+
+    async def scan_outcomes(self, since_ms: int) -> list[Outcome]:
+        now_ms = self._now_ms()
+        found: list[Outcome] = []
+        for n, (user_id, held) in enumerate(list(self._outcomes.items()), 1):
+            for at_ms, item_id, action, weight, served_at, arm, expires_at in held:
+                if at_ms < since_ms:
+                    break
+                if expires_at > now_ms:
+                    found.append(Outcome(user_id, item_id, action, weight, at_ms, served_at, arm))
+            if n % _SCAN_USERS == 0:
+                await asyncio.sleep(0)
+        return found
 
     def known_user_ids(self) -> Iterator[str]:
         """Every user with a profile or history, in no particular order (a copy: safe while writing)."""
@@ -216,6 +311,32 @@ class InMemoryProfileStore:
             return
         batch = list(interactions)
         await self._journal.write(_encode_interactions(batch), lambda: self._apply_interactions(batch))
+
+    async def record_exposures(self, exposures: Sequence[Exposure], keep_per_user: int, ttl_s: float) -> None:
+        if keep_per_user < 1:
+            raise ValueError(f"keep_per_user must be at least 1, got {keep_per_user}")
+        expires_at = self._expiry(ttl_s)
+        if not exposures:
+            return
+        batch = list(exposures)
+        record = _encode_exposures(batch, keep_per_user, expires_at)
+        await self._journal.write(record, lambda: self._apply_exposures(batch, keep_per_user, expires_at))
+
+    async def record_outcomes(self, outcomes: Sequence[Outcome], ttl_s: float) -> None:
+        expires_at = self._expiry(ttl_s)
+        if not outcomes:
+            return
+        batch = list(outcomes)
+        record = _encode_outcomes(batch, expires_at)
+        await self._journal.write(record, lambda: self._apply_outcomes(batch, expires_at))
+
+    def _expiry(self, ttl_s: float) -> int:
+        if not (ttl_s > 0 and math.isfinite(ttl_s)):
+            raise ValueError(f"ttl_s must be a positive number of seconds, got {ttl_s}")
+        return self._now_ms() + math.ceil(ttl_s * 1000)
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
 
     async def delete_users(self, user_ids: Sequence[str]) -> None:
         users = list(dict.fromkeys(user_ids))
@@ -248,7 +369,80 @@ class InMemoryProfileStore:
             self._profiles.pop(user_id, None)
             self._histories.pop(user_id, None)
             self._seen.pop(user_id, None)
+            self._exposures.pop(user_id, None)
+            self._outcomes.pop(user_id, None)
             self._known.discard(user_id)
+
+    def _apply_exposures(self, exposures: Sequence[Exposure], keep: int, expires_at: int) -> None:
+        now_ms = self._now_ms()
+        by_user: dict[str, list[ExposureEntry]] = {}
+        for e in exposures:
+            entry = (
+                e.served_at_ms,
+                tuple(e.item_ids),
+                sys.intern(e.arm),
+                e.latency_ms,
+                e.diversity,
+                expires_at,
+            )
+            by_user.setdefault(e.user_id, []).append(entry)
+        for user_id, new in by_user.items():
+            held = self._exposures.get(user_id, ())
+            self._exposures[user_id] = _merge_newest_first(held, new, keep, now_ms, key_width=3)
+        self._sweep(now_ms)
+
+    def _apply_outcomes(self, outcomes: Sequence[Outcome], expires_at: int) -> None:
+        now_ms = self._now_ms()
+        by_user: dict[str, list[OutcomeEntry]] = {}
+        for o in outcomes:
+            entry = (
+                o.at_ms,
+                o.item_id,
+                sys.intern(o.action),
+                o.weight,
+                o.served_at_ms,
+                sys.intern(o.arm),
+                expires_at,
+            )
+            by_user.setdefault(o.user_id, []).append(entry)
+        for user_id, new in by_user.items():
+            held = self._outcomes.get(user_id, ())
+            self._outcomes[user_id] = _merge_newest_first(
+                held, new, self.outcomes_per_user, now_ms, key_width=3
+            )
+        self._sweep(now_ms)
+
+    def _prune_user(self, user_id: str, now_ms: int) -> tuple[Exposures, Outcomes]:
+        """Drops the user's expired exposures and outcomes (the user too, once nothing is left)."""
+        exposures = tuple(e for e in self._exposures.get(user_id, ()) if e[5] > now_ms)
+        outcomes = tuple(o for o in self._outcomes.get(user_id, ()) if o[6] > now_ms)
+        if exposures:
+            self._exposures[user_id] = exposures
+        else:
+            self._exposures.pop(user_id, None)
+        if outcomes:
+            self._outcomes[user_id] = outcomes
+        else:
+            self._outcomes.pop(user_id, None)
+        return exposures, outcomes
+
+    def _sweep(self, now_ms: int) -> None:
+        """Prunes a few users of the current pass: users who are never written or read again still
+        leave memory once expired, without one write paying for a pass over every user."""
+        if not self._sweep_pending:
+            if now_ms < self._next_sweep_ms:
+                return
+            self._next_sweep_ms = now_ms + _SWEEP_EVERY_MS
+            # Copies of the keys, not their union: a set of every user would cost the loop far more.
+            self._sweep_pending = [*self._exposures, *self._outcomes]
+        for _ in range(min(_SWEEP_USERS, len(self._sweep_pending))):
+            user_id = self._sweep_pending.pop()
+            exposures = self._exposures.get(user_id, ())
+            outcomes = self._outcomes.get(user_id, ())
+            # Newest first: the last entry is the oldest, as a rule also the first to expire (an entry
+            # backfilled out of order may wait for its user's next read or write; it is never answered).
+            if (exposures and exposures[-1][5] <= now_ms) or (outcomes and outcomes[-1][6] <= now_ms):
+                self._prune_user(user_id, now_ms)
 
     def _apply_profiles(self, profiles: Sequence[UserProfile]) -> None:
         for profile in profiles:
@@ -299,6 +493,10 @@ class InMemoryProfileStore:
             self._apply_interactions(_decode_interactions(meta, numbers))
         elif kind == _ERASURES:
             self._apply_erasures(meta["users"])
+        elif kind == _EXPOSURES:
+            self._apply_exposures(_decode_exposures(meta, numbers), meta["keep"], meta["expires"])
+        elif kind == _OUTCOMES:
+            self._apply_outcomes(_decode_outcomes(meta, numbers), meta["expires"])
         else:
             raise BackendError(_BACKEND, f"log record {lsn} has unknown kind {kind!r}", transient=False)
 
@@ -317,6 +515,9 @@ class InMemoryProfileStore:
             popularity={name: counts.snapshot() for name, counts in self._popularity.items()},
             half_lives={name: counts.half_life_s for name, counts in self._popularity.items()},
             newest_ms=self._newest_ms,
+            exposures=dict(self._exposures),
+            outcomes=dict(self._outcomes),
+            now_ms=self._now_ms(),
         )
         return lambda path, lsn: _write_snapshot(path, lsn, state)
 
@@ -333,11 +534,37 @@ class InMemoryProfileStore:
                 self._add_seen(user_id, [(h, event[0]) for h, event in zip(hashes, history, strict=True)])
             self._derive_popularity(self._popularity)
             return int(metadata[b"lsn"])
-        if snapshot_format != _SNAPSHOT_FORMAT.encode():
+        if snapshot_format not in (_SNAPSHOT_FORMAT.encode(), _SNAPSHOT_FORMAT_2.encode()):
             raise BackendError(_BACKEND, f"{path} is not a profile store snapshot", transient=False)
         self._load_users(table.filter(pc.is_valid(table.column("user_id"))))
         self._load_popularity(table.filter(pc.is_valid(table.column("popularity_list"))), metadata)
+        if "exposure_user" in table.column_names:
+            self._load_exposure_log(table)
         return int(metadata[b"lsn"])
+
+    def _load_exposure_log(self, table: pa.Table) -> None:
+        now_ms = self._now_ms()
+        rows = table.filter(pc.is_valid(table.column("exposure_user")))
+        exposures: dict[str, list[ExposureEntry]] = {}
+        arms: dict[str, str] = {}  # one string object per distinct arm, as the live store interns them
+        for user_id, served_at, items, arm, latency, diversity, expires in zip(
+            *(rows.column(name).to_pylist() for name, _ in _EXPOSURE_FIELDS), strict=True
+        ):
+            if expires > now_ms:
+                arm = arms.setdefault(arm, sys.intern(arm))
+                exposures.setdefault(user_id, []).append(
+                    (served_at, tuple(items), arm, latency, diversity, expires)
+                )
+        self._exposures.update((user_id, tuple(entries)) for user_id, entries in exposures.items())
+        rows = table.filter(pc.is_valid(table.column("outcome_user")))
+        outcomes: dict[str, list[OutcomeEntry]] = {}
+        for user_id, at, item, action, weight, served_at, arm, expires in zip(
+            *(rows.column(name).to_pylist() for name, _ in _OUTCOME_FIELDS), strict=True
+        ):
+            if expires > now_ms:
+                entry = (at, item, sys.intern(action), weight, served_at, sys.intern(arm), expires)
+                outcomes.setdefault(user_id, []).append(entry)
+        self._outcomes.update((user_id, tuple(entries)) for user_id, entries in outcomes.items())
 
     def _load_popularity(self, table: pa.Table, metadata: dict[bytes, bytes]) -> None:
         newest = metadata.get(b"newest_ms")
@@ -452,6 +679,27 @@ def _merge(history: History, new: list[Event], limit: int) -> History:
     return merged[-limit:]
 
 
+def _merge_newest_first(
+    held: tuple[Entry, ...], new: list[Entry], limit: int, now_ms: int, key_width: int
+) -> tuple[Entry, ...]:
+    """`held` (newest first) plus `new`, newest first by their first field (a time), one entry per key
+    (the first `key_width` fields; the later write wins), the expired dropped, the newest `limit` kept."""
+    new.sort(key=lambda e: e[0], reverse=True)  # stable: equal times keep their written order
+    distinct = len({e[:key_width] for e in new}) == len(new)
+    merged: tuple[Entry, ...]
+    if distinct and (not held or new[-1][0] > held[0][0]):
+        # The usual case: answers logged as they are served are newer than every one held.
+        merged = tuple(new) + held
+    else:
+        latest: dict[tuple[Any, ...], Entry] = {}
+        for entry in itertools.chain(held, new):
+            latest[entry[:key_width]] = entry
+        merged = tuple(sorted(latest.values(), key=lambda e: e[0], reverse=True))
+    if merged and merged[-1][-1] <= now_ms:
+        merged = tuple(e for e in merged if e[-1] > now_ms)
+    return merged[:limit]
+
+
 # --- log records --------------------------------------------------------------------------------------
 def _record(kind: bytes, meta: object, numbers: bytes) -> bytes:
     header = json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode()
@@ -507,6 +755,67 @@ def _decode_interactions(meta: dict[str, list], numbers: memoryview) -> list[Int
     ]
 
 
+def _encode_exposures(exposures: Sequence[Exposure], keep: int, expires_at: int) -> bytes:
+    meta = {
+        "keep": keep,
+        "expires": expires_at,
+        "users": [e.user_id for e in exposures],
+        "items": [list(e.item_ids) for e in exposures],
+        "arms": [e.arm for e in exposures],
+    }
+    latency = np.array([e.latency_ms for e in exposures], dtype="<f8")
+    diversity = np.array([e.diversity for e in exposures], dtype="<f8")
+    served_at = _times([e.served_at_ms for e in exposures], "served_at_ms")
+    return _record(_EXPOSURES, meta, served_at.tobytes() + latency.tobytes() + diversity.tobytes())
+
+
+def _decode_exposures(meta: dict[str, Any], numbers: memoryview) -> list[Exposure]:
+    n = len(meta["users"])
+    served_at = np.frombuffer(numbers, dtype="<i8", count=n).tolist()
+    latency = np.frombuffer(numbers, dtype="<f8", count=n, offset=8 * n).tolist()
+    diversity = np.frombuffer(numbers, dtype="<f8", count=n, offset=16 * n).tolist()
+    return [
+        Exposure(user, at, tuple(items), arm, lat, div)
+        for user, items, arm, at, lat, div in zip(
+            meta["users"], meta["items"], meta["arms"], served_at, latency, diversity, strict=True
+        )
+    ]
+
+
+def _encode_outcomes(outcomes: Sequence[Outcome], expires_at: int) -> bytes:
+    meta = {
+        "expires": expires_at,
+        "users": [o.user_id for o in outcomes],
+        "items": [o.item_id for o in outcomes],
+        "actions": [o.action for o in outcomes],
+        "arms": [o.arm for o in outcomes],
+    }
+    weights = np.array([o.weight for o in outcomes], dtype="<f8")
+    at = _times([o.at_ms for o in outcomes], "at_ms")
+    served_at = _times([o.served_at_ms for o in outcomes], "served_at_ms")
+    return _record(_OUTCOMES, meta, weights.tobytes() + at.tobytes() + served_at.tobytes())
+
+
+def _decode_outcomes(meta: dict[str, Any], numbers: memoryview) -> list[Outcome]:
+    n = len(meta["users"])
+    weights = np.frombuffer(numbers, dtype="<f8", count=n).tolist()
+    at = np.frombuffer(numbers, dtype="<i8", count=n, offset=8 * n).tolist()
+    served_at = np.frombuffer(numbers, dtype="<i8", count=n, offset=16 * n).tolist()
+    return [
+        Outcome(user, item, action, weight, at_ms, served, arm)
+        for user, item, action, arm, weight, at_ms, served in zip(
+            meta["users"], meta["items"], meta["actions"], meta["arms"], weights, at, served_at, strict=True
+        )
+    ]
+
+
+def _times(values: list[int], what: str) -> np.ndarray:
+    try:
+        return np.array(values, dtype="<i8")
+    except OverflowError as exc:
+        raise ValueError(f"{what} does not fit in 64 bits") from exc
+
+
 # --- snapshot -----------------------------------------------------------------------------------------
 _HISTORY_TYPE = pa.list_(
     pa.struct(
@@ -538,11 +847,35 @@ _POPULARITY_FIELDS = [
     ("popularity_epoch", pa.int64()),  # server/popularity.py: the value counts from this epoch's start
     ("popularity_value", pa.float64()),
 ]
-_SNAPSHOT_SCHEMA = pa.schema(_USER_FIELDS + _POPULARITY_FIELDS)
+# An exposure row (exposure_user set) holds one exposure, an outcome row (outcome_user set) one outcome;
+# a user's rows are newest first and together.
+_EXPOSURE_FIELDS = [
+    ("exposure_user", pa.string()),
+    ("exposure_served_at_ms", pa.int64()),
+    ("exposure_items", pa.list_(pa.string())),
+    ("exposure_arm", pa.string()),
+    ("exposure_latency_ms", pa.float64()),
+    ("exposure_diversity", pa.float64()),
+    ("exposure_expires_at_ms", pa.int64()),
+]
+_OUTCOME_FIELDS = [
+    ("outcome_user", pa.string()),
+    ("outcome_at_ms", pa.int64()),
+    ("outcome_item", pa.string()),
+    ("outcome_action", pa.string()),
+    ("outcome_weight", pa.float64()),
+    ("outcome_served_at_ms", pa.int64()),
+    ("outcome_arm", pa.string()),
+    ("outcome_expires_at_ms", pa.int64()),
+]
+_FIELD_GROUPS = (_USER_FIELDS, _POPULARITY_FIELDS, _EXPOSURE_FIELDS, _OUTCOME_FIELDS)
+_SNAPSHOT_SCHEMA = pa.schema([f for group in _FIELD_GROUPS for f in group])
 # Users per record batch: building one batch holds the GIL, so small batches keep the event loop (which
 # serves requests while the snapshot is written on a worker thread) from stalling.
 SNAPSHOT_BATCH_USERS = 1000
 SNAPSHOT_BATCH_COUNTS = 50_000
+# Exposures or outcomes per record batch (whole users: a batch may hold one user's more).
+SNAPSHOT_BATCH_ENTRIES = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -555,6 +888,9 @@ class _SnapshotState:
     popularity: dict[str, tuple[list[str], np.ndarray, np.ndarray]]
     half_lives: dict[str, float]
     newest_ms: int | None
+    exposures: dict[str, Exposures]
+    outcomes: dict[str, Outcomes]
+    now_ms: int  # entries expired by then are left out
 
 
 def _write_snapshot(path: Path, lsn: int, state: _SnapshotState) -> None:
@@ -571,7 +907,66 @@ def _write_snapshot(path: Path, lsn: int, state: _SnapshotState) -> None:
         "popularity_lists": json.dumps(state.half_lives),
     }
     schema = _SNAPSHOT_SCHEMA.with_metadata(metadata)
-    _write_atomically(path, schema, itertools.chain(user_batches, _popularity_batches(state.popularity)))
+    batches = itertools.chain(
+        user_batches,
+        _popularity_batches(state.popularity),
+        _exposure_batches(state.exposures, state.now_ms),
+        _outcome_batches(state.outcomes, state.now_ms),
+    )
+    _write_atomically(path, schema, batches)
+
+
+def _group_batch(group: list[tuple[str, pa.DataType]], n: int, arrays: list[pa.Array]) -> pa.RecordBatch:
+    """A batch of `n` rows of one kind: `arrays` fill that kind's columns, nulls every other column."""
+    columns: list[pa.Array] = []
+    for fields in _FIELD_GROUPS:
+        columns += arrays if fields is group else [pa.nulls(n, field_type) for _, field_type in fields]
+    return pa.RecordBatch.from_arrays(columns, schema=_SNAPSHOT_SCHEMA)
+
+
+def _chunks_of_users(held: dict[str, tuple[Entry, ...]], now_ms: int) -> Iterator[list[tuple[str, Entry]]]:
+    """(user, entry) pairs of the unexpired entries, about SNAPSHOT_BATCH_ENTRIES at a time."""
+    chunk: list[tuple[str, Entry]] = []
+    for user_id, entries in held.items():
+        chunk.extend((user_id, e) for e in entries if e[-1] > now_ms)
+        if len(chunk) >= SNAPSHOT_BATCH_ENTRIES:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _exposure_batches(held: dict[str, Exposures], now_ms: int) -> Iterator[pa.RecordBatch]:
+    for chunk in _chunks_of_users(held, now_ms):
+        users, entries = zip(*chunk, strict=True)
+        served_at, items, arms, latency, diversity, expires = zip(*entries, strict=True)
+        arrays = [
+            pa.array(users, pa.string()),
+            pa.array(served_at, pa.int64()),
+            pa.array(items, pa.list_(pa.string())),
+            pa.array(arms, pa.string()),
+            pa.array(latency, pa.float64()),
+            pa.array(diversity, pa.float64()),
+            pa.array(expires, pa.int64()),
+        ]
+        yield _group_batch(_EXPOSURE_FIELDS, len(users), arrays)
+
+
+def _outcome_batches(held: dict[str, Outcomes], now_ms: int) -> Iterator[pa.RecordBatch]:
+    for chunk in _chunks_of_users(held, now_ms):
+        users, entries = zip(*chunk, strict=True)
+        at, items, actions, weights, served_at, arms, expires = zip(*entries, strict=True)
+        arrays = [
+            pa.array(users, pa.string()),
+            pa.array(at, pa.int64()),
+            pa.array(items, pa.string()),
+            pa.array(actions, pa.string()),
+            pa.array(weights, pa.float64()),
+            pa.array(served_at, pa.int64()),
+            pa.array(arms, pa.string()),
+            pa.array(expires, pa.int64()),
+        ]
+        yield _group_batch(_OUTCOME_FIELDS, len(users), arrays)
 
 
 def _popularity_batches(
@@ -581,14 +976,13 @@ def _popularity_batches(
         for start in range(0, len(item_ids), SNAPSHOT_BATCH_COUNTS):
             end = start + SNAPSHOT_BATCH_COUNTS
             n = len(item_ids[start:end])
-            columns = [pa.nulls(n, field_type) for _, field_type in _USER_FIELDS]
-            columns += [
+            arrays = [
                 pa.array([name] * n, pa.string()),
                 pa.array(item_ids[start:end], pa.string()),
                 pa.array(epochs[start:end], pa.int64()),
                 pa.array(values[start:end], pa.float64()),
             ]
-            yield pa.RecordBatch.from_arrays(columns, schema=_SNAPSHOT_SCHEMA)
+            yield _group_batch(_POPULARITY_FIELDS, n, arrays)
 
 
 def _snapshot_batch(user_ids: list[str], state: _SnapshotState) -> pa.RecordBatch:
@@ -629,7 +1023,7 @@ def _snapshot_batch(user_ids: list[str], state: _SnapshotState) -> pa.RecordBatc
     seen_times = pa.ListArray.from_arrays(
         seen_offsets, pa.array(np.concatenate([times for _, times in user_seen]), pa.int64())
     )
-    columns = [
+    arrays = [
         pa.array(user_ids, pa.string()),
         has_profile,
         embedding,
@@ -638,8 +1032,7 @@ def _snapshot_batch(user_ids: list[str], state: _SnapshotState) -> pa.RecordBatc
         seen_hashes,
         seen_times,
     ]
-    columns += [pa.nulls(len(user_ids), field_type) for _, field_type in _POPULARITY_FIELDS]
-    return pa.RecordBatch.from_arrays(columns, schema=_SNAPSHOT_SCHEMA)
+    return _group_batch(_USER_FIELDS, len(user_ids), arrays)
 
 
 def _write_atomically(path: Path, schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> None:

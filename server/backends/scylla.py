@@ -29,7 +29,18 @@ can write at once:
 - `popularity_writes` is a counter bumped after each call's counter writes: a refresher reads the
   counters (whole partitions) only when it moved, and otherwise answers what it read last time.
 
-Erasure (`delete_users`) deletes the user's `user_profiles` and `user_interactions` partitions, and
+The exposure log (server/experiments) is two tables, one partition per user, newest first on disk:
+`exposures` (answers served) and `outcomes` (interactions attributed to them). Every row is written
+`USING TTL` of the call's `ttl_s` (counted from the write, at least 1 s), and both tables compact by
+time window, so expired rows leave whole SSTables at once. CQL cannot bound a partition by row count
+without a read before each write, so `keep_per_user` is not enforced here: a partition is bounded by the
+TTL, and a read by its LIMIT (callers ask for at most keep_per_user). An exposure's clustering key ends
+in a hash of its items and arm, and an outcome's is (time, item, action): a retried write rewrites the
+same rows instead of adding new ones. Scans for the report page through the whole table, filtered by
+time on the server (ALLOW FILTERING on the clustering time: a full scan either way, but fewer rows sent).
+
+Erasure (`delete_users`) deletes the user's `user_profiles`, `user_interactions`, `exposures` and
+`outcomes` partitions, and
 removes each `user_seen` entry with a tombstone at that entry's own write time (the interaction's time)
 rather than deleting the map at "now": a partition tombstone at now would also hide every entry written
 later with an older interaction time (a backfill after the erasure), and one at now would miss entries
@@ -43,10 +54,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +78,7 @@ from server import _core, metrics, popularity, tracing
 from server.backends import seen as seen_sets
 from server.backends.base import ItemHashes, UserExport, UserRecord, read_users_by_partition
 from server.config import PopularityConfig, ProfilesConfig
-from server.domain import Interaction, UserProfile
+from server.domain import Exposure, Interaction, Outcome, UserProfile
 from server.errors import BackendError
 from server.security.tls import cql_options
 
@@ -80,6 +92,8 @@ _READ_PROFILE = "recd-read"
 _GUARD_S = 0.25
 # Rows per single-partition UNLOGGED batch: well under the server's batch_size_warn_threshold (5 KiB).
 _BATCH_ROWS = 50
+# An exposure row carries its answer's item ids (a few hundred bytes): fewer per batch, same bound.
+_EXPOSURE_BATCH_ROWS = 10
 _SCAN_PAGE = 5000
 # After a failed connect, callers fail fast for this long instead of each retrying the connection.
 _CONNECT_RETRY_S = 1.0
@@ -90,6 +104,8 @@ _CLOCK_ROW = "interactions"
 # cannot flood the cluster; what one trim leaves, the next read removes.
 _MAX_TRIMS = 16
 _TRIM_ENTRIES = 2000
+# CQL's largest TTL (20 years).
+_MAX_TTL_S = 630_720_000
 
 
 def _check_identifier(name: str, what: str) -> str:
@@ -156,6 +172,32 @@ def schema_statements(config: ProfilesConfig) -> list[str]:
     name text PRIMARY KEY,
     writes counter
 )""",
+        # The exposure log: answers served and the interactions attributed to them, every row with a TTL;
+        # windows of six hours hold a week's TTL in ~28 SSTables, each dropped whole once expired.
+        f"""CREATE TABLE IF NOT EXISTS {ks}.exposures (
+    user_id text,
+    served_at_ms bigint,
+    nonce bigint,
+    item_ids frozen<list<text>>,
+    arm text,
+    latency_ms double,
+    diversity double,
+    PRIMARY KEY ((user_id), served_at_ms, nonce)
+) WITH CLUSTERING ORDER BY (served_at_ms DESC, nonce ASC)
+  AND compaction = {{'class': 'TimeWindowCompactionStrategy',
+                     'compaction_window_unit': 'HOURS', 'compaction_window_size': 6}}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.outcomes (
+    user_id text,
+    at_ms bigint,
+    item_id text,
+    action text,
+    weight double,
+    served_at_ms bigint,
+    arm text,
+    PRIMARY KEY ((user_id), at_ms, item_id, action)
+) WITH CLUSTERING ORDER BY (at_ms DESC, item_id ASC, action ASC)
+  AND compaction = {{'class': 'TimeWindowCompactionStrategy',
+                     'compaction_window_unit': 'HOURS', 'compaction_window_size': 6}}""",
         # The cluster layout (shard nodes and their placement), one row changed only by lightweight
         # transactions on its epoch (server/cluster/layout_store/cql.py).
         f"""CREATE TABLE IF NOT EXISTS {ks}.cluster_layout (
@@ -288,6 +330,15 @@ class _Statements:
     writes_read: Any
     delete_profile: Any
     delete_interactions: Any
+    exposure_add: Any
+    exposures_read: Any
+    exposures_count: Any
+    exposures_scan: Any
+    delete_exposures: Any
+    outcome_add: Any
+    outcomes_count: Any
+    outcomes_scan: Any
+    delete_outcomes: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,6 +413,32 @@ def _connect(config: ProfilesConfig) -> _Connection:
             writes_read=prepare(f"SELECT writes FROM {ks}.popularity_writes WHERE name = ?"),
             delete_profile=prepare(f"DELETE FROM {ks}.user_profiles WHERE user_id = ?"),
             delete_interactions=prepare(f"DELETE FROM {ks}.user_interactions WHERE user_id = ?"),
+            exposure_add=prepare(
+                f"INSERT INTO {ks}.exposures (user_id, served_at_ms, nonce, item_ids, arm, latency_ms, "
+                "diversity) VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+            ),
+            exposures_read=prepare(
+                f"SELECT served_at_ms, item_ids, arm, latency_ms, diversity FROM {ks}.exposures "
+                "WHERE user_id = ? AND served_at_ms >= ? LIMIT ?"
+            ),
+            exposures_count=prepare(f"SELECT COUNT(*) FROM {ks}.exposures WHERE user_id = ?"),
+            exposures_scan=prepare(
+                f"SELECT user_id, served_at_ms, item_ids, arm, latency_ms, diversity FROM {ks}.exposures "
+                "WHERE served_at_ms >= ? ALLOW FILTERING",
+                fetch_size=_SCAN_PAGE,
+            ),
+            delete_exposures=prepare(f"DELETE FROM {ks}.exposures WHERE user_id = ?"),
+            outcome_add=prepare(
+                f"INSERT INTO {ks}.outcomes (user_id, at_ms, item_id, action, weight, served_at_ms, arm) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+            ),
+            outcomes_count=prepare(f"SELECT COUNT(*) FROM {ks}.outcomes WHERE user_id = ?"),
+            outcomes_scan=prepare(
+                f"SELECT user_id, at_ms, item_id, action, weight, served_at_ms, arm FROM {ks}.outcomes "
+                "WHERE at_ms >= ? ALLOW FILTERING",
+                fetch_size=_SCAN_PAGE,
+            ),
+            delete_outcomes=prepare(f"DELETE FROM {ks}.outcomes WHERE user_id = ?"),
         )
     except Exception:
         cluster.shutdown()
@@ -662,10 +739,87 @@ class ScyllaProfileStore:
             result = await self._execute("export_user", _seen_read, [user_id], timeout_s, read=True)
             return _seen_arrays(result.one())
 
-        profile, events, (hashes, times) = await asyncio.gather(
-            self.get_profile(user_id, timeout_s), history(), seen()
+        async def count(make: Callable[[_Statements], Any]) -> int:
+            result = await self._execute("export_user", make, [user_id], timeout_s, read=True)
+            row = result.one()
+            return 0 if row is None else int(row[0])
+
+        profile, events, (hashes, times), exposures_held, outcomes_held = await asyncio.gather(
+            self.get_profile(user_id, timeout_s),
+            history(),
+            seen(),
+            count(_exposures_count),
+            count(_outcomes_count),
         )
-        return UserExport(profile, events[:limit], len(events) > limit, hashes, times)
+        return UserExport(
+            profile, events[:limit], len(events) > limit, hashes, times, exposures_held, outcomes_held
+        )
+
+    # --- the exposure log -------------------------------------------------------------------------------
+    async def read_exposures(
+        self, user_ids: Sequence[str], since_ms: int, limit: int, timeout_s: float
+    ) -> list[list[Exposure]]:
+        """One single-partition read per user (newest first from disk, LIMIT), all in flight at once."""
+        if limit <= 0:
+            return [[] for _ in user_ids]
+        timeout_s = min(timeout_s, self._read_cap_s)
+
+        async def one(user_id: str) -> list[Exposure]:
+            result = await self._execute(
+                "read_exposures", _exposures_read, [user_id, since_ms, limit], timeout_s, read=True
+            )
+            return [
+                Exposure(user_id, served_at, tuple(items or ()), arm, latency_ms, diversity)
+                for served_at, items, arm, latency_ms, diversity in result.current_rows
+            ]
+
+        return list(await asyncio.gather(*(one(u) for u in user_ids)))
+
+    async def scan_exposures(self, since_ms: int) -> list[Exposure]:
+        found: list[Exposure] = []
+        async for page in self._scan("scan_exposures", _exposures_scan, [since_ms]):
+            found.extend(
+                Exposure(user_id, served_at, tuple(items or ()), arm, latency_ms, diversity)
+                for user_id, served_at, items, arm, latency_ms, diversity in page
+            )
+        return found
+
+    async def scan_outcomes(self, since_ms: int) -> list[Outcome]:
+        found: list[Outcome] = []
+        async for page in self._scan("scan_outcomes", _outcomes_scan, [since_ms]):
+            found.extend(
+                Outcome(user_id, item_id, action, weight, at_ms, served_at, arm)
+                for user_id, at_ms, item_id, action, weight, served_at, arm in page
+            )
+        return found
+
+    async def record_exposures(self, exposures: Sequence[Exposure], keep_per_user: int, ttl_s: float) -> None:
+        """Single-partition UNLOGGED batches (per user, up to _BATCH_ROWS rows), concurrent, each row
+        `USING TTL`. `keep_per_user` is not enforced (see the module's docstring): reads are limited."""
+        if keep_per_user < 1:
+            raise ValueError(f"keep_per_user must be at least 1, got {keep_per_user}")
+        ttl = _ttl(ttl_s)
+        if not exposures:
+            return
+        # Same items and arm at the same time: the same row, so a retried write adds nothing.
+        nonces = _core.stable_hash64(["\x1f".join(e.item_ids) + "\x1e" + e.arm for e in exposures])
+        by_user: dict[str, list[list[Any]]] = defaultdict(list)
+        for e, nonce in zip(exposures, nonces.view(np.int64).tolist(), strict=True):
+            row = [e.user_id, e.served_at_ms, nonce, list(e.item_ids), e.arm, e.latency_ms, e.diversity, ttl]
+            by_user[e.user_id].append(row)
+        work = _per_partition(_exposure_add, by_user.values(), _EXPOSURE_BATCH_ROWS)
+        await self._write_all("record_exposures", work)
+
+    async def record_outcomes(self, outcomes: Sequence[Outcome], ttl_s: float) -> None:
+        """As record_exposures: per-user UNLOGGED batches, every row `USING TTL`."""
+        ttl = _ttl(ttl_s)
+        if not outcomes:
+            return
+        by_user: dict[str, list[list[Any]]] = defaultdict(list)
+        for o in outcomes:
+            row = [o.user_id, o.at_ms, o.item_id, o.action, o.weight, o.served_at_ms, o.arm, ttl]
+            by_user[o.user_id].append(row)
+        await self._write_all("record_outcomes", _per_partition(_outcome_add, by_user.values(), _BATCH_ROWS))
 
     # --- operator reads (full scans) --------------------------------------------------------------------
     async def count_users(self) -> int:
@@ -770,6 +924,8 @@ class ScyllaProfileStore:
         for user_id, row in (r for r in reads if not isinstance(r, BaseException)):
             work.append((_delete_profile, [user_id]))
             work.append((_delete_interactions, [user_id]))
+            work.append((_delete_exposures, [user_id]))
+            work.append((_delete_outcomes, [user_id]))
             hashes, times = _seen_arrays(row)
             work.extend(_seen_removals(user_id, hashes.view(np.int64).tolist(), times.tolist()))
         await self._write_all("delete_users", work)
@@ -844,6 +1000,64 @@ def _delete_profile(s: _Statements) -> Any:
 
 def _delete_interactions(s: _Statements) -> Any:
     return s.delete_interactions
+
+
+def _exposure_add(s: _Statements) -> Any:
+    return s.exposure_add
+
+
+def _exposures_read(s: _Statements) -> Any:
+    return s.exposures_read
+
+
+def _exposures_count(s: _Statements) -> Any:
+    return s.exposures_count
+
+
+def _exposures_scan(s: _Statements) -> Any:
+    return s.exposures_scan
+
+
+def _delete_exposures(s: _Statements) -> Any:
+    return s.delete_exposures
+
+
+def _outcome_add(s: _Statements) -> Any:
+    return s.outcome_add
+
+
+def _outcomes_count(s: _Statements) -> Any:
+    return s.outcomes_count
+
+
+def _outcomes_scan(s: _Statements) -> Any:
+    return s.outcomes_scan
+
+
+def _delete_outcomes(s: _Statements) -> Any:
+    return s.delete_outcomes
+
+
+def _ttl(ttl_s: float) -> int:
+    """`ttl_s` as a CQL TTL: whole seconds, rounded up, at least 1 (0 would mean no TTL at all)."""
+    if not (ttl_s > 0 and math.isfinite(ttl_s)):
+        raise ValueError(f"ttl_s must be a positive number of seconds, got {ttl_s}")
+    return min(max(1, math.ceil(ttl_s)), _MAX_TTL_S)
+
+
+def _per_partition(
+    make: Callable[[_Statements], Any], partitions: Iterable[Sequence[list[Any]]], batch_rows: int
+) -> list[tuple[Callable[[_Statements], Any], list[Any] | None]]:
+    """Each partition's rows in single-partition UNLOGGED batches of up to `batch_rows`."""
+    work: list[tuple[Callable[[_Statements], Any], list[Any] | None]] = []
+    for rows in partitions:
+        for start in range(0, len(rows), batch_rows):
+            chunk = rows[start : start + batch_rows]
+            if len(chunk) == 1:
+                work.append((make, chunk[0]))
+            else:
+                work.append((_unlogged_batch(make, chunk), None))
+    return work
 
 
 def _seen_arrays(row: Any) -> tuple[ItemHashes, np.ndarray]:

@@ -19,7 +19,7 @@ import grpc
 
 from server import metrics
 from server.backends.base import ItemHashes, UserExport, UserRecord
-from server.domain import Edge, Interaction, UserProfile
+from server.domain import Edge, Exposure, Interaction, Outcome, UserProfile
 from server.workers import state_wire
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,35 @@ class StateProfileStore:
         result: UserExport = await self._calls.call(
             "export_user", (user_id, interaction_limit, timeout_s), timeout_s
         )
+        return result
+
+    async def record_exposures(self, exposures: Sequence[Exposure], keep_per_user: int, ttl_s: float) -> None:
+        if exposures:
+            args = (list(exposures), keep_per_user, ttl_s)
+            await self._calls.call("record_exposures", args, self._write_timeout_s, write=True)
+
+    async def read_exposures(
+        self, user_ids: Sequence[str], since_ms: int, limit: int, timeout_s: float
+    ) -> list[list[Exposure]]:
+        if not user_ids:
+            return []
+        result: list[list[Exposure]] = await self._calls.call(
+            "read_exposures", (list(user_ids), since_ms, limit, timeout_s), timeout_s
+        )
+        return result
+
+    async def record_outcomes(self, outcomes: Sequence[Outcome], ttl_s: float) -> None:
+        if outcomes:
+            args = (list(outcomes), ttl_s)
+            await self._calls.call("record_outcomes", args, self._write_timeout_s, write=True)
+
+    async def scan_exposures(self, since_ms: int) -> list[Exposure]:
+        # The report's scan: as long as a write may take (it reads the whole log), not a request budget.
+        result: list[Exposure] = await self._calls.call("scan_exposures", (since_ms,), self._write_timeout_s)
+        return result
+
+    async def scan_outcomes(self, since_ms: int) -> list[Outcome]:
+        result: list[Outcome] = await self._calls.call("scan_outcomes", (since_ms,), self._write_timeout_s)
         return result
 
     async def close(self) -> None:

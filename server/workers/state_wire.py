@@ -14,9 +14,9 @@ with writes, so the caller sends the version it holds, `(timeout_s, version)`, a
 back while that is current, or `(version, pickled counts)`. The cache also takes `set_many(entries)`, a
 list of (key, value, ttl_s): the sets a batch issues together travel as one call.
 
-The domain's dataclasses (Interaction, UserProfile, UserRecord, Edge) travel as plain tuples: pickle
-spends ~2 us on each frozen slotted dataclass each way (3 ms for a batch's 32 users of 50 interactions),
-against ~0.1 us for a tuple. `encode_*` / `decode_*` below convert at the two ends.
+The domain's dataclasses (Interaction, UserProfile, UserRecord, Edge, Exposure, Outcome) travel as
+plain tuples: pickle spends ~2 us on each frozen slotted dataclass each way (3 ms for a batch's 32 users
+of 50 interactions), against ~0.1 us for a tuple. `encode_*` / `decode_*` below convert at the two ends.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 
 from server.backends.base import UserExport, UserRecord
-from server.domain import Edge, Interaction, UserProfile
+from server.domain import Edge, Exposure, Interaction, Outcome, UserProfile
 from server.errors import BackendError
 
 PROFILES = "recd.internal.ProfileStore"
@@ -48,6 +48,11 @@ METHODS: dict[str, tuple[str, ...]] = {
         "count_users",
         "delete_users",
         "export_user",
+        "record_exposures",
+        "read_exposures",
+        "record_outcomes",
+        "scan_exposures",
+        "scan_outcomes",
     ),
     GRAPH: ("upsert_edges", "neighbours", "neighbours_many", "count_edges"),
     CACHE: ("get", "get_many", "set", "set_many", "delete"),
@@ -142,23 +147,70 @@ def _export_out(e: UserExport) -> tuple[Any, ...]:
         e.interactions_truncated,
         e.seen,
         e.seen_last_ms,
+        e.exposures_held,
+        e.outcomes_held,
     )
 
 
 def _export_in(t: tuple[Any, ...]) -> UserExport:
-    profile, interactions, truncated, seen, seen_last_ms = t
-    return UserExport(_profile_in(profile), _interactions_in(interactions), truncated, seen, seen_last_ms)
+    profile, interactions, truncated, seen, seen_last_ms, exposures_held, outcomes_held = t
+    return UserExport(
+        _profile_in(profile),
+        _interactions_in(interactions),
+        truncated,
+        seen,
+        seen_last_ms,
+        exposures_held,
+        outcomes_held,
+    )
+
+
+ExposureTuple = tuple[str, int, tuple[str, ...], str, float, float]
+OutcomeTuple = tuple[str, str, str, float, int, int, str]
+
+
+def _exposures_out(items: Sequence[Exposure]) -> list[ExposureTuple]:
+    return [(e.user_id, e.served_at_ms, tuple(e.item_ids), e.arm, e.latency_ms, e.diversity) for e in items]
+
+
+def _exposures_in(rows: Sequence[ExposureTuple]) -> list[Exposure]:
+    return [Exposure(*row) for row in rows]
+
+
+def _exposures_by_user_out(lists: Sequence[Sequence[Exposure]]) -> list[list[tuple[Any, ...]]]:
+    # The user's id is the caller's own argument: each row leaves it out.
+    return [
+        [(e.served_at_ms, e.item_ids, e.arm, e.latency_ms, e.diversity) for e in found] for found in lists
+    ]
+
+
+def _exposures_by_user_in(
+    args: tuple[Any, ...], lists: Sequence[Sequence[tuple[Any, ...]]]
+) -> list[list[Exposure]]:
+    return [[Exposure(user_id, *row) for row in rows] for user_id, rows in zip(args[0], lists, strict=True)]
+
+
+def _outcomes_out(items: Sequence[Outcome]) -> list[OutcomeTuple]:
+    return [(o.user_id, o.item_id, o.action, o.weight, o.at_ms, o.served_at_ms, o.arm) for o in items]
+
+
+def _outcomes_in(rows: Sequence[OutcomeTuple]) -> list[Outcome]:
+    return [Outcome(*row) for row in rows]
 
 
 Convert = Callable[[tuple[Any, ...]], tuple[Any, ...]]
 _ARGS_OUT: dict[tuple[str, str], Convert] = {
     (PROFILES, "append_interactions"): lambda a: (_interactions_out(a[0]),),
     (PROFILES, "upsert_profiles"): lambda a: ([_profile_out(p) for p in a[0]],),
+    (PROFILES, "record_exposures"): lambda a: (_exposures_out(a[0]), *a[1:]),
+    (PROFILES, "record_outcomes"): lambda a: (_outcomes_out(a[0]), *a[1:]),
     (GRAPH, "upsert_edges"): lambda a: ([(e.src_item_id, e.dst_item_id, e.score) for e in a[0]],),
 }
 _ARGS_IN: dict[tuple[str, str], Convert] = {
     (PROFILES, "append_interactions"): lambda a: (_interactions_in(a[0]),),
     (PROFILES, "upsert_profiles"): lambda a: ([_profile_in(t) for t in a[0]],),
+    (PROFILES, "record_exposures"): lambda a: (_exposures_in(a[0]), *a[1:]),
+    (PROFILES, "record_outcomes"): lambda a: (_outcomes_in(a[0]), *a[1:]),
     (GRAPH, "upsert_edges"): lambda a: ([Edge(*t) for t in a[0]],),
 }
 _RESULT_OUT: dict[tuple[str, str], Callable[[Any], Any]] = {
@@ -166,12 +218,18 @@ _RESULT_OUT: dict[tuple[str, str], Callable[[Any], Any]] = {
     (PROFILES, "get_profile"): _profile_out,
     (PROFILES, "recent_interactions"): _interactions_out,
     (PROFILES, "export_user"): _export_out,
+    (PROFILES, "read_exposures"): _exposures_by_user_out,
+    (PROFILES, "scan_exposures"): _exposures_out,
+    (PROFILES, "scan_outcomes"): _outcomes_out,
 }
 _RESULT_IN: dict[tuple[str, str], Callable[[tuple[Any, ...], Any], Any]] = {
     (PROFILES, "read_users"): _users_in,
     (PROFILES, "get_profile"): lambda _, t: _profile_in(t),
     (PROFILES, "recent_interactions"): lambda _, rows: _interactions_in(rows),
     (PROFILES, "export_user"): lambda _, t: _export_in(t),
+    (PROFILES, "read_exposures"): _exposures_by_user_in,
+    (PROFILES, "scan_exposures"): lambda _, rows: _exposures_in(rows),
+    (PROFILES, "scan_outcomes"): lambda _, rows: _outcomes_in(rows),
 }
 
 

@@ -118,6 +118,8 @@ async def drop_scylla(config: ProfilesConfig) -> None:
             "popularity_clock",
             "popularity_writes",
             "cluster_layout",
+            "exposures",
+            "outcomes",
         )
         for table in tables:
             while True:

@@ -15,7 +15,7 @@ from server import _core
 from server.backends import memory_profiles
 from server.backends.journal import WAL_DIR
 from server.backends.memory_profiles import SNAPSHOT_FILE, InMemoryProfileStore
-from server.domain import Interaction, UserProfile
+from server.domain import Exposure, Interaction, Outcome, UserProfile
 from server.errors import BackendError
 
 T = 1.0
@@ -336,3 +336,176 @@ async def test_an_erasure_is_durable_at_once_and_then_leaves_the_disk(tmp_path: 
     assert await state(reopened) == expected
     await reopened.close()
     await replayed.close()
+
+
+# --- the exposure log --------------------------------------------------------------------------------------
+NOW_S = 1_750_000_000.0
+WEEK_S = 7 * 86_400.0
+
+
+class Clock:
+    """The wall clock the exposure log's expiry reads, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now_s = NOW_S
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def served(user: str, k: int, arm: str = "exp=a") -> Exposure:
+    return Exposure(user, int(NOW_S * 1000) + k, (f"{user}-i{k}", f"{user}-j{k}"), arm, 10.0 + k, k / 10)
+
+
+def clicked(user: str, k: int) -> Outcome:
+    return Outcome(
+        user, f"{user}-i{k}", "click", 1.0 + k, int(NOW_S * 1000) + k + 5, int(NOW_S * 1000) + k, "exp=a"
+    )
+
+
+async def log_state(store: InMemoryProfileStore) -> tuple[object, ...]:
+    exposures = sorted(await store.scan_exposures(0), key=lambda e: (e.user_id, e.served_at_ms))
+    outcomes = sorted(await store.scan_outcomes(0), key=lambda o: (o.user_id, o.at_ms))
+    return exposures, outcomes
+
+
+async def fill_log(store: InMemoryProfileStore, users: int = 6) -> None:
+    for k in range(12):
+        await store.record_exposures(
+            [served(f"u{k % users}", k), served(f"u{(k + 1) % users}", k)], 3, WEEK_S
+        )
+        await store.record_outcomes([clicked(f"u{k % users}", k)], WEEK_S)
+
+
+@pytest.mark.parametrize("restart", ["crash", "close"])
+async def test_exposures_and_outcomes_survive_a_restart(tmp_path: Path, restart: str) -> None:
+    clock = Clock()
+    store = open_store(tmp_path, clock=clock, outcomes_per_user=2)
+    await fill_log(store)
+    exposures, outcomes = before = await log_state(store)
+    # The bounds hold: three exposures per user (keep_per_user), two outcomes (outcomes_per_user).
+    assert len(exposures) == 6 * 3 and len(outcomes) == 6 * 2  # type: ignore[arg-type]
+    if restart == "close":
+        await store.close()
+        assert (tmp_path / SNAPSHOT_FILE).exists()
+    else:
+        assert not (tmp_path / SNAPSHOT_FILE).exists()  # only the log holds them
+    reopened = open_store(tmp_path, clock=clock, outcomes_per_user=2)
+    assert await log_state(reopened) == before
+    [newest] = await reopened.read_exposures(["u1"], 0, 1, T)
+    assert newest == [served("u1", 7)]
+    await reopened.close()
+    third = open_store(tmp_path, clock=clock, outcomes_per_user=2)
+    assert await log_state(third) == before
+    await third.close()
+
+
+async def test_a_snapshot_and_the_log_after_it_replay_the_exposure_log(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    await fill_log(store)
+    await store.compact()
+    await store.record_exposures([served("u1", 50)], 3, WEEK_S)  # only in the log
+    await store.record_outcomes([clicked("u9", 50)], WEEK_S)
+    before = await log_state(store)
+    reopened = open_store(tmp_path)  # crash: no close
+    assert await log_state(reopened) == before
+    [found] = await reopened.read_exposures(["u1"], 0, 10, T)
+    assert found[0] == served("u1", 50) and len(found) == 3
+    await reopened.close()
+
+
+async def test_expired_entries_are_never_answered_and_leave_memory_and_snapshots(tmp_path: Path) -> None:
+    clock = Clock()
+    store = open_store(tmp_path, clock=clock)
+    await store.record_exposures([served("short", 1)], 10, 60.0)
+    await store.record_outcomes([clicked("short", 1)], 60.0)
+    await store.record_exposures([served("long", 1)], 10, WEEK_S)
+    clock.now_s += 59
+    assert await store.read_exposures(["short"], 0, 10, T) == [[served("short", 1)]]
+    clock.now_s += 2
+    assert await store.read_exposures(["short", "long"], 0, 10, T) == [[], [served("long", 1)]]
+    assert await store.scan_outcomes(0) == []
+    held = await store.export_user("short", 10, T)
+    assert (held.found, held.exposures_held, held.outcomes_held) == (False, 0, 0)
+    # The read dropped the expired exposure; the sweep, advanced by a write, drops the outcome of a
+    # user nobody reads or writes again.
+    assert "short" not in store._exposures
+    await store.record_exposures([served("other", 1)], 10, WEEK_S)
+    assert "short" not in store._outcomes
+    await store.close()
+    # Expiry is by the wall clock, so it holds across a restart: the snapshot held only what was alive.
+    clock.now_s += WEEK_S - 30
+    reopened = open_store(tmp_path, clock=clock)
+    assert await reopened.read_exposures(["long", "other"], 0, 10, T) == [[], [served("other", 1)]]
+    await reopened.close()
+
+
+async def test_an_expired_entry_replayed_from_the_log_is_not_answered(tmp_path: Path) -> None:
+    clock = Clock()
+    store = open_store(tmp_path, clock=clock)
+    await store.record_exposures([served("u1", 1)], 10, 60.0)
+    await store.record_outcomes([clicked("u1", 1)], 60.0)
+    clock.now_s += 61
+    reopened = open_store(tmp_path, clock=clock)  # crash: the log replays an entry that has expired
+    assert await reopened.read_exposures(["u1"], 0, 10, T) == [[]]
+    assert await reopened.scan_exposures(0) == [] and await reopened.scan_outcomes(0) == []
+    await reopened.close()
+
+
+async def test_an_erasure_of_the_exposure_log_survives_a_restart_and_leaves_the_disk(tmp_path: Path) -> None:
+    data = tmp_path / "profiles"
+    store = open_store(data)
+    await fill_log(store)
+    erased = MARKERS[0].decode()
+    marker_item = MARKERS[2].decode()
+    await store.record_exposures([Exposure(erased, 1, (marker_item,), "exp=a", 1.0, 0.0)], 3, WEEK_S)
+    await store.record_outcomes([Outcome(erased, marker_item, "click", 1.0, 2, 1, "exp=a")], WEEK_S)
+    await store.compact()
+    assert files_holding(data, MARKERS[0]) and files_holding(data, MARKERS[2])
+
+    await store.delete_users([erased, "u1"])
+    crashed = tmp_path / "crashed"
+    shutil.copytree(data, crashed)  # kill -9 right after the acknowledgement
+    expected = await log_state(store)
+    assert {e.user_id for e in expected[0]} == {"u0", "u2", "u3", "u4", "u5"}  # type: ignore[attr-defined]
+    replayed = open_store(crashed)
+    assert await log_state(replayed) == expected
+    assert (await replayed.export_user(erased, 10, T)).found is False
+
+    assert store._erasure_compaction is not None
+    await asyncio.wait_for(store._erasure_compaction, 10)
+    assert files_holding(data, MARKERS[0]) == [] and files_holding(data, MARKERS[2]) == []
+    await store.close()
+    reopened = open_store(data)
+    assert await log_state(reopened) == expected
+    await reopened.close()
+    await replayed.close()
+
+
+async def test_a_format_2_snapshot_loads_with_an_empty_exposure_log(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    await fill(store, n=8)
+    before = await state(store)
+    await store.close()
+    # What the previous version wrote: the same rows without the exposure log's columns.
+    path = tmp_path / SNAPSHOT_FILE
+    table = pa.ipc.open_file(pa.BufferReader(path.read_bytes())).read_all()  # a copy, not a map
+    kept = [name for name in table.column_names if not name.startswith(("exposure_", "outcome_"))]
+    old = table.select(kept).replace_schema_metadata(
+        {**(table.schema.metadata or {}), b"format": b"recd-profiles-2"}
+    )
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, old.schema) as writer:
+        writer.write_table(old)
+    reopened = open_store(tmp_path)
+    assert await state(reopened) == before
+    assert await reopened.scan_exposures(0) == []
+    await reopened.record_exposures([served("u1", 1)], 3, WEEK_S)
+    await reopened.close()
+    third = open_store(tmp_path)
+    assert await third.read_exposures(["u1"], 0, 10, T) == [[served("u1", 1)]]
+    await third.close()
+
+
+def test_outcomes_per_user_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="outcomes_per_user"):
+        InMemoryProfileStore(None, outcomes_per_user=0)

@@ -16,7 +16,7 @@ import pytest
 from server import _core
 from server.backends.base import ProfileStore
 from server.backends.memory_profiles import InMemoryProfileStore
-from server.domain import Interaction, UserProfile
+from server.domain import Exposure, Interaction, Outcome, UserProfile
 from server.tests.backends.real_backends import scylla_store
 from server.tests.workers.state_stores import profiles_on_state_node
 
@@ -366,3 +366,200 @@ async def test_export_of_an_unknown_or_erased_user_is_empty(store: ProfileStore)
         assert not held.found
         assert held.profile is None and held.interactions == [] and not held.interactions_truncated
         assert len(held.seen) == 0 and len(held.seen_last_ms) == 0
+
+
+# --- the exposure log ----------------------------------------------------------------------------------------
+KEEP = 200
+WEEK_S = 7 * 86_400.0
+
+
+def exposure(user: str, served_at_ms: int, *items: str, arm: str = "exp=a") -> Exposure:
+    return Exposure(user, served_at_ms, items or ("x", "y"), arm, 12.5, 0.25)
+
+
+def outcome(user: str, item: str, at_ms: int, action: str = "click", arm: str = "exp=a") -> Outcome:
+    return Outcome(user, item, action, 1.0, at_ms, at_ms - 500, arm)
+
+
+def bounds_by_count(request: pytest.FixtureRequest) -> bool:
+    # CQL cannot bound a partition by row count without a read before every write (server/backends/
+    # scylla.py): there the TTL bounds what is held, and a read's limit what it returns.
+    return request.node.callspec.params["store"] is not cql_store
+
+
+async def test_exposures_read_newest_first_limited_and_since(store: ProfileStore) -> None:
+    served = [exposure("u1", TODAY_MS + k, f"i{k}", f"j{k}") for k in range(6)]
+    await store.record_exposures(served[:4], KEEP, WEEK_S)
+    await store.record_exposures(served[4:], KEEP, WEEK_S)
+    [found] = await store.read_exposures(["u1"], 0, 3, T)
+    assert found == [served[5], served[4], served[3]]
+    [since] = await store.read_exposures(["u1"], TODAY_MS + 2, 100, T)
+    assert [e.served_at_ms for e in since] == [TODAY_MS + k for k in (5, 4, 3, 2)]
+    assert await store.read_exposures(["u1"], TODAY_MS + 6, 100, T) == [[]]
+    assert await store.read_exposures(["u1"], 0, 0, T) == [[]]
+
+
+async def test_exposures_keep_every_field(store: ProfileStore) -> None:
+    served = Exposure("u1", TODAY_MS, ("b", "a", "c"), "exp1=treatment;exp2=control", 3.75, 0.625)
+    await store.record_exposures([served], KEEP, WEEK_S)
+    [[found]] = await store.read_exposures(["u1"], 0, 10, T)
+    assert found == served
+    assert isinstance(found.item_ids, tuple)
+
+
+async def test_exposures_of_users_are_separate_and_aligned(store: ProfileStore) -> None:
+    await store.record_exposures(
+        [exposure("u1", TODAY_MS, "a"), exposure("u2", TODAY_MS + 1, "b"), exposure("u1", TODAY_MS + 2, "c")],
+        KEEP,
+        WEEK_S,
+    )
+    found = await store.read_exposures(["u2", "nobody", "u1"], 0, 10, T)
+    assert [[e.item_ids for e in user] for user in found] == [[("b",)], [], [("c",), ("a",)]]
+    assert all(e.user_id == "u1" for e in found[2])
+
+
+async def test_exposures_are_ordered_by_serving_time_not_arrival(store: ProfileStore) -> None:
+    await store.record_exposures([exposure("u1", TODAY_MS + 30, "late")], KEEP, WEEK_S)
+    await store.record_exposures(
+        [exposure("u1", TODAY_MS + 10, "early"), exposure("u1", TODAY_MS + 20, "middle")], KEEP, WEEK_S
+    )
+    [found] = await store.read_exposures(["u1"], 0, 10, T)
+    assert [e.item_ids for e in found] == [("late",), ("middle",), ("early",)]
+
+
+async def test_the_same_exposure_recorded_twice_is_one(store: ProfileStore) -> None:
+    # A retried write adds nothing; another answer at the same millisecond is another exposure.
+    batch = [exposure("u1", TODAY_MS, "a", "b"), exposure("u1", TODAY_MS, "c")]
+    await store.record_exposures(batch, KEEP, WEEK_S)
+    await store.record_exposures(batch, KEEP, WEEK_S)
+    [found] = await store.read_exposures(["u1"], 0, 10, T)
+    assert sorted(e.item_ids for e in found) == [("a", "b"), ("c",)]
+
+
+async def test_each_user_keeps_the_newest_exposures(
+    store: ProfileStore, request: pytest.FixtureRequest
+) -> None:
+    await store.record_exposures([exposure("u1", TODAY_MS + k, f"i{k}") for k in range(8)], 5, WEEK_S)
+    await store.record_exposures(
+        [exposure("u1", TODAY_MS + 8, "i8"), exposure("u2", TODAY_MS, "z")], 5, WEEK_S
+    )
+    [found, other] = await store.read_exposures(["u1", "u2"], 0, 100, T)
+    assert len(other) == 1
+    if not bounds_by_count(request):
+        assert [e.item_ids[0] for e in found[:5]] == [f"i{k}" for k in range(8, 3, -1)]
+        return
+    assert [e.item_ids[0] for e in found] == [f"i{k}" for k in range(8, 3, -1)]
+    assert (await store.export_user("u1", 10, T)).exposures_held == 5
+    # An older answer arriving late does not displace the newest ones.
+    await store.record_exposures([exposure("u1", TODAY_MS - 1, "stale")], 5, WEEK_S)
+    [found] = await store.read_exposures(["u1"], 0, 100, T)
+    assert [e.item_ids[0] for e in found] == [f"i{k}" for k in range(8, 3, -1)]
+
+
+async def test_scan_exposures_lists_every_users_since(store: ProfileStore) -> None:
+    await store.record_exposures(
+        [exposure(f"u{k % 3}", TODAY_MS + k, f"i{k}") for k in range(9)], KEEP, WEEK_S
+    )
+    everything = await store.scan_exposures(0)
+    assert sorted((e.user_id, e.served_at_ms, e.item_ids) for e in everything) == [
+        (f"u{k % 3}", TODAY_MS + k, (f"i{k}",)) for k in sorted(range(9), key=lambda k: (k % 3, k))
+    ]
+    recent = await store.scan_exposures(TODAY_MS + 6)
+    assert sorted(e.served_at_ms - TODAY_MS for e in recent) == [6, 7, 8]
+    assert await store.scan_exposures(TODAY_MS + 9) == []
+
+
+async def test_outcomes_round_trip_through_the_scan(store: ProfileStore) -> None:
+    click = Outcome("u1", "a", "click", 2.5, TODAY_MS + 100, TODAY_MS, "exp=b")
+    later = [outcome("u2", "b", TODAY_MS + 200), outcome("u1", "c", TODAY_MS + 300, "purchase")]
+    await store.record_outcomes([click], WEEK_S)
+    await store.record_outcomes(later, WEEK_S)
+    assert sorted(await store.scan_outcomes(0), key=lambda o: o.at_ms) == [click, *later]
+    assert sorted(o.at_ms for o in await store.scan_outcomes(TODAY_MS + 200)) == [
+        TODAY_MS + 200,
+        TODAY_MS + 300,
+    ]
+
+
+async def test_the_same_outcome_recorded_twice_is_one(store: ProfileStore) -> None:
+    # (time, item, action) is one interaction: a retried RecordInteractions counts once; a view and a
+    # click of the item at the same time are two.
+    batch = [outcome("u1", "a", TODAY_MS), outcome("u1", "a", TODAY_MS, "view")]
+    await store.record_outcomes(batch, WEEK_S)
+    await store.record_outcomes(batch[:1], WEEK_S)
+    assert sorted(o.action for o in await store.scan_outcomes(0)) == ["click", "view"]
+    assert (await store.export_user("u1", 10, T)).outcomes_held == 2
+
+
+async def test_exposures_and_outcomes_expire_after_their_ttl(store: ProfileStore) -> None:
+    # CQL's TTL is whole seconds, and a row expires within the second after: 1 s, then 2.5 s later.
+    await store.record_exposures([exposure("u1", TODAY_MS, "short")], KEEP, 1.0)
+    await store.record_exposures([exposure("u1", TODAY_MS - 1, "long")], KEEP, WEEK_S)
+    await store.record_outcomes([outcome("u1", "short", TODAY_MS)], 1.0)
+    await store.record_outcomes([outcome("u1", "long", TODAY_MS - 1)], WEEK_S)
+    [found] = await store.read_exposures(["u1"], 0, 10, T)
+    assert [e.item_ids for e in found] == [("short",), ("long",)]
+    await asyncio.sleep(2.5)
+    [found] = await store.read_exposures(["u1"], 0, 10, T)
+    assert [e.item_ids for e in found] == [("long",)]
+    assert [e.item_ids for e in await store.scan_exposures(0)] == [("long",)]
+    assert [o.item_id for o in await store.scan_outcomes(0)] == ["long"]
+    held = await store.export_user("u1", 10, T)
+    assert (held.exposures_held, held.outcomes_held) == (1, 1)
+
+
+@pytest.mark.parametrize(("keep", "ttl_s"), [(0, WEEK_S), (KEEP, 0.0), (KEEP, -1.0), (KEEP, float("nan"))])
+async def test_bad_exposure_log_arguments_are_refused(store: ProfileStore, keep: int, ttl_s: float) -> None:
+    with pytest.raises(ValueError, match=r"keep_per_user|ttl_s"):
+        await store.record_exposures([exposure("u1", TODAY_MS)], keep, ttl_s)
+    if ttl_s != WEEK_S:
+        with pytest.raises(ValueError, match="ttl_s"):
+            await store.record_outcomes([outcome("u1", "a", TODAY_MS)], ttl_s)
+    assert await store.scan_exposures(0) == [] and await store.scan_outcomes(0) == []
+
+
+async def test_empty_exposure_log_writes_are_no_ops(store: ProfileStore) -> None:
+    await store.record_exposures([], KEEP, WEEK_S)
+    await store.record_outcomes([], WEEK_S)
+    assert await store.read_exposures([], 0, 10, T) == []
+    assert await store.scan_exposures(0) == [] and await store.scan_outcomes(0) == []
+
+
+async def test_exposures_and_outcomes_do_not_make_a_user(store: ProfileStore) -> None:
+    await store.record_exposures([exposure("u1", TODAY_MS)], KEEP, WEEK_S)
+    await store.record_outcomes([outcome("u1", "x", TODAY_MS + 1)], WEEK_S)
+    assert await store.count_users() == 0
+    assert await store.get_profile("u1", T) is None
+    held = await store.export_user("u1", 10, T)
+    assert held.found and (held.exposures_held, held.outcomes_held) == (1, 1)
+
+
+async def test_delete_users_erases_exposures_and_outcomes(store: ProfileStore) -> None:
+    for user in ("gone", "kept"):
+        await fill_user(store, user)
+        await store.record_exposures(
+            [exposure(user, TODAY_MS + k, f"{user}-i{k}") for k in range(3)], KEEP, WEEK_S
+        )
+        await store.record_outcomes([outcome(user, f"{user}-i0", TODAY_MS + 10)], WEEK_S)
+    await store.delete_users(["gone"])
+    assert await store.read_exposures(["gone", "kept"], 0, 10, T) == [
+        [],
+        [exposure("kept", TODAY_MS + k, f"kept-i{k}") for k in (2, 1, 0)],
+    ]
+    assert {e.user_id for e in await store.scan_exposures(0)} == {"kept"}
+    assert [o.user_id for o in await store.scan_outcomes(0)] == ["kept"]
+    held = await store.export_user("gone", 10, T)
+    assert not held.found and (held.exposures_held, held.outcomes_held) == (0, 0)
+    # An exposure logged after the erasure (a new answer) is held again.
+    await store.record_exposures([exposure("gone", TODAY_MS + 99, "new")], KEEP, WEEK_S)
+    assert [[e.item_ids for e in u] for u in await store.read_exposures(["gone"], 0, 10, T)] == [[("new",)]]
+
+
+async def test_export_user_counts_exposures_and_outcomes(store: ProfileStore) -> None:
+    await fill_user(store, "u1")
+    await store.record_exposures([exposure("u1", TODAY_MS + k, f"i{k}") for k in range(4)], KEEP, WEEK_S)
+    await store.record_exposures([exposure("u2", TODAY_MS, "other")], KEEP, WEEK_S)
+    await store.record_outcomes([outcome("u1", f"i{k}", TODAY_MS + 10 + k) for k in range(3)], WEEK_S)
+    held = await store.export_user("u1", 10, T)
+    assert (held.exposures_held, held.outcomes_held) == (4, 3)
+    assert (await store.export_user("u2", 10, T)).exposures_held == 1

@@ -22,7 +22,7 @@ from cassandra.query import BatchStatement
 from server import _core
 from server.backends.scylla import ScyllaProfileStore, apply_schema, drop_keyspace
 from server.config import ProfilesConfig
-from server.domain import Interaction, UserProfile
+from server.domain import Exposure, Interaction, Outcome, UserProfile
 from server.errors import BackendError
 from server.tests.backends.real_backends import scylla_config, scylla_store
 from server.tests.backends.tcp_proxy import TcpProxy
@@ -183,8 +183,12 @@ async def test_schema_matches_the_design() -> None:
             "popularity_clock",
             "popularity_writes",
             "cluster_layout",
+            "exposures",
+            "outcomes",
         }
         assert tables["user_interactions"][1]["class"].endswith("TimeWindowCompactionStrategy")
+        assert tables["exposures"][1]["class"].endswith("TimeWindowCompactionStrategy")
+        assert tables["outcomes"][1]["class"].endswith("TimeWindowCompactionStrategy")
         assert tables["user_interactions"][2] == 86400
         columns = {
             (r[0], r[1]): (r[2], r[3])
@@ -200,6 +204,10 @@ async def test_schema_matches_the_design() -> None:
         assert columns[("item_popularity", "list_name")][0] == "partition_key"
         assert columns[("item_popularity", "epoch")][0] == "partition_key"
         assert columns[("item_popularity", "item_id")][0] == "clustering"
+        assert columns[("exposures", "user_id")][0] == "partition_key"
+        assert columns[("exposures", "served_at_ms")] == ("clustering", "desc")
+        assert columns[("outcomes", "user_id")][0] == "partition_key"
+        assert columns[("outcomes", "at_ms")] == ("clustering", "desc")
         types = {
             (r[0], r[1]): r[2]
             for r in session.execute(
@@ -209,6 +217,7 @@ async def test_schema_matches_the_design() -> None:
         }
         assert types[("user_seen", "items")] == "map<bigint, bigint>"
         assert types[("item_popularity", "value")] == "counter"
+        assert types[("exposures", "item_ids")] == "frozen<list<text>>"
         replication = session.execute(
             "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", [ks]
         ).one()[0]
@@ -402,3 +411,46 @@ async def test_an_erasure_removes_each_seen_entry_at_its_own_time_and_every_part
         assert (await store.seen_items("u1", 1.0)).tolist() == _core.stable_hash64(["i0"]).tolist()
     finally:
         await store.close()
+
+
+# --- the exposure log --------------------------------------------------------------------------------------
+def served(user: str, k: int) -> Exposure:
+    return Exposure(user, 1_750_000_000_000 + k, (f"i{k}", f"j{k}"), "exp=a", 4.0, 0.5)
+
+
+async def test_exposures_are_written_per_partition_with_a_ttl_and_read_one_partition_each(store: Any) -> None:
+    spy = Spy(store)
+    await store.record_exposures([served("u1", k) for k in range(25)] + [served("u2", 0)], 3, 3600.4)
+    writes = [s for s, _, _ in spy.calls if statement_name(store, s) == "exposure_add"]
+    batches = [s for s in writes if isinstance(s, BatchStatement)]
+    assert sorted(len(b._statements_and_parameters) for b in batches) == [5, 10, 10]
+    assert all(b.batch_type.name == "UNLOGGED" and b.is_idempotent for b in batches)
+    assert len(writes) == 4  # u2's single row needs no batch
+    # The TTL is whole seconds, rounded up; keep_per_user is not enforced in CQL (the read's LIMIT is).
+    session = store._conn.session
+    del session.execute_async  # the spy's: execute() passes more than it takes
+    ttls = [r[0] for r in session.execute(f"SELECT TTL(arm) FROM {store.config.keyspace}.exposures")]
+    assert len(ttls) == 26 and all(3590 <= ttl <= 3601 for ttl in ttls)
+
+    spy = Spy(store)
+    found = await store.read_exposures([f"u{k}" for k in range(1, 6)], 0, 3, 0.5)
+    assert [len(f) for f in found] == [3, 1, 0, 0, 0]
+    assert [e.served_at_ms for e in found[0]] == [1_750_000_000_000 + k for k in (24, 23, 22)]
+    assert len(spy.calls) == 5  # one single-partition query per user, all in flight together
+    for statement, params, kwargs in spy.calls:
+        assert statement.is_idempotent and kwargs["execution_profile"] == "recd-read"
+        assert params[1:] == [0, 3]  # since_ms and the LIMIT, in the query
+        assert kwargs["timeout"] <= 0.5
+
+
+async def test_exposure_log_scans_page_through_the_table(store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    await store.record_exposures([served(f"u{k % 7}", k) for k in range(40)], 100, 3600)
+    await store.record_outcomes(
+        [Outcome(f"u{k % 7}", f"i{k}", "click", 1.0, 2_000 + k, 1_000 + k, "exp=a") for k in range(40)], 3600
+    )
+    spy = Spy(store)
+    for name in ("exposures_scan", "outcomes_scan"):
+        getattr(store._conn.statements, name).fetch_size = 8
+    assert len(await store.scan_exposures(0)) == 40
+    assert len(await store.scan_outcomes(2_010)) == 30
+    assert len(spy.calls) >= 5 + 4  # page by page
