@@ -1,4 +1,5 @@
-"""The `recd` command: serve, shard, demo, recommend, similar, gen, load, eval, tune, bench, config show."""
+"""The `recd` command: serve, shard, demo, recommend, similar, gen, load, eval, tune, bench, experiments,
+config show."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from server.config import Config, ConfigError, dump_config, load_config
 from server.logs import setup_logging
 from server.security.credentials import use_token_file
 from server.tools.bench.main import SUITES as BENCH_SUITES
+from server.tools.experiments_cli import add_parsers as add_experiments_parsers
 from server.tracing.setup import setup_tracing
 
 log = logging.getLogger("recd")
@@ -148,6 +150,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
 
 def cmd_edge(args: argparse.Namespace) -> int:
     from server.edge.server import serve_edge
+    from server.experiments.registry import ExperimentRegistry
 
     config = _config(args)
     if args.origin:
@@ -156,7 +159,8 @@ def cmd_edge(args: argparse.Namespace) -> int:
         config.edge.address = args.address
     setup_logging(config.server.log_level, config.server.log_format)
     setup_tracing(config.tracing, "edge")
-    run_server_loop(serve_edge(config.edge, auth=config.auth), config)
+    experiments = ExperimentRegistry(config)  # model versions are checked by the frontends
+    run_server_loop(serve_edge(config.edge, auth=config.auth, experiments=experiments), config)
     return 0
 
 
@@ -514,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the new token to this file (created 0600) instead of printing it")
     p.add_argument("--token-file", help="hash this existing token instead of issuing a new one")
     p.set_defaults(func=cmd_hash_token)
+
+    add_experiments_parsers(sub, with_config)
 
     config_parser = sub.add_parser("config", help="configuration")
     config_sub = config_parser.add_subparsers(dest="config_command", required=True)

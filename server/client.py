@@ -158,3 +158,9 @@ class RecdClient:
 
     async def stats(self) -> catalog_pb2.StatsResponse:
         return await self.catalog.Stats(catalog_pb2.StatsRequest(), timeout=self.timeout_s)
+
+    async def experiment_outcomes(
+        self, experiment: str, since_ms: int = 0
+    ) -> catalog_pb2.ExperimentOutcomesResponse:
+        request = catalog_pb2.ExperimentOutcomesRequest(experiment=experiment, since_ms=since_ms)
+        return await self.catalog.AdminExperimentOutcomes(request, timeout=self.timeout_s)

@@ -598,6 +598,103 @@ class TracingConfig:
         return found
 
 
+@dataclass
+class VariantConfig:
+    """One arm of an experiment."""
+
+    name: str = ""
+    # Relative share of the experiment's users (weights need not add up to anything).
+    weight: float = 1.0
+    # Request-path parameters this variant serves with, by the names in
+    # server/experiments/definitions.py OVERRIDES (model_version, ef_search, ann_k, sources, diversity...).
+    overrides: dict[str, Any] = field(default_factory=dict)
+    # Users always served by this variant while the experiment is enabled, whatever their hash says and
+    # even outside the traffic share (QA accounts, the team dogfooding a variant).
+    users: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ExperimentConfig:
+    """An A/B test: a user takes part when hash(salt, user) falls inside `traffic`, and is then given a
+    variant by a second, independent hash over the variants' weights (server/experiments/assignment.py)."""
+
+    name: str = ""
+    # Another salt re-draws every user (a fresh population for the next experiment); "" means the name.
+    salt: str = ""
+    # Share of all users in the experiment, 0..1. Raising it only adds users: nobody changes variant.
+    traffic: float = 1.0
+    # The kill switch: false serves everyone, allow-listed users too, as outside the experiment.
+    enabled: bool = True
+    variants: list[VariantConfig] = field(default_factory=list)
+
+
+@dataclass
+class ExperimentsConfig:
+    """Experiments (server/experiments): definitions here and in a watched file, and how their outcomes
+    are attributed."""
+
+    definitions: list[ExperimentConfig] = field(default_factory=list)
+    # A YAML file holding a list of more definitions (as under `definitions`), re-read when it changes
+    # (every `reload_interval_s`; 0: read once, at start), so experiments start, change and are killed
+    # without a restart. A
+    # changed file that does not load is refused with an ERROR line; the experiments before it go on.
+    file: str | None = None
+    reload_interval_s: float = 5.0
+    # An interaction is attributed to the newest answer that served its item to that user at most this
+    # long before it (and not after it).
+    attribution_window_s: float = 24 * 3600.0
+    # Actions counted per variant by name (click-through is "click" per impression, conversion
+    # "purchase" per impression); other actions count as "other", so metric labels stay bounded.
+    outcome_actions: list[str] = field(default_factory=lambda: ["click", "purchase"])
+
+    def problems(self) -> list[str]:
+        found = []
+        if not self.reload_interval_s >= 0:
+            found.append(f"experiments.reload_interval_s must be >= 0, got {self.reload_interval_s}")
+        if not self.attribution_window_s > 0:
+            found.append(f"experiments.attribution_window_s must be > 0, got {self.attribution_window_s}")
+        bad = [a for a in self.outcome_actions if not a or len(a) > 64 or a == "other"]
+        if bad:
+            found.append(f"experiments.outcome_actions: {bad} must be 1..64 characters and not 'other'")
+        return found
+
+
+@dataclass
+class ExposuresConfig:
+    """The exposure log: answers served, in the profile store so every frontend sees them. Written for
+    answers served inside an experiment, and for every answer with write_back."""
+
+    # Log every answer, not only experiments' (impressions for fatigue, as Gorse's write-back).
+    write_back: bool = False
+    # Items shown to a user this many times within fatigue_window_s without any interaction of theirs
+    # count as seen (excluded unless the request sets include_seen). 0: off. Needs write_back.
+    fatigue_after: int = 0
+    fatigue_window_s: float = 24 * 3600.0
+    # Answers kept per user (the newest) and how long each is kept.
+    keep_per_user: int = 200
+    ttl_s: float = 7 * 24 * 3600.0
+    # The writer gathers answers for this long before one write to the store; at most queue_max wait
+    # (beyond that they are dropped and counted: a log that falls behind must not grow without bound).
+    flush_interval_ms: float = 20.0
+    queue_max: int = 100_000
+
+    def problems(self, attribution_window_s: float) -> list[str]:
+        found = []
+        if self.fatigue_after < 0 or (self.fatigue_after > 0 and not self.write_back):
+            found.append(
+                "exposures.fatigue_after must be >= 0 and needs exposures.write_back, got "
+                f"{self.fatigue_after}"
+            )
+        if self.keep_per_user < 1 or self.queue_max < 1 or not self.flush_interval_ms >= 0:
+            found.append("exposures needs keep_per_user >= 1, queue_max >= 1 and flush_interval_ms >= 0")
+        if not self.ttl_s >= max(attribution_window_s, self.fatigue_window_s):
+            found.append(
+                f"exposures.ttl_s ({self.ttl_s}) must cover experiments.attribution_window_s "
+                f"({attribution_window_s}) and exposures.fatigue_window_s ({self.fatigue_window_s})"
+            )
+        return found
+
+
 ROLES = ("recommend", "feedback", "catalog", "admin", "internal")
 
 
@@ -698,6 +795,8 @@ class Config:
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
+    experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
+    exposures: ExposuresConfig = field(default_factory=ExposuresConfig)
 
     def validate(self) -> None:
         problems = []
@@ -727,6 +826,25 @@ class Config:
             problems.append(f"pipeline.candidates.shard_k must be >= 1, got {c.shard_k}")
         if not c.shard_k_factor > 0:
             problems.append(f"pipeline.candidates.shard_k_factor must be > 0, got {c.shard_k_factor}")
+        for name, value, least in (
+            ("ann_k", c.ann_k, 1),
+            ("graph_seeds", c.graph_seeds, 0),
+            ("graph_hops", c.graph_hops, 1),
+            ("graph_limit_per_hop", c.graph_limit_per_hop, 1),
+            ("popular_k", c.popular_k, 0),
+            ("exact_filter_max_items", c.exact_filter_max_items, 0),
+            ("history_limit", c.history_limit, 1),
+        ):
+            if value < least:
+                problems.append(f"pipeline.candidates.{name} must be >= {least}, got {value}")
+        if c.graph_hops > 2:
+            problems.append(
+                f"pipeline.candidates.graph_hops must be 1 or 2 (bounded traversals), got {c.graph_hops}"
+            )
+        if not 0 <= c.graph_min_score <= 1:
+            problems.append(f"pipeline.candidates.graph_min_score must be in [0, 1], got {c.graph_min_score}")
+        if self.pipeline.mmr_pool < 1:
+            problems.append(f"pipeline.mmr_pool must be >= 1, got {self.pipeline.mmr_pool}")
         if self.shards.index.ef_search < 1:
             problems.append(f"shards.index.ef_search must be >= 1, got {self.shards.index.ef_search}")
         if self.profiles.seen_limit < 1:
@@ -743,6 +861,8 @@ class Config:
         problems.extend(self.workers.problems())
         problems.extend(self.auth.problems())
         problems.extend(self.tracing.problems())
+        problems.extend(self.experiments.problems())
+        problems.extend(self.exposures.problems(self.experiments.attribution_window_s))
         problems.extend(self.server.limits.problems("server.limits"))
         problems.extend(self.edge.limits.problems("edge.limits"))
         for where, tls in (
@@ -796,6 +916,41 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     config = _build(Config, raw, "")
     config.validate()
     return config
+
+
+def with_overrides(config: Config, values: Mapping[str, Any], where: str) -> Config:
+    """A copy of `config` with dotted key paths set to `values`, type-checked and validated like a config
+    file (ConfigError naming `where` and the key)."""
+    raw = config_to_dict(config)
+    for path, value in values.items():
+        _set_path(raw, path.split("."), value)
+    try:
+        built: Config = _build(Config, raw, "")
+        built.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return built
+
+
+def load_list_file(path: str, where: str, what: str) -> list[Any]:
+    """The YAML list in a file kept beside the config (callers, experiments): ConfigError naming `where`
+    when it cannot be read, is not YAML or is not a list (`what`: what its entries are)."""
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or []
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read it ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not YAML ({exc})") from None
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: expected a list of {what}")
+    return raw
+
+
+def build_section(cls: type, raw: Any, where: str) -> Any:
+    """A config dataclass (or a list of them, for list[...] types) from raw YAML data, checked like the
+    config file: for sections kept in files of their own."""
+    return _coerce(cls, raw, where, None)
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

@@ -127,6 +127,46 @@ POPULARITY_REFRESHES = Counter(
 )
 
 
+# --- experiments (server/experiments): labels are experiment and variant names from the config only --------
+EXPERIMENT_RELOADS = Counter(
+    "recd_experiments_reloads_total", "Loads of a changed experiments file by outcome", ["outcome"]
+)
+# traffic x the variant's share: the expected share of all users, for sample-ratio checks in PromQL.
+EXPERIMENT_SHARE = Gauge(
+    "recd_experiment_variant_share", "Share of all users assigned to the variant", ["experiment", "variant"]
+)
+EXPERIMENT_ANSWERS = Counter(
+    "recd_experiment_answers_total", "Recommend answers served by the variant", ["experiment", "variant"]
+)
+EXPERIMENT_IMPRESSIONS = Counter(
+    "recd_experiment_impressions_total", "Items served by the variant", ["experiment", "variant"]
+)
+# action: one of experiments.outcome_actions, or "other".
+EXPERIMENT_ACTIONS = Counter(
+    "recd_experiment_actions_total",
+    "Interactions attributed to an item the variant served the user",
+    ["experiment", "variant", "action"],
+)
+EXPERIMENT_LATENCY = Histogram(
+    "recd_experiment_latency_seconds",
+    "Recommend latency on the frontend by variant",
+    ["experiment", "variant"],
+    buckets=LATENCY_BUCKETS_S,
+)
+EXPERIMENT_DIVERSITY = Histogram(
+    "recd_experiment_list_diversity",
+    "Mean pairwise cosine distance of the items of an answer, by variant",
+    ["experiment", "variant"],
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5),
+)
+ATTRIBUTION_ERRORS = Counter(
+    "recd_experiment_attribution_errors_total",
+    "RecordInteractions calls whose attribution failed (the interactions are recorded all the same)",
+)
+# outcome written / dropped (queue_max reached) / failed (the store refused the write).
+EXPOSURES_LOGGED = Counter("recd_exposures_logged_total", "Answers given to the exposure log", ["outcome"])
+
+
 def serve_metrics(address: str, registry: CollectorRegistry = REGISTRY) -> None:
     """Expose /metrics over HTTP on `address` (host:port) from a daemon thread."""
     host, _, port = address.rpartition(":")

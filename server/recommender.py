@@ -12,6 +12,7 @@ passes while its batch is still running is answered at once from the popular lis
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,10 +22,6 @@ from server import metrics, requests, tracing, validation
 from server.backends.base import ItemGraph, ProfileStore
 from server.batching import MicroBatcher
 from server.candidates.ann import AnnSource
-from server.candidates.base import CandidateSource
-from server.candidates.exact import ExactFilteredSearch
-from server.candidates.graph import GraphSource
-from server.candidates.popular import PopularSource
 from server.catalog.item_store import ItemStore
 from server.catalog.popularity_sync import PopularitySync
 from server.config import Config
@@ -39,14 +36,18 @@ from server.domain import (
     SimilarQuery,
     Source,
 )
-from server.errors import RecdError, invalid
-from server.pipeline.runner import Answer, Pipeline, Step
+from server.errors import RecdError, invalid, not_found
+from server.experiments import attribution
+from server.experiments.assignment import OUTSIDE, Arm, Assigner
+from server.experiments.definitions import config_for
+from server.experiments.exposures import ExposureLog
+from server.experiments.fatigue import Fatigue
+from server.experiments.outcomes import ExperimentOutcomes, summarise
+from server.experiments.registry import ExperimentRegistry
+from server.pipeline.assembly import Pipelines, assemble, shared_parts
+from server.pipeline.runner import Answer, Pipeline
 from server.pipeline.stages import Batch, Hydrated, Request
-from server.pipeline.steps.candidates import GatherCandidates
-from server.pipeline.steps.filter import FilterCandidates
-from server.pipeline.steps.hydrate import HydrateSeedItems, HydrateUsers
-from server.pipeline.steps.rank import RankCandidates
-from server.pipeline.steps.select import SelectItems
+from server.pipeline.steps.hydrate import HydrateUsers
 from server.ranking.model import RankingModel
 from server.ranking.service import RankService
 from server.routing.router import ShardRouter
@@ -77,81 +78,73 @@ class Recommender:
         popularity_sync: PopularitySync,
     ) -> None:
         self.config = config
-        # Every loaded model version; the default one ranks unless a request is given another.
+        # Every loaded model version; the default one ranks unless a variant names another.
         self.models = rank_service.models
-        model = self.models.default  # for what is set once here (the select step's fallback weights)
         self._profiles = profiles
         self._items = items
         self._users = users
         self._popularity_sync = popularity_sync
         self.limits = Limits.of(config)
-        pc = config.pipeline
-        c = pc.candidates
-        # Selective filters are scored exactly, on the GPU ranker's table where it runs (zero side
-        # features: a positive similarity weight keeps the similarity order).
-        primary = rank_service.primary
-        on_gpu = primary.name == "gpu" and model.similarity_weight > 0
-        self.exact = exact = ExactFilteredSearch(items, c.exact_filter_max_items, primary if on_gpu else None)
-        sources: dict[str, CandidateSource] = {
-            "ann": AnnSource(
-                router,
-                items,
-                c.ann_k,
-                config.shards.index.ef_search,
-                router.per_shard_k(c.ann_k, c.shard_k_factor, c.shard_k),
-                exact,
-            ),
-            "graph": GraphSource(
-                graph, items, c.graph_seeds, c.graph_hops, c.graph_limit_per_hop, c.graph_min_score
-            ),
-            "popular": PopularSource(
-                items,
-                k_cold=c.popular_k,
-                k_warm=max(10, c.popular_k // 4),
-                list_name=config.popularity.popular_list,
-            ),
-        }
-
-        def build(name: str, step_names: Sequence[str], source_names: Sequence[str]) -> Pipeline:
-            unknown = [s for s in source_names if s not in sources]
-            if unknown:
-                raise ValueError(
-                    f"pipeline.{name}_sources: unknown sources {unknown}; known: {list(sources)}"
-                )
-            steps: dict[str, Step] = {  # type: ignore[type-arg]
-                "hydrate_user": HydrateUsers(users, config.dim),
-                "hydrate_item": HydrateSeedItems(items),
-                "candidates": GatherCandidates([sources[s] for s in source_names], pc.steps, name),
-                "filter": FilterCandidates(items, popular_as_fallback=c.popular_for_warm_users == "fallback"),
-                "rank": RankCandidates(rank_service, items, pc.mmr_pool),
-                "select": SelectItems(items, model.similarity_weight, model.side_weights),
-            }
-            unknown = [s for s in step_names if s not in steps]
-            if unknown:
-                raise ValueError(f"pipeline.{name}_steps: unknown steps {unknown}; known: {list(steps)}")
-            return Pipeline(
-                name,
-                [steps[s] for s in step_names],
-                pc.steps,
-                router.shard_count,
-                pc.compute_reserve_ms / 1000.0,
-            )
-
-        self.recommend_pipeline = build("recommend", pc.recommend_steps, pc.recommend_sources)
-        self.similar_pipeline = build("similar", pc.similar_steps, pc.similar_sources)
-        b = pc.batch
+        # Experiments (server/experiments): who is served by which variant, and the exposure log that
+        # attributes what users do next to the variant that served them.
+        self.experiments = ExperimentRegistry(config, self.models.versions)
+        self.exposures = ExposureLog(profiles, items, config.exposures)
+        fatigue = (
+            Fatigue(self.exposures, profiles, config.exposures) if config.exposures.fatigue_after else None
+        )
+        self._parts = shared_parts(
+            config, router, graph, items, users, rank_service, HydrateUsers(users, config.dim, fatigue)
+        )
+        # Pipelines by the parameters they run with: the default set, and one per distinct set of
+        # overrides of the experiment variants serving now (built on first use).
+        self._sets: dict[str, _PipelineSet] = {}
+        self._sets_for: Assigner | None = None
+        self._default = self._set(OUTSIDE)
         # Requests whose batch is running -> (what it has found so far, the request's index in it).
         self._running: dict[int, tuple[_Progress, int]] = {}
         # While tracing is on, requests waiting for their batch -> their RPC's span: the batch runs in
         # a task of its own, so the spans of its members must be handed over (server.tracing.spans).
         self._request_spans: dict[int, tracing.Span] = {}
-        self._batchers = {
-            pipeline.name: MicroBatcher(
-                self._runner(pipeline), max_batch=b.max_batch, max_wait_s=b.max_wait_ms / 1000.0,
-                max_in_flight=b.in_flight,
-            )
-            for pipeline in (self.recommend_pipeline, self.similar_pipeline)
-        }  # fmt: skip
+
+    @property
+    def recommend_pipeline(self) -> Pipeline:
+        return self._default.pipelines.recommend
+
+    @property
+    def similar_pipeline(self) -> Pipeline:
+        return self._default.pipelines.similar
+
+    @property
+    def ann(self) -> AnnSource:
+        """The default pipelines' ANN source (its exact-filter threshold is what `recd bench filters`
+        moves)."""
+        return self._default.pipelines.ann
+
+    def _set(self, arm: Arm) -> _PipelineSet:
+        key = arm.pipeline_key
+        found = self._sets.get(key)
+        if found is None:
+            config = config_for(self.config, arm.overrides, f"experiment arm {arm.tag or 'default'}")
+            pipelines = assemble(config, self._parts, arm.model_version)
+            b = self.config.pipeline.batch
+            batchers = {
+                p.name: MicroBatcher(
+                    self._runner(p), max_batch=b.max_batch, max_wait_s=b.max_wait_ms / 1000.0,
+                    max_in_flight=b.in_flight,
+                )
+                for p in (pipelines.recommend, pipelines.similar)
+            }  # fmt: skip
+            found = self._sets[key] = _PipelineSet(pipelines, batchers)
+        return found
+
+    def _set_serving(self, arm: Arm, assigner: Assigner) -> _PipelineSet:
+        if assigner is not self._sets_for:
+            # The experiments changed: the sets of variants no longer served go (a batch running in
+            # one keeps its own references to the end).
+            self._sets_for = assigner
+            default_key = OUTSIDE.pipeline_key
+            self._sets = {default_key: self._sets[default_key]}
+        return self._set(arm)
 
     def _runner(self, pipeline: Pipeline) -> Callable[[list[Request]], Awaitable[list[Answer | RecdError]]]:
         async def run(members: list[Request]) -> list[Answer | RecdError]:
@@ -176,13 +169,13 @@ class Recommender:
         budget = time.monotonic() + self.config.pipeline.budget_ms / 1000.0
         return budget if caller_deadline is None else min(budget, caller_deadline)
 
-    async def _answer(self, pipeline: str, request: Request) -> Answer:
+    async def _answer(self, pipelines: _PipelineSet, pipeline: str, request: Request) -> Answer:
         traced = tracing.enabled()
         if traced:
             self._request_spans[id(request)] = tracing.current_span()
         try:
             async with asyncio.timeout_at(_loop_time(request.deadline)):
-                result = await self._batchers[pipeline].submit(request, request.deadline)
+                result = await pipelines.batchers[pipeline].submit(request, request.deadline)
         except TimeoutError:
             metrics.DEADLINE_ANSWERS.labels(pipeline).inc()
             return self._popular_answer(request)
@@ -222,22 +215,34 @@ class Recommender:
         return Answer(items, coverage)
 
     async def recommend(self, query: RecommendQuery, caller_deadline: float | None = None) -> Recommendation:
+        started = time.perf_counter()
         request = requests.recommend_request(query, self.limits, self._deadline(caller_deadline))
-        answer = await self._answer("recommend", request)
+        assigner = self.experiments.current()
+        arm = assigner.assign(query.user_id) if assigner.experiments else OUTSIDE
+        diversity = arm.overrides.get("diversity")
+        if diversity is not None and request.diversity == 0:
+            request = dataclasses.replace(request, diversity=float(diversity))
+        answer = await self._answer(self._set_serving(arm, assigner), "recommend", request)
         # The version that ranked this answer: during a hot reload, two answers may differ.
         version = answer.model_version or self.model.version
+        if arm.pairs or self.exposures.write_back:
+            ids = [item.item_id for item in answer.items]
+            self.exposures.log(query.user_id, ids, arm, time.perf_counter() - started)
+        if arm.pairs and tracing.enabled():
+            tracing.current_span().set_attribute("recd.experiments", arm.tag)
         return Recommendation(
             items=list(answer.items),
             coverage=answer.coverage,
-            cache_key=self.cache_key(query, version),
+            cache_key=self.cache_key(query, version, arm.tag),
             cache_ttl_seconds=self.config.response.cache_ttl_seconds,
             model_version=version,
             retrieval=answer.retrieval,
+            experiments=arm.pairs,
         )
 
     async def similar_items(self, query: SimilarQuery, caller_deadline: float | None = None) -> Similar:
         request = requests.similar_request(query, self.limits, self._deadline(caller_deadline))
-        answer = await self._answer("similar", request)
+        answer = await self._answer(self._default, "similar", request)
         version = answer.model_version or self.model.version
         return Similar(list(answer.items), answer.coverage, answer.retrieval, version)
 
@@ -246,9 +251,11 @@ class Recommender:
         """The default model version, serving every request that names none."""
         return self.models.default
 
-    def cache_key(self, query: RecommendQuery, model_version: str | None = None) -> str:
+    def cache_key(self, query: RecommendQuery, model_version: str | None = None, arm: str = "") -> str:
+        """Where the answer may be cached: the variants that served it are part of it, so two variants
+        never share an answer."""
         version = model_version or self.model.version
-        return f"rec:v2:{version}:{query.user_id}:{requests.digest(requests.canonical(query))}"
+        return f"rec:v3:{version}:{query.user_id}:{requests.digest([requests.canonical(query), arm])}"
 
     # --- writes ---------------------------------------------------------------------------------------
     async def record_interactions(self, interactions: Sequence[Interaction]) -> int:
@@ -278,7 +285,54 @@ class Recommender:
         await self._profiles.append_interactions(normalised)
         self._popularity_sync.poke()  # this frontend's counts reflect the write promptly
         await self._users.invalidate(x.user_id for x in normalised)
+        if self.experiments.enabled:
+            await self._attribute(normalised)
         return len(normalised)
+
+    async def _attribute(self, interactions: Sequence[Interaction]) -> None:
+        """Attributes the interactions to the variants that served their items. The interactions are
+        recorded already: a failure here loses their attribution (counted), never the write."""
+        window_ms = int(self.config.experiments.attribution_window_s * 1000)
+        users = list(dict.fromkeys(x.user_id for x in interactions))
+        since_ms = min(x.timestamp_ms for x in interactions) - window_ms
+        e = self.config.exposures
+        try:
+            stored = await self._profiles.read_exposures(
+                users, since_ms, e.keep_per_user, self.config.profiles.write_timeout_ms / 1000.0
+            )
+            served = self.exposures.pending(users)  # answers of this frontend not written yet come first
+            for user, exposures in zip(users, stored, strict=True):
+                served.setdefault(user, []).extend(exposures)
+            outcomes = attribution.attribute(interactions, served, window_ms)
+            if outcomes:
+                await self._profiles.record_outcomes(outcomes, e.ttl_s)
+                attribution.count(outcomes, self.config.experiments.outcome_actions)
+        except Exception:
+            metrics.ATTRIBUTION_ERRORS.inc()
+            log.warning("attribution of %d interactions failed", len(interactions), exc_info=True)
+
+    async def experiment_outcomes(self, name: str, since_ms: int) -> ExperimentOutcomes:
+        """The per-variant outcomes of experiment `name` since `since_ms` (NOT_FOUND if no experiment of
+        that name is defined now), from the exposure log every frontend writes to."""
+        experiment = self.experiments.current().experiment(name)
+        if experiment is None:
+            known = [e.name for e in self.experiments.current().experiments]
+            raise not_found(f"no experiment {name!r} is defined; defined: {known}")
+        await self.exposures.flush()
+        exposures = await self._profiles.scan_exposures(since_ms)
+        outcomes = await self._profiles.scan_outcomes(since_ms)
+        actions = self.config.experiments.outcome_actions
+        return summarise(experiment, exposures, outcomes, actions, since_ms, len(self._items))
+
+    async def close(self) -> None:
+        """Writes the exposures still queued."""
+        await self.exposures.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _PipelineSet:
+    pipelines: Pipelines
+    batchers: dict[str, MicroBatcher[Request, Answer | RecdError]]
 
 
 class _Progress:

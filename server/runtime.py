@@ -75,6 +75,7 @@ class Recd:
             lambda: self.model.version,
             self.warmer.poke,
             models=self.model_reloader,
+            experiment_outcomes=self.recommender.experiment_outcomes,
         )
 
     @property
@@ -119,6 +120,7 @@ class Recd:
         await asyncio.to_thread(self.items.rebuild_popularity)
 
     async def close(self) -> None:
+        await self.recommender.close()  # before the profile store: it writes the exposures still queued
         await self.model_reloader.close()
         await self.feed.close()
         await self.warmer.close()

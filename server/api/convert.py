@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from server.catalog.catalog import UserData
@@ -17,6 +19,8 @@ from server.domain import (
     Source,
     UserProfile,
 )
+from server.experiments.outcomes import ExperimentOutcomes, VariantOutcomes
+from server.experiments.stats import UnitTotals
 from server.gen.recd.v1 import catalog_pb2, common_pb2, recommender_pb2
 
 # Enum values by proto name: typed stubs accept the names, and the wire carries the numbers.
@@ -134,4 +138,71 @@ def user_data_message(data: UserData) -> catalog_pb2.GetUserResponse:
             catalog_pb2.SeenItem(item_id=s.item_id, item_hash=s.item_hash, last_seen_ms=s.last_seen_ms)
             for s in data.seen
         ],
+        exposures_held=held.exposures_held,
+        outcomes_held=held.outcomes_held,
+    )
+
+
+def experiments(pairs: Sequence[tuple[str, str]]) -> list[recommender_pb2.ExperimentVariant]:
+    return [recommender_pb2.ExperimentVariant(experiment=e, variant=v) for e, v in pairs]
+
+
+def _unit_totals(t: UnitTotals) -> catalog_pb2.UnitTotals:
+    return catalog_pb2.UnitTotals(
+        n=t.n, sum_x=t.sum_x, sum_y=t.sum_y, sum_xx=t.sum_xx, sum_yy=t.sum_yy, sum_xy=t.sum_xy
+    )
+
+
+def unit_totals(m: catalog_pb2.UnitTotals) -> UnitTotals:
+    return UnitTotals(m.n, m.sum_x, m.sum_y, m.sum_xx, m.sum_yy, m.sum_xy)
+
+
+def experiment_outcomes_message(o: ExperimentOutcomes) -> catalog_pb2.ExperimentOutcomesResponse:
+    return catalog_pb2.ExperimentOutcomesResponse(
+        experiment=o.experiment,
+        enabled=o.enabled,
+        traffic=o.traffic,
+        since_ms=o.since_ms,
+        catalogue_items=o.catalogue_items,
+        variants=[
+            catalog_pb2.VariantOutcomes(
+                variant=v.variant,
+                expected_share=v.expected_share,
+                units=v.units,
+                answers=v.answers,
+                impressions=v.impressions,
+                distinct_items=v.distinct_items,
+                actions={a: _unit_totals(t) for a, t in v.actions.items()},
+                latency_ms=_unit_totals(v.latency_ms),
+                diversity=_unit_totals(v.diversity),
+                forced_units=v.forced_units,
+            )
+            for v in o.variants
+        ],
+    )
+
+
+def experiment_outcomes(m: catalog_pb2.ExperimentOutcomesResponse) -> ExperimentOutcomes:
+    """The message back into domain types (the report's side of the call)."""
+    return ExperimentOutcomes(
+        m.experiment,
+        m.enabled,
+        m.traffic,
+        m.since_ms,
+        m.catalogue_items,
+        tuple(
+            VariantOutcomes(
+                v.variant,
+                v.expected_share,
+                v.units,
+                v.answers,
+                v.impressions,
+                v.distinct_items,
+                {a: unit_totals(t) for a, t in v.actions.items()},
+                unit_totals(v.latency_ms),
+                unit_totals(v.diversity),
+                v.forced_units,
+            )
+            for v in m.variants
+        ),
     )

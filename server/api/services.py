@@ -11,6 +11,7 @@ from server.api import convert
 from server.api.errors import grpc_errors
 from server.catalog.catalog import Catalog
 from server.catalog.deletions import HEARTBEAT_S, DeletionLog
+from server.errors import invalid
 from server.gen.recd.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
@@ -41,6 +42,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
             cache_ttl_seconds=answer.cache_ttl_seconds,
             model_version=answer.model_version,
             retrieval=convert.retrieval(answer.retrieval),
+            experiments=convert.experiments(answer.experiments),
         )
 
     @grpc_errors
@@ -154,6 +156,15 @@ class CatalogService(catalog_pb2_grpc.CatalogServicer):
                 for f in report.files
             ],
         )
+
+    @grpc_errors
+    async def AdminExperimentOutcomes(
+        self, request: catalog_pb2.ExperimentOutcomesRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.ExperimentOutcomesResponse:
+        if request.since_ms < 0:
+            raise invalid(f"since_ms must be >= 0 (0: everything held), got {request.since_ms}")
+        outcomes = await self._catalog.experiment_outcomes(request.experiment, request.since_ms)
+        return convert.experiment_outcomes_message(outcomes)
 
     @grpc_errors
     async def Stats(

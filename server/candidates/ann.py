@@ -38,6 +38,7 @@ class AnnSource:
         ef: int,
         per_shard_k: int,
         exact: ExactFilteredSearch | None = None,
+        exact_max_items: int = 0,
     ) -> None:
         self._router = router
         self._items = items
@@ -46,7 +47,9 @@ class AnnSource:
         # least that share), so the global k must not inflate it.
         self._ef = ef
         self._per_shard_k = per_shard_k
-        self._exact = exact
+        self.exact_filter = exact
+        # Filters estimated to match at most this many items are scored exactly by `exact` (0: never).
+        self.exact_max_items = exact_max_items
 
     def applies(self, hydrated: Hydrated) -> npt.NDArray[np.bool_]:
         return hydrated.has_vector & answered(hydrated)
@@ -60,7 +63,12 @@ class AnnSource:
         ok = np.zeros(n, np.int32)
         retrieval = np.full(n, Retrieval.UNSPECIFIED, np.uint8)
         members = np.flatnonzero(applies).tolist()
-        exact = [i for i in members if self._exact is not None and self._exact.applies(requests[i].filter)]
+        exact = [
+            i
+            for i in members
+            if self.exact_filter is not None
+            and self.exact_filter.applies(requests[i].filter, self.exact_max_items)
+        ]
         searched = [i for i in members if i not in exact] if exact else members
         failed: npt.NDArray[np.bool_] | None = None
         if searched:
@@ -100,8 +108,8 @@ class AnnSource:
                 ok[i] = result.shards_ok
                 retrieval[i] = Retrieval.HNSW_FILTERED if requests[i].filter else Retrieval.HNSW
         for i in exact:
-            assert self._exact is not None
-            rows[i], scores[i] = await self._exact.search(
+            assert self.exact_filter is not None
+            rows[i], scores[i] = await self.exact_filter.search(
                 hydrated.vectors[i],
                 requests[i].filter,
                 hydrated.excluded.row(i),

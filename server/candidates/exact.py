@@ -57,15 +57,12 @@ class ExactFilteredSearch:
     def __init__(
         self,
         items: ItemStore,
-        max_items: int,
         ranker: Ranker | None = None,
         max_cached_rows: int = _MAX_CACHED_ROWS,
     ) -> None:
-        """`max_items`: filters estimated to match at most this many items are scored exactly (0: none).
-        `ranker`: a GPU ranker to score on (its table mirrors the catalogue); None scores on the CPU.
+        """`ranker`: a GPU ranker to score on (its table mirrors the catalogue); None scores on the CPU.
         `max_cached_rows`: the cache keeps the most recently used filters up to this many rows in all."""
         self._items = items
-        self.max_items = max_items
         self._ranker = ranker
         self._max_cached_rows = max_cached_rows
         self._cached_rows = 0
@@ -78,9 +75,10 @@ class ExactFilteredSearch:
         # Any write may change which items a filter matches (attributes, deletes): drop every entry lazily.
         self._version += 1
 
-    def applies(self, allowed: Mapping[str, frozenset[str]]) -> bool:
-        """Whether the filter is selective enough to score its matching items exactly."""
-        return bool(allowed) and self._items.estimate_matches(allowed) <= self.max_items
+    def applies(self, allowed: Mapping[str, frozenset[str]], max_items: int) -> bool:
+        """Whether the filter is selective enough to score its matching items exactly: estimated to
+        match at most `max_items` (pipeline.candidates.exact_filter_max_items; 0: never)."""
+        return bool(allowed) and self._items.estimate_matches(allowed) <= max_items
 
     def matching(self, allowed: Mapping[str, frozenset[str]]) -> _Matching:
         """The filter's matching rows, from the cache while no write happened since they were found."""

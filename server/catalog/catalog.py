@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from server import validation
@@ -15,6 +15,7 @@ from server.catalog.writes import ItemWriter
 from server.config import Config
 from server.domain import Edge, ItemRecord, UserProfile
 from server.errors import invalid, unavailable
+from server.experiments.outcomes import ExperimentOutcomes
 from server.ranking.registry import ModelReloader, ReloadReport, UnknownModelVersion
 from server.routing.router import ShardRouter
 from server.users import UserStates
@@ -70,9 +71,11 @@ class Catalog:
         on_item_write: Callable[[], None],
         *,
         models: ModelReloader | None = None,
+        experiment_outcomes: Callable[[str, int], Awaitable[ExperimentOutcomes]] | None = None,
     ) -> None:
         self.config = config
         self._models = models
+        self._experiment_outcomes = experiment_outcomes
         self._router = router
         self._profiles = profiles
         self._graph = graph
@@ -102,6 +105,12 @@ class Catalog:
 
     async def get_items(self, item_ids: Sequence[str]) -> tuple[list[ItemRecord], list[str]]:
         return await self.item_writer.get(item_ids)
+
+    async def experiment_outcomes(self, experiment: str, since_ms: int) -> ExperimentOutcomes:
+        """AdminExperimentOutcomes: the experiment's per-variant sums from the shared exposure log."""
+        if self._experiment_outcomes is None:
+            raise unavailable("this frontend serves no experiments")
+        return await self._experiment_outcomes(experiment, since_ms)
 
     async def reload_models(self, default_version: str) -> ReloadReport:
         """AdminReloadModel: the model files re-read now, then `default_version` (if any) made the

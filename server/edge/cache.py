@@ -31,6 +31,8 @@ from server.edge.keys import KeyParts, key_of_user, normalise, time_bucket, user
 from server.edge.lru import ByteLRU
 from server.edge.origin import Origin, OriginError
 from server.edge.versions import UserVersions
+from server.experiments.assignment import OUTSIDE
+from server.experiments.registry import ExperimentRegistry
 from server.gen.recd.v1 import recommender_pb2
 
 log = logging.getLogger(__name__)
@@ -47,8 +49,10 @@ class EdgeCache:
         shared: Cache | None = None,
         clock: Clock = time.time,
         deletes: RecentDeletes | None = None,
+        experiments: ExperimentRegistry | None = None,
     ) -> None:
         self._config = config
+        self._experiments = experiments
         self._origin = origin
         self._shared = shared
         # Fed by a DeleteWatch (server.py); without one it stays empty and admits everything.
@@ -66,8 +70,9 @@ class EdgeCache:
         self.versions = UserVersions(
             shared, config.max_users, config.user_version_refresh_s, record_ttl_s, clock=clock
         )
-        # Learned from origin answers. While origins roll out a new model the learned version follows the
-        # latest answer; keys then differ between the two models, which costs hits, never correctness.
+        # Learned from origin answers not ranked by a variant's own model. While origins roll out a new
+        # model the learned version follows the latest answer; keys then differ between the two models,
+        # which costs hits, never correctness.
         self.model_version = ""
         self.origin_calls = 0
         self._fills: SingleFlight[bytes] = SingleFlight()
@@ -85,9 +90,13 @@ class EdgeCache:
         user = request.user_id
         version = await self.versions.get(user)
         bucket = time_bucket(self._clock(), user, self._config.time_bucket_s)
-        return KeyParts(
-            self._config.key_version, self.model_version, user, version, normalise(request), bucket
-        )
+        arm = OUTSIDE
+        if self._experiments is not None:
+            assigner = self._experiments.current()
+            if assigner.experiments:
+                arm = assigner.assign(user)
+        model = arm.model_version or self.model_version
+        return KeyParts(self._config.key_version, model, user, version, normalise(request), bucket, arm.tag)
 
     async def recommend(
         self,
@@ -187,14 +196,16 @@ class EdgeCache:
         coverage = response.coverage
         if coverage.partial or coverage.degraded_reasons:
             ttl = min(ttl, self._config.degraded_ttl_s)
-        if response.model_version != self.model_version:
+        arm = ";".join(f"{e.experiment}={e.variant}" for e in response.experiments)
+        if response.model_version != self.model_version and not self._overrides_model(response):
             log.info("origin model version is now %r", response.model_version)
             self.model_version = response.model_version
         if ttl <= 0:
             return
-        # Under the answer's own model version (it may differ from the lookup's); under the lookup's user
-        # version, so an answer computed before a write can never be stored where post-write lookups go.
-        key = parts.with_model(response.model_version).key()
+        # Under the answer's own model version and variants (they may differ from the lookup's, while
+        # the edge and the origins see different experiment files); under the lookup's user version, so
+        # an answer computed before a write can never be stored where post-write lookups go.
+        key = parts.served_by(response.model_version, arm).key()
         now = self._clock()
         if not self.deletes.admits_items(now, (item.item_id for item in response.items)):
             # An origin that has not applied a delete yet: answer the caller, keep nothing.
@@ -204,6 +215,19 @@ class EdgeCache:
         if self._shared is not None:
             # In the background: the caller has its answer; the shared level is a help, not a step.
             self._spawn(self._shared.set(key, entry.encode(), ttl + self._config.stale_grace_s))
+
+    def _overrides_model(self, response: recommender_pb2.RecommendResponse) -> bool:
+        """Whether a variant of the answer ranks with a model of its own (as this edge's experiments
+        say): such an answer tells nothing of the default model."""
+        if not response.experiments or self._experiments is None:
+            return False
+        assigner = self._experiments.current()
+        for served in response.experiments:
+            experiment = assigner.experiment(served.experiment)
+            variant = experiment.variant(served.variant) if experiment is not None else None
+            if variant is None or "model_version" in variant.overrides:
+                return True  # unknown here: better not to learn from it
+        return False
 
     def _put_l1(self, key: str, entry: Entry) -> None:
         self.l1.put(key, entry)

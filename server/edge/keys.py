@@ -1,7 +1,8 @@
 """Edge cache keys: what makes two Recommend answers interchangeable.
 
-A key covers the key version, the model version, the user id, the user's version, the normalised request
-and a time bucket. Normalising first (sorting maps and lists, dropping duplicate values, spelling out the
+A key covers the key version, the model version, the user id, the user's version, the normalised request,
+a time bucket and the experiment variants serving the user (so variants never share a cached answer).
+Normalising first (sorting maps and lists, dropping duplicate values, spelling out the
 default k) makes requests that mean the same thing share one entry whatever order the caller wrote them in.
 All components go through one digest as an unambiguous JSON list, so an id containing a separator can
 never make two different requests collide; the readable prefix is only there for operators.
@@ -9,6 +10,7 @@ never make two different requests collide; the readable prefix is only there for
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import zlib
@@ -46,6 +48,7 @@ class KeyParts:
     user_version: str
     request: Normal
     bucket: int
+    arm: str = ""  # the experiment variants serving the user (server.experiments Arm.tag)
 
     def key(self) -> str:
         blob = json.dumps(
@@ -56,17 +59,17 @@ class KeyParts:
                 self.user_version,
                 self.bucket,
                 self.request,
+                self.arm,
             ],
             separators=(",", ":"),
         ).encode()
         digest = hashlib.blake2b(blob, digest_size=16).hexdigest()
         return user_key_prefix(self.key_version, self.user_id) + digest
 
-    def with_model(self, model_version: str) -> KeyParts:
-        """The same lookup under another model version: where an origin answer from that model belongs."""
-        return KeyParts(
-            self.key_version, model_version, self.user_id, self.user_version, self.request, self.bucket
-        )
+    def served_by(self, model_version: str, arm: str) -> KeyParts:
+        """The same lookup under another model version and variants: where an origin answer they served
+        belongs."""
+        return dataclasses.replace(self, model_version=model_version, arm=arm)
 
 
 def user_key_prefix(key_version: str, user_id: str) -> str:

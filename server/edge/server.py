@@ -26,6 +26,7 @@ from server.edge.deletes import DeleteWatch, ErasureWatch
 from server.edge.origin import Origin, OriginError, OriginPool, RetryBudget
 from server.edge.resolve import Resolver, resolve_target
 from server.edge.shared import open_shared_cache
+from server.experiments.registry import ExperimentRegistry
 from server.gen.recd.v1 import catalog_pb2, recommender_pb2
 from server.lifecycle import ServerLifecycle, run_until_signalled
 from server.security.admission import AdmissionInterceptor
@@ -243,9 +244,14 @@ class EdgeServer:
 
 
 def build_edge(
-    config: EdgeConfig, resolver: Resolver = resolve_target, auth: AuthConfig | None = None
+    config: EdgeConfig,
+    resolver: Resolver = resolve_target,
+    auth: AuthConfig | None = None,
+    experiments: ExperimentRegistry | None = None,
 ) -> EdgeServer:
-    """`resolver` maps an origin target to its addresses (tests inject one instead of DNS)."""
+    """`resolver` maps an origin target to its addresses (tests inject one instead of DNS).
+    `experiments`: the frontends' experiments (the same config), so cached answers are kept apart by
+    the variant that served them."""
     shared = open_shared_cache(config.cache)
     budget = RetryBudget(
         config.retry_budget_ratio, config.retry_budget_min_per_s, config.retry_budget_window_s
@@ -261,7 +267,7 @@ def build_edge(
         connections_per_origin=config.connections_per_origin,
         tls=config.origin_tls,
     )
-    cache = EdgeCache(config, origin, shared)
+    cache = EdgeCache(config, origin, shared, experiments=experiments)
     watch = erasures = None
     if config.watch_deletes:
         watch = DeleteWatch(origin, cache.deletes, idle_timeout_s=config.watch_idle_timeout_s)
@@ -273,10 +279,13 @@ def build_edge(
 
 
 async def serve_edge(
-    config: EdgeConfig, on_ready: Callable[[], None] | None = None, auth: AuthConfig | None = None
+    config: EdgeConfig,
+    on_ready: Callable[[], None] | None = None,
+    auth: AuthConfig | None = None,
+    experiments: ExperimentRegistry | None = None,
 ) -> None:
     from server.metrics import serve_metrics
 
-    server = build_edge(config, auth=auth)
+    server = build_edge(config, auth=auth, experiments=experiments)
     serve_metrics(config.metrics_address)
     await run_until_signalled(server, on_ready)

@@ -23,9 +23,17 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import grpc
-import yaml
 
-from server.config import ROLES, AuthConfig, CallerConfig, ConfigError, QuotaConfig, _build
+from server.config import (
+    ROLES,
+    AuthConfig,
+    CallerConfig,
+    ConfigError,
+    QuotaConfig,
+    build_section,
+    load_list_file,
+)
+from server.files import Stamp, stamp
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,7 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     "/recd.v1.Catalog/WatchDeletes": CATALOG,
     "/recd.v1.Catalog/Stats": ADMIN,
     "/recd.v1.Catalog/AdminReloadModel": ADMIN,
+    "/recd.v1.Catalog/AdminExperimentOutcomes": ADMIN,
     "/recd.v1.Shard/Search": INTERNAL,
     "/recd.v1.Shard/Upsert": INTERNAL,
     "/recd.v1.Shard/Delete": INTERNAL,
@@ -239,16 +248,10 @@ class _Callers:
 
 def _load_callers_file(path: str) -> list[tuple[str, CallerConfig]]:
     where = f"auth.callers_file ({path})"
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or []
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read it ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: not YAML ({exc})") from None
-    if not isinstance(raw, list):
-        raise ConfigError(f"{where}: expected a list of callers, as under auth.callers")
-    loaded = [(f"{where}[{i}]", _build(CallerConfig, entry, f"{where}[{i}]")) for i, entry in enumerate(raw)]
+    raw = load_list_file(path, where, "callers, as under auth.callers")
+    loaded = [
+        (f"{where}[{i}]", build_section(CallerConfig, entry, f"{where}[{i}]")) for i, entry in enumerate(raw)
+    ]
     check = AuthConfig(callers=[c for _, c in loaded])
     problems = [p.replace("auth.callers", where) for p in check.problems()]
     if problems:
@@ -298,7 +301,7 @@ class Authenticator:
         self._cache_key = os.urandom(32)
         self._verified: OrderedDict[bytes, Caller | None] = OrderedDict()
         self._checks = asyncio.Semaphore(self.CONCURRENT_CHECKS)
-        self._file_stamp: tuple[int, int, int] | None = None
+        self._file_stamp: Stamp | None = None
         self._file_checked = clock()
         self._callers = self._load()
 
@@ -306,15 +309,9 @@ class Authenticator:
     def caller_names(self) -> frozenset[str]:
         return self._callers.names
 
-    def _stamp(self) -> tuple[int, int, int] | None:
+    def _stamp(self) -> Stamp | None:
         path = self._config.callers_file
-        if path is None:
-            return None
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+        return None if path is None else stamp(path)
 
     def _load(self) -> _Callers:
         configs = [(f"auth.callers[{i}]", c) for i, c in enumerate(self._config.callers)]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import numpy as np
 
 from server.catalog.item_store import ItemStore
 from server.errors import RecdError, not_found
+from server.experiments.fatigue import Fatigue
 from server.pipeline.exclusions import NO_LABELS, excluded_batch
 from server.pipeline.stages import Batch, Hydrated
 from server.users import UserStates
@@ -32,13 +34,26 @@ class HydrateUsers:
     produces = Hydrated
     awaits_io = True
 
-    def __init__(self, users: UserStates, dim: int) -> None:
+    def __init__(self, users: UserStates, dim: int, fatigue: Fatigue | None = None) -> None:
+        """`fatigue`: items shown too often without an interaction join each user's seen set."""
         self._users = users
         self._dim = dim
+        self._fatigue = fatigue
 
     async def run(self, batch: Batch, deadline: float) -> Hydrated:
         ids = [r.user_id or "" for r in batch.requests]
-        states = await self._users.get_many(ids, max(0.0, deadline - time.monotonic()))
+        timeout_s = max(0.0, deadline - time.monotonic())
+        if self._fatigue is None:
+            states = await self._users.get_many(ids, timeout_s)
+            seen = [s.seen_labels for s in states]
+        else:
+            states, fatigued = await asyncio.gather(
+                self._users.get_many(ids, timeout_s), self._fatigue.labels(ids, timeout_s)
+            )
+            seen = [
+                np.union1d(s.seen_labels, f) if len(f) else s.seen_labels
+                for s, f in zip(states, fatigued, strict=True)
+            ]
         n = len(batch)
         vectors = np.zeros((n, self._dim), np.float32)
         has_vector = np.zeros(n, np.bool_)
@@ -51,7 +66,7 @@ class HydrateUsers:
             vectors,
             has_vector,
             tuple(s.recent_item_ids for s in states),
-            excluded_batch(batch.requests, [s.seen_labels for s in states]),
+            excluded_batch(batch.requests, seen),
         )
 
     def fallback(self, batch: Batch) -> Hydrated:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -11,7 +12,10 @@ from server.catalog.item_store import ItemStore
 from server.pipeline.stages import Filtered, Ragged, Ranked, ragged_offsets
 from server.ranking.base import RankBatch
 from server.ranking.model import RankingModel
+from server.ranking.registry import UnknownModelVersion
 from server.ranking.service import RankService
+
+log = logging.getLogger(__name__)
 
 
 class RankCandidates:
@@ -21,10 +25,25 @@ class RankCandidates:
     produces = Ranked
     awaits_io = True
 
-    def __init__(self, service: RankService, items: ItemStore, mmr_pool: int):
+    def __init__(
+        self, service: RankService, items: ItemStore, mmr_pool: int, model_version: str | None = None
+    ):
+        """`model_version`: the loaded version that ranks (an experiment variant's); None: the default."""
         self._service = service
         self._items = items
         self._mmr_pool = mmr_pool
+        self._model_version = model_version
+
+    def model(self) -> RankingModel:
+        """The model this batch is ranked with. A variant's version that a reload has since removed
+        ranks with the default one (logged): the answer still says which version ranked it."""
+        if self._model_version is None:
+            return self._service.models.default
+        try:
+            return self._service.models.get(self._model_version)
+        except UnknownModelVersion:
+            log.warning("model version %s is no longer loaded; ranking with the default", self._model_version)
+            return self._service.models.default
 
     def side_features(
         self, rows: npt.NDArray[np.int64], graph: npt.NDArray[np.float32], model: RankingModel
@@ -51,7 +70,7 @@ class RankCandidates:
             return self.fallback(filtered)
         # One model for the whole batch, features and scores alike, resolved once: a reload swaps the
         # default for the next batch, never in the middle of this one.
-        model = self._service.models.default
+        model = self.model()
         n = len(rows)
         lengths = rows.lengths
         width = int(lengths.max())
@@ -102,5 +121,5 @@ class RankCandidates:
             np.zeros(len(order), np.float32),
             side,
             "prior",
-            self._service.models.default,
+            self.model(),
         )

@@ -52,7 +52,7 @@ async def test_recommend_follows_the_users_history(client: RecdClient, toy: ToyC
     assert not set(history) & {i.item_id for i in response.items}
     assert response.coverage.shards_total == 20 and response.coverage.shards_ok == 20
     assert not response.coverage.partial and list(response.coverage.degraded_reasons) == []
-    assert response.model_version and response.cache_key.startswith("rec:v2:")
+    assert response.model_version and response.cache_key.startswith("rec:v3:")
     assert all(1 in item.sources for item in response.items[:3])  # ANN proposed the best ones
     scores = [i.score for i in response.items]
     assert scores == sorted(scores, reverse=True)

@@ -81,7 +81,7 @@ async def test_a_reload_under_load_loses_no_request_and_switches_version(
                 errors.append(exc)
                 continue
             seen[u].append(response.model_version)
-            assert response.cache_key.startswith(f"rec:v2:{response.model_version}:")
+            assert response.cache_key.startswith(f"rec:v3:{response.model_version}:")
             for item in response.items:
                 c = item.components
                 parts = c.similarity + c.graph + c.popularity + c.freshness
@@ -156,6 +156,6 @@ async def test_a_loaded_version_can_be_made_the_default(
         report = await recd.catalog.reload_models("cand")
         assert report.default_version == "cand" and recd.model.version == "cand"
         answer = await recd.recommender.recommend(RecommendQuery("u", 3, {}, frozenset(), {}, 0.0, False))
-        assert answer.model_version == "cand" and answer.cache_key.startswith("rec:v2:cand:u:")
+        assert answer.model_version == "cand" and answer.cache_key.startswith("rec:v3:cand:u:")
     finally:
         await recd.close()

@@ -69,7 +69,7 @@ async def test_exact_search_equals_brute_force(
     allowed: dict[str, frozenset[str]], n_excluded: int, foreign: int
 ) -> None:
     items, vectors, tier, colour = build()
-    search = ExactFilteredSearch(items, 10**9)
+    search = ExactFilteredSearch(items)
     passing = np.isin(tier, sorted(allowed["tier"]))
     if "colour" in allowed:
         passing &= np.isin(colour, sorted(allowed["colour"]))
@@ -88,7 +88,7 @@ async def test_exact_search_equals_brute_force(
 
 async def test_the_cache_follows_catalogue_writes() -> None:
     items, vectors, tier, _ = build()
-    search = ExactFilteredSearch(items, 10**9)
+    search = ExactFilteredSearch(items)
     allowed = {"tier": frozenset({"c"})}
     before = search.matching(allowed)
     assert search.matching(allowed) is before  # cached
@@ -104,7 +104,7 @@ async def test_the_cache_follows_catalogue_writes() -> None:
 
 async def test_no_match_gives_nothing() -> None:
     items, vectors, _, _ = build(200)
-    rows, scores = await ExactFilteredSearch(items, 10**9).search(
+    rows, scores = await ExactFilteredSearch(items).search(
         vectors[0], {"tier": frozenset({"zzz"})}, np.zeros(0, np.uint64), 10
     )
     assert len(rows) == 0 and len(scores) == 0
@@ -144,8 +144,8 @@ async def test_exact_search_on_the_gpu_ranker_equals_the_cpu() -> None:
     )
     ranker = gpu.GpuRanker(items, model)
     items.add_listener(ranker.on_catalogue_change)
-    on_gpu = ExactFilteredSearch(items, 10**9, ranker)
-    on_cpu = ExactFilteredSearch(items, 10**9)
+    on_gpu = ExactFilteredSearch(items, ranker)
+    on_cpu = ExactFilteredSearch(items)
     allowed = {"tier": frozenset({"b"})}
     passing = np.flatnonzero(tier == "b")
     exclude = exclusion(items, passing[:50].tolist())
@@ -159,7 +159,7 @@ async def test_exact_search_on_the_gpu_ranker_equals_the_cpu() -> None:
 
 def test_the_cache_is_bounded_by_rows() -> None:
     items, _, tier, _ = build()
-    search = ExactFilteredSearch(items, 10**9, max_cached_rows=int((tier == "b").sum()) + 5)
+    search = ExactFilteredSearch(items, max_cached_rows=int((tier == "b").sum()) + 5)
     rare = {"tier": frozenset({"c"})}
     common = {"tier": frozenset({"b"})}
     first = search.matching(rare)

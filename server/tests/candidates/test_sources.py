@@ -270,9 +270,10 @@ def brute_force(
 async def test_ann_source_batch_mixes_exact_and_hnsw_requests(loaded: Loaded) -> None:
     router, items, toy = loaded.router, loaded.items, loaded.toy
     # category c3 holds ~60 items: scored exactly; lang en ~200: filtered inside the shards' HNSW.
-    exact = ExactFilteredSearch(items, max_items=100)
-    assert exact.applies({"category": frozenset({"c3"})}) and not exact.applies({"lang": frozenset({"en"})})
-    source = AnnSource(router, items, ANN_K, 64, router.per_shard_k(ANN_K, 2.0), exact)
+    exact = ExactFilteredSearch(items)
+    assert exact.applies({"category": frozenset({"c3"})}, 100)
+    assert not exact.applies({"lang": frozenset({"en"})}, 100)
+    source = AnnSource(router, items, ANN_K, 64, router.per_shard_k(ANN_K, 2.0), exact, exact_max_items=100)
     centre = toy.centres[3]
     best = brute_force(items, centre, None, set(), 5)
     requests = [
@@ -397,9 +398,9 @@ async def test_a_shard_outage_does_not_take_exact_filter_requests_down_with_it()
     items = make_items(
         np.eye(3, dtype=np.float32), [{"tier": "rare"}, {"tier": "common"}, {"tier": "common"}]
     )
-    exact = ExactFilteredSearch(items, max_items=1)
+    exact = ExactFilteredSearch(items)
     router = FakeRouter([[NONE]], shards_total=4, shards_ok=0)
-    source = AnnSource(router, items, 2, 16, 1, exact)  # type: ignore[arg-type]
+    source = AnnSource(router, items, 2, 16, 1, exact, exact_max_items=1)  # type: ignore[arg-type]
     alone = hydrated([request(filter={"tier": frozenset({"rare"})})], 3, vectors=[[1, 0, 0]])
     by_itself = await source.fetch(alone, source.applies(alone), 1.0)
     assert per_request(by_itself.rows) == [[0]]  # no shard needed

@@ -87,8 +87,13 @@ def test_separators_in_ids_cannot_collide() -> None:
     assert a.key() != b.key()
 
 
-def test_with_model_changes_only_the_model() -> None:
-    assert BASE.with_model("m2") == KeyParts("e1", "m2", "u1", "0", BASE.request, 7)
+def test_served_by_changes_only_the_model_and_the_variants() -> None:
+    assert BASE.served_by("m2", "exp=b") == KeyParts("e1", "m2", "u1", "0", BASE.request, 7, "exp=b")
+
+
+def test_variants_never_share_a_key() -> None:
+    control, treatment = BASE.served_by("m1", "exp=a"), BASE.served_by("m1", "exp=b")
+    assert len({BASE.key(), control.key(), treatment.key()}) == 3
 
 
 def test_time_buckets_roll_over_at_a_per_user_phase() -> None:

@@ -43,6 +43,7 @@ EXPECTED_ROLES: dict[str, set[str]] = {
     "/recd.v1.Catalog/WatchDeletes": {"catalog"},
     "/recd.v1.Catalog/Stats": {"admin"},
     "/recd.v1.Catalog/AdminReloadModel": {"admin"},
+    "/recd.v1.Catalog/AdminExperimentOutcomes": {"admin"},
     "/recd.v1.Shard/Search": {"internal"},
     "/recd.v1.Shard/Upsert": {"internal"},
     "/recd.v1.Shard/Delete": {"internal"},

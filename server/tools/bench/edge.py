@@ -184,15 +184,6 @@ def _row(label: str, r: LoadResult) -> list[object]:
     return [label, r.qps, r.percentile_ms(50), r.percentile_ms(99), r.errors]
 
 
-def _merge(parts: list[LoadResult]) -> LoadResult:
-    return LoadResult(
-        sum(p.requests for p in parts),
-        sum(p.errors for p in parts),
-        sum(p.seconds for p in parts),
-        np.concatenate([p.latencies_s for p in parts]),
-    )
-
-
 def _measure_processes(
     root: Path, users: list[str], duration: float
 ) -> tuple[list[list[object]], dict[str, float]]:
@@ -255,7 +246,7 @@ def _measure_processes(
         burst_origin_calls = _origin_recommends(before_origin, after_origin)
         burst = _edge_outcomes(before_edge, after_edge)
 
-    base, hits, misses, direct = (_merge(slices[n]) for n in ("empty", "hit", "miss", "direct"))
+    base, hits, misses, direct = (LoadResult.merged(slices[n]) for n in ("empty", "hit", "miss", "direct"))
     cpu_us = {name: total / ROUNDS * 1e6 for name, total in cpu.items()}
     rows = [
         [*_row("empty RPC (grpc.health Check) on the edge", base), f"{cpu_us['empty']:.0f}"],

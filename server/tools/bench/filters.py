@@ -240,17 +240,19 @@ async def _bench(items: int, n_users: int) -> tuple[str, dict[str, float]]:
             await recd.catalog.upsert_items(records[start : start + 5000])
         load_s = time.monotonic() - started
         users = await _warm_users(recd, cat, n_users)
-        threshold = recd.recommender.exact.max_items
+        ann = recd.recommender.ann
+        threshold = ann.exact_max_items
         runs = [await _run(recd, cat, users, None, "default")]
         for value in SELECTIVITY:
             runs.append(await _run(recd, cat, users, value, "default"))
             # The other path on the same filter: what the threshold chose against.
-            exact = recd.recommender.exact.applies({"sel": frozenset({value})})
-            recd.recommender.exact.max_items = 0 if exact else len(cat.ids)
+            assert ann.exact_filter is not None
+            exact = ann.exact_filter.applies({"sel": frozenset({value})}, threshold)
+            ann.exact_max_items = 0 if exact else len(cat.ids)
             try:
                 runs.append(await _run(recd, cat, users, value, "HNSW forced" if exact else "exact forced"))
             finally:
-                recd.recommender.exact.max_items = threshold
+                ann.exact_max_items = threshold
         exclusion_rows = await _exclusion_cost(recd, cat)
     finally:
         await recd.close()

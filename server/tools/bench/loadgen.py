@@ -28,6 +28,16 @@ class LoadResult:
     def percentile_ms(self, p: float) -> float:
         return float(np.percentile(self.latencies_s, p) * 1e3) if len(self.latencies_s) else float("nan")
 
+    @classmethod
+    def merged(cls, parts: list[LoadResult]) -> LoadResult:
+        """Phases of one measurement as one: requests, errors and seconds add up, latencies pool."""
+        return cls(
+            sum(p.requests for p in parts),
+            sum(p.errors for p in parts),
+            sum(p.seconds for p in parts),
+            np.concatenate([p.latencies_s for p in parts]) if parts else np.zeros(0),
+        )
+
 
 async def closed_loop(
     make_call: Callable[[grpc.aio.Channel, int], Awaitable[object]],

@@ -61,6 +61,11 @@ SUITES = {
         "server.tools.bench.tracing",
         "run_tracing_bench",
     ),
+    "experiments": (
+        "The cost of experiments: assignment, the exposure log and attribution",
+        "server.tools.bench.experiments",
+        "run_experiments_bench",
+    ),
     "rankers": (
         "Recommend end to end: GPU ranker vs CPU ranker",
         "server.tools.bench.recommend",

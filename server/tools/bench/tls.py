@@ -45,15 +45,6 @@ async def _connections(address: str, tls: ClientTlsConfig | None, count: int) ->
     return np.asarray(took)
 
 
-def _merge(parts: list[LoadResult]) -> LoadResult:
-    return LoadResult(
-        sum(p.requests for p in parts),
-        sum(p.errors for p in parts),
-        sum(p.seconds for p in parts),
-        np.concatenate([p.latencies_s for p in parts]) if parts else np.zeros(0),
-    )
-
-
 @dataclass
 class _Mode:
     name: str
@@ -147,7 +138,7 @@ def run_tls_bench(quick: bool = False) -> tuple[str, dict[str, float]]:
     result: dict[str, float] = {}
     rows: list[list[object]] = []
     for mode in modes:
-        rec, base = _merge(mode.recommend), _merge(mode.empty)
+        rec, base = LoadResult.merged(mode.recommend), LoadResult.merged(mode.empty)
         # The warm-up second of each phase is in the CPU counter, not in the requests: slightly high.
         rec_cpu_ms = mode.recommend_cpu_s / max(1, rec.requests) * 1e3
         base_cpu_ms = mode.empty_cpu_s / max(1, base.requests) * 1e3

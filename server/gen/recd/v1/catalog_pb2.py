@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15recd/v1/catalog.proto\x12\x07recd.v1\"\xbb\x01\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x11\n\tembedding\x18\x02 \x03(\x02\x12\x31\n\nattributes\x18\x03 \x03(\x0b\x32\x1d.recd.v1.Item.AttributesEntry\x12\x12\n\npopularity\x18\x04 \x01(\x02\x12\x15\n\rcreated_at_ms\x18\x05 \x01(\x03\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x12UpsertItemsRequest\x12\x1c\n\x05items\x18\x01 \x03(\x0b\x32\r.recd.v1.Item\"\'\n\x13UpsertItemsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"&\n\x12\x44\x65leteItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"&\n\x13\x44\x65leteItemsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"#\n\x0fGetItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"J\n\x10GetItemsResponse\x12\x1c\n\x05items\x18\x01 \x03(\x0b\x32\r.recd.v1.Item\x12\x18\n\x10missing_item_ids\x18\x02 \x03(\t\"\x90\x01\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tembedding\x18\x02 \x03(\x02\x12\x31\n\nattributes\x18\x03 \x03(\x0b\x32\x1d.recd.v1.User.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x12UpsertUsersRequest\x12\x1c\n\x05users\x18\x01 \x03(\x0b\x32\r.recd.v1.User\"\'\n\x13UpsertUsersResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"$\n\x11\x44\x65leteUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteUserResponse\"&\n\x12\x44\x65leteUsersRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\"%\n\x13\x44\x65leteUsersResponse\x12\x0e\n\x06\x65rased\x18\x01 \x01(\r\";\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x18\n\x10max_interactions\x18\x02 \x01(\r\"X\n\x0fUserInteraction\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x02\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\"D\n\x08SeenItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x11\n\titem_hash\x18\x02 \x01(\x04\x12\x14\n\x0clast_seen_ms\x18\x03 \x01(\x03\"\xc2\x01\n\x0fGetUserResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x1e\n\x07profile\x18\x03 \x01(\x0b\x32\r.recd.v1.User\x12.\n\x0cinteractions\x18\x04 \x03(\x0b\x32\x18.recd.v1.UserInteraction\x12\x1e\n\x16interactions_truncated\x18\x05 \x01(\x08\x12\x1f\n\x04seen\x18\x06 \x03(\x0b\x32\x11.recd.v1.SeenItem\"?\n\x04\x45\x64ge\x12\x13\n\x0bsrc_item_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64st_item_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"2\n\x12UpsertEdgesRequest\x12\x1c\n\x05\x65\x64ges\x18\x01 \x03(\x0b\x32\r.recd.v1.Edge\"\'\n\x13UpsertEdgesResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"\x0e\n\x0cStatsRequest\"B\n\x0eShardItemCount\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\r\n\x05items\x18\x02 \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x04\"W\n\x0fIndexParameters\x12\r\n\x05space\x18\x01 \x01(\t\x12\t\n\x01m\x18\x02 \x01(\r\x12\x17\n\x0f\x65\x66_construction\x18\x03 \x01(\r\x12\x11\n\tef_search\x18\x04 \x01(\r\"\xb8\x01\n\rStatsResponse\x12\r\n\x05items\x18\x01 \x01(\x04\x12\'\n\x06shards\x18\x02 \x03(\x0b\x32\x17.recd.v1.ShardItemCount\x12\r\n\x05users\x18\x03 \x01(\x04\x12\r\n\x05\x65\x64ges\x18\x04 \x01(\x04\x12\x11\n\tdimension\x18\x05 \x01(\r\x12\'\n\x05index\x18\x06 \x01(\x0b\x32\x18.recd.v1.IndexParameters\x12\x15\n\rmodel_version\x18\x07 \x01(\t\"\'\n\x13WatchDeletesRequest\x12\x10\n\x08since_ms\x18\x01 \x01(\x03\"z\n\x0c\x44\x65letedItems\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x13\n\x0bposition_ms\x18\x02 \x01(\x03\x12\x16\n\x0e\x63overs_from_ms\x18\x03 \x01(\x03\x12\x17\n\x0f\x65rased_user_ids\x18\x04 \x03(\t\x12\x12\n\nstarted_ms\x18\x05 \x01(\x03\"2\n\x17\x41\x64minReloadModelRequest\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x01 \x01(\t\"P\n\x0fModelFileStatus\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"n\n\x18\x41\x64minReloadModelResponse\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\x12\'\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x18.recd.v1.ModelFileStatus2\x99\x06\n\x07\x43\x61talog\x12H\n\x0bUpsertItems\x12\x1b.recd.v1.UpsertItemsRequest\x1a\x1c.recd.v1.UpsertItemsResponse\x12H\n\x0b\x44\x65leteItems\x12\x1b.recd.v1.DeleteItemsRequest\x1a\x1c.recd.v1.DeleteItemsResponse\x12?\n\x08GetItems\x12\x18.recd.v1.GetItemsRequest\x1a\x19.recd.v1.GetItemsResponse\x12H\n\x0bUpsertUsers\x12\x1b.recd.v1.UpsertUsersRequest\x1a\x1c.recd.v1.UpsertUsersResponse\x12\x45\n\nDeleteUser\x12\x1a.recd.v1.DeleteUserRequest\x1a\x1b.recd.v1.DeleteUserResponse\x12H\n\x0b\x44\x65leteUsers\x12\x1b.recd.v1.DeleteUsersRequest\x1a\x1c.recd.v1.DeleteUsersResponse\x12<\n\x07GetUser\x12\x17.recd.v1.GetUserRequest\x1a\x18.recd.v1.GetUserResponse\x12H\n\x0bUpsertEdges\x12\x1b.recd.v1.UpsertEdgesRequest\x1a\x1c.recd.v1.UpsertEdgesResponse\x12\x36\n\x05Stats\x12\x15.recd.v1.StatsRequest\x1a\x16.recd.v1.StatsResponse\x12\x45\n\x0cWatchDeletes\x12\x1c.recd.v1.WatchDeletesRequest\x1a\x15.recd.v1.DeletedItems0\x01\x12W\n\x10\x41\x64minReloadModel\x12 .recd.v1.AdminReloadModelRequest\x1a!.recd.v1.AdminReloadModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15recd/v1/catalog.proto\x12\x07recd.v1\"\xbb\x01\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x11\n\tembedding\x18\x02 \x03(\x02\x12\x31\n\nattributes\x18\x03 \x03(\x0b\x32\x1d.recd.v1.Item.AttributesEntry\x12\x12\n\npopularity\x18\x04 \x01(\x02\x12\x15\n\rcreated_at_ms\x18\x05 \x01(\x03\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x12UpsertItemsRequest\x12\x1c\n\x05items\x18\x01 \x03(\x0b\x32\r.recd.v1.Item\"\'\n\x13UpsertItemsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"&\n\x12\x44\x65leteItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"&\n\x13\x44\x65leteItemsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"#\n\x0fGetItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"J\n\x10GetItemsResponse\x12\x1c\n\x05items\x18\x01 \x03(\x0b\x32\r.recd.v1.Item\x12\x18\n\x10missing_item_ids\x18\x02 \x03(\t\"\x90\x01\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tembedding\x18\x02 \x03(\x02\x12\x31\n\nattributes\x18\x03 \x03(\x0b\x32\x1d.recd.v1.User.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x12UpsertUsersRequest\x12\x1c\n\x05users\x18\x01 \x03(\x0b\x32\r.recd.v1.User\"\'\n\x13UpsertUsersResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"$\n\x11\x44\x65leteUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteUserResponse\"&\n\x12\x44\x65leteUsersRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\"%\n\x13\x44\x65leteUsersResponse\x12\x0e\n\x06\x65rased\x18\x01 \x01(\r\";\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x18\n\x10max_interactions\x18\x02 \x01(\r\"X\n\x0fUserInteraction\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x02\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\"D\n\x08SeenItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x11\n\titem_hash\x18\x02 \x01(\x04\x12\x14\n\x0clast_seen_ms\x18\x03 \x01(\x03\"\xf1\x01\n\x0fGetUserResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x1e\n\x07profile\x18\x03 \x01(\x0b\x32\r.recd.v1.User\x12.\n\x0cinteractions\x18\x04 \x03(\x0b\x32\x18.recd.v1.UserInteraction\x12\x1e\n\x16interactions_truncated\x18\x05 \x01(\x08\x12\x1f\n\x04seen\x18\x06 \x03(\x0b\x32\x11.recd.v1.SeenItem\x12\x16\n\x0e\x65xposures_held\x18\x07 \x01(\r\x12\x15\n\routcomes_held\x18\x08 \x01(\r\"?\n\x04\x45\x64ge\x12\x13\n\x0bsrc_item_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64st_item_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"2\n\x12UpsertEdgesRequest\x12\x1c\n\x05\x65\x64ges\x18\x01 \x03(\x0b\x32\r.recd.v1.Edge\"\'\n\x13UpsertEdgesResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"\x0e\n\x0cStatsRequest\"B\n\x0eShardItemCount\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\r\n\x05items\x18\x02 \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x04\"W\n\x0fIndexParameters\x12\r\n\x05space\x18\x01 \x01(\t\x12\t\n\x01m\x18\x02 \x01(\r\x12\x17\n\x0f\x65\x66_construction\x18\x03 \x01(\r\x12\x11\n\tef_search\x18\x04 \x01(\r\"\xb8\x01\n\rStatsResponse\x12\r\n\x05items\x18\x01 \x01(\x04\x12\'\n\x06shards\x18\x02 \x03(\x0b\x32\x17.recd.v1.ShardItemCount\x12\r\n\x05users\x18\x03 \x01(\x04\x12\r\n\x05\x65\x64ges\x18\x04 \x01(\x04\x12\x11\n\tdimension\x18\x05 \x01(\r\x12\'\n\x05index\x18\x06 \x01(\x0b\x32\x18.recd.v1.IndexParameters\x12\x15\n\rmodel_version\x18\x07 \x01(\t\"\'\n\x13WatchDeletesRequest\x12\x10\n\x08since_ms\x18\x01 \x01(\x03\"z\n\x0c\x44\x65letedItems\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x13\n\x0bposition_ms\x18\x02 \x01(\x03\x12\x16\n\x0e\x63overs_from_ms\x18\x03 \x01(\x03\x12\x17\n\x0f\x65rased_user_ids\x18\x04 \x03(\t\x12\x12\n\nstarted_ms\x18\x05 \x01(\x03\"2\n\x17\x41\x64minReloadModelRequest\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x01 \x01(\t\"P\n\x0fModelFileStatus\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"n\n\x18\x41\x64minReloadModelResponse\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\x12\'\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x18.recd.v1.ModelFileStatus\"A\n\x19\x45xperimentOutcomesRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x10\n\x08since_ms\x18\x02 \x01(\x03\"e\n\nUnitTotals\x12\t\n\x01n\x18\x01 \x01(\x04\x12\r\n\x05sum_x\x18\x02 \x01(\x01\x12\r\n\x05sum_y\x18\x03 \x01(\x01\x12\x0e\n\x06sum_xx\x18\x04 \x01(\x01\x12\x0e\n\x06sum_yy\x18\x05 \x01(\x01\x12\x0e\n\x06sum_xy\x18\x06 \x01(\x01\"\xeb\x02\n\x0fVariantOutcomes\x12\x0f\n\x07variant\x18\x01 \x01(\t\x12\x16\n\x0e\x65xpected_share\x18\x02 \x01(\x01\x12\r\n\x05units\x18\x03 \x01(\x04\x12\x0f\n\x07\x61nswers\x18\x04 \x01(\x04\x12\x13\n\x0bimpressions\x18\x05 \x01(\x04\x12\x16\n\x0e\x64istinct_items\x18\x06 \x01(\x04\x12\x36\n\x07\x61\x63tions\x18\x07 \x03(\x0b\x32%.recd.v1.VariantOutcomes.ActionsEntry\x12\'\n\nlatency_ms\x18\x08 \x01(\x0b\x32\x13.recd.v1.UnitTotals\x12&\n\tdiversity\x18\t \x01(\x0b\x32\x13.recd.v1.UnitTotals\x12\x14\n\x0c\x66orced_units\x18\n \x01(\x04\x1a\x43\n\x0c\x41\x63tionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.recd.v1.UnitTotals:\x02\x38\x01\"\xa9\x01\n\x1a\x45xperimentOutcomesResponse\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\x12\x0f\n\x07traffic\x18\x03 \x01(\x01\x12\x10\n\x08since_ms\x18\x04 \x01(\x03\x12\x17\n\x0f\x63\x61talogue_items\x18\x05 \x01(\x04\x12*\n\x08variants\x18\x06 \x03(\x0b\x32\x18.recd.v1.VariantOutcomes2\xfd\x06\n\x07\x43\x61talog\x12H\n\x0bUpsertItems\x12\x1b.recd.v1.UpsertItemsRequest\x1a\x1c.recd.v1.UpsertItemsResponse\x12H\n\x0b\x44\x65leteItems\x12\x1b.recd.v1.DeleteItemsRequest\x1a\x1c.recd.v1.DeleteItemsResponse\x12?\n\x08GetItems\x12\x18.recd.v1.GetItemsRequest\x1a\x19.recd.v1.GetItemsResponse\x12H\n\x0bUpsertUsers\x12\x1b.recd.v1.UpsertUsersRequest\x1a\x1c.recd.v1.UpsertUsersResponse\x12\x45\n\nDeleteUser\x12\x1a.recd.v1.DeleteUserRequest\x1a\x1b.recd.v1.DeleteUserResponse\x12H\n\x0b\x44\x65leteUsers\x12\x1b.recd.v1.DeleteUsersRequest\x1a\x1c.recd.v1.DeleteUsersResponse\x12<\n\x07GetUser\x12\x17.recd.v1.GetUserRequest\x1a\x18.recd.v1.GetUserResponse\x12H\n\x0bUpsertEdges\x12\x1b.recd.v1.UpsertEdgesRequest\x1a\x1c.recd.v1.UpsertEdgesResponse\x12\x36\n\x05Stats\x12\x15.recd.v1.StatsRequest\x1a\x16.recd.v1.StatsResponse\x12\x45\n\x0cWatchDeletes\x12\x1c.recd.v1.WatchDeletesRequest\x1a\x15.recd.v1.DeletedItems0\x01\x12W\n\x10\x41\x64minReloadModel\x12 .recd.v1.AdminReloadModelRequest\x1a!.recd.v1.AdminReloadModelResponse\x12\x62\n\x17\x41\x64minExperimentOutcomes\x12\".recd.v1.ExperimentOutcomesRequest\x1a#.recd.v1.ExperimentOutcomesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ITEM_ATTRIBUTESENTRY']._serialized_options = b'8\001'
   _globals['_USER_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_USER_ATTRIBUTESENTRY']._serialized_options = b'8\001'
+  _globals['_VARIANTOUTCOMES_ACTIONSENTRY']._loaded_options = None
+  _globals['_VARIANTOUTCOMES_ACTIONSENTRY']._serialized_options = b'8\001'
   _globals['_ITEM']._serialized_start=35
   _globals['_ITEM']._serialized_end=222
   _globals['_ITEM_ATTRIBUTESENTRY']._serialized_start=173
@@ -74,31 +76,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEENITEM']._serialized_start=1040
   _globals['_SEENITEM']._serialized_end=1108
   _globals['_GETUSERRESPONSE']._serialized_start=1111
-  _globals['_GETUSERRESPONSE']._serialized_end=1305
-  _globals['_EDGE']._serialized_start=1307
-  _globals['_EDGE']._serialized_end=1370
-  _globals['_UPSERTEDGESREQUEST']._serialized_start=1372
-  _globals['_UPSERTEDGESREQUEST']._serialized_end=1422
-  _globals['_UPSERTEDGESRESPONSE']._serialized_start=1424
-  _globals['_UPSERTEDGESRESPONSE']._serialized_end=1463
-  _globals['_STATSREQUEST']._serialized_start=1465
-  _globals['_STATSREQUEST']._serialized_end=1479
-  _globals['_SHARDITEMCOUNT']._serialized_start=1481
-  _globals['_SHARDITEMCOUNT']._serialized_end=1547
-  _globals['_INDEXPARAMETERS']._serialized_start=1549
-  _globals['_INDEXPARAMETERS']._serialized_end=1636
-  _globals['_STATSRESPONSE']._serialized_start=1639
-  _globals['_STATSRESPONSE']._serialized_end=1823
-  _globals['_WATCHDELETESREQUEST']._serialized_start=1825
-  _globals['_WATCHDELETESREQUEST']._serialized_end=1864
-  _globals['_DELETEDITEMS']._serialized_start=1866
-  _globals['_DELETEDITEMS']._serialized_end=1988
-  _globals['_ADMINRELOADMODELREQUEST']._serialized_start=1990
-  _globals['_ADMINRELOADMODELREQUEST']._serialized_end=2040
-  _globals['_MODELFILESTATUS']._serialized_start=2042
-  _globals['_MODELFILESTATUS']._serialized_end=2122
-  _globals['_ADMINRELOADMODELRESPONSE']._serialized_start=2124
-  _globals['_ADMINRELOADMODELRESPONSE']._serialized_end=2234
-  _globals['_CATALOG']._serialized_start=2237
-  _globals['_CATALOG']._serialized_end=3030
+  _globals['_GETUSERRESPONSE']._serialized_end=1352
+  _globals['_EDGE']._serialized_start=1354
+  _globals['_EDGE']._serialized_end=1417
+  _globals['_UPSERTEDGESREQUEST']._serialized_start=1419
+  _globals['_UPSERTEDGESREQUEST']._serialized_end=1469
+  _globals['_UPSERTEDGESRESPONSE']._serialized_start=1471
+  _globals['_UPSERTEDGESRESPONSE']._serialized_end=1510
+  _globals['_STATSREQUEST']._serialized_start=1512
+  _globals['_STATSREQUEST']._serialized_end=1526
+  _globals['_SHARDITEMCOUNT']._serialized_start=1528
+  _globals['_SHARDITEMCOUNT']._serialized_end=1594
+  _globals['_INDEXPARAMETERS']._serialized_start=1596
+  _globals['_INDEXPARAMETERS']._serialized_end=1683
+  _globals['_STATSRESPONSE']._serialized_start=1686
+  _globals['_STATSRESPONSE']._serialized_end=1870
+  _globals['_WATCHDELETESREQUEST']._serialized_start=1872
+  _globals['_WATCHDELETESREQUEST']._serialized_end=1911
+  _globals['_DELETEDITEMS']._serialized_start=1913
+  _globals['_DELETEDITEMS']._serialized_end=2035
+  _globals['_ADMINRELOADMODELREQUEST']._serialized_start=2037
+  _globals['_ADMINRELOADMODELREQUEST']._serialized_end=2087
+  _globals['_MODELFILESTATUS']._serialized_start=2089
+  _globals['_MODELFILESTATUS']._serialized_end=2169
+  _globals['_ADMINRELOADMODELRESPONSE']._serialized_start=2171
+  _globals['_ADMINRELOADMODELRESPONSE']._serialized_end=2281
+  _globals['_EXPERIMENTOUTCOMESREQUEST']._serialized_start=2283
+  _globals['_EXPERIMENTOUTCOMESREQUEST']._serialized_end=2348
+  _globals['_UNITTOTALS']._serialized_start=2350
+  _globals['_UNITTOTALS']._serialized_end=2451
+  _globals['_VARIANTOUTCOMES']._serialized_start=2454
+  _globals['_VARIANTOUTCOMES']._serialized_end=2817
+  _globals['_VARIANTOUTCOMES_ACTIONSENTRY']._serialized_start=2750
+  _globals['_VARIANTOUTCOMES_ACTIONSENTRY']._serialized_end=2817
+  _globals['_EXPERIMENTOUTCOMESRESPONSE']._serialized_start=2820
+  _globals['_EXPERIMENTOUTCOMESRESPONSE']._serialized_end=2989
+  _globals['_CATALOG']._serialized_start=2992
+  _globals['_CATALOG']._serialized_end=3885
 # @@protoc_insertion_point(module_scope)

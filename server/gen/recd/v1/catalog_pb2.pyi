@@ -147,20 +147,24 @@ class SeenItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., item_hash: _Optional[int] = ..., last_seen_ms: _Optional[int] = ...) -> None: ...
 
 class GetUserResponse(_message.Message):
-    __slots__ = ("user_id", "found", "profile", "interactions", "interactions_truncated", "seen")
+    __slots__ = ("user_id", "found", "profile", "interactions", "interactions_truncated", "seen", "exposures_held", "outcomes_held")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     FOUND_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     INTERACTIONS_FIELD_NUMBER: _ClassVar[int]
     INTERACTIONS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     SEEN_FIELD_NUMBER: _ClassVar[int]
+    EXPOSURES_HELD_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_HELD_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     found: bool
     profile: User
     interactions: _containers.RepeatedCompositeFieldContainer[UserInteraction]
     interactions_truncated: bool
     seen: _containers.RepeatedCompositeFieldContainer[SeenItem]
-    def __init__(self, user_id: _Optional[str] = ..., found: _Optional[bool] = ..., profile: _Optional[_Union[User, _Mapping]] = ..., interactions: _Optional[_Iterable[_Union[UserInteraction, _Mapping]]] = ..., interactions_truncated: _Optional[bool] = ..., seen: _Optional[_Iterable[_Union[SeenItem, _Mapping]]] = ...) -> None: ...
+    exposures_held: int
+    outcomes_held: int
+    def __init__(self, user_id: _Optional[str] = ..., found: _Optional[bool] = ..., profile: _Optional[_Union[User, _Mapping]] = ..., interactions: _Optional[_Iterable[_Union[UserInteraction, _Mapping]]] = ..., interactions_truncated: _Optional[bool] = ..., seen: _Optional[_Iterable[_Union[SeenItem, _Mapping]]] = ..., exposures_held: _Optional[int] = ..., outcomes_held: _Optional[int] = ...) -> None: ...
 
 class Edge(_message.Message):
     __slots__ = ("src_item_id", "dst_item_id", "score")
@@ -275,3 +279,74 @@ class AdminReloadModelResponse(_message.Message):
     versions: _containers.RepeatedScalarFieldContainer[str]
     files: _containers.RepeatedCompositeFieldContainer[ModelFileStatus]
     def __init__(self, default_version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., files: _Optional[_Iterable[_Union[ModelFileStatus, _Mapping]]] = ...) -> None: ...
+
+class ExperimentOutcomesRequest(_message.Message):
+    __slots__ = ("experiment", "since_ms")
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_MS_FIELD_NUMBER: _ClassVar[int]
+    experiment: str
+    since_ms: int
+    def __init__(self, experiment: _Optional[str] = ..., since_ms: _Optional[int] = ...) -> None: ...
+
+class UnitTotals(_message.Message):
+    __slots__ = ("n", "sum_x", "sum_y", "sum_xx", "sum_yy", "sum_xy")
+    N_FIELD_NUMBER: _ClassVar[int]
+    SUM_X_FIELD_NUMBER: _ClassVar[int]
+    SUM_Y_FIELD_NUMBER: _ClassVar[int]
+    SUM_XX_FIELD_NUMBER: _ClassVar[int]
+    SUM_YY_FIELD_NUMBER: _ClassVar[int]
+    SUM_XY_FIELD_NUMBER: _ClassVar[int]
+    n: int
+    sum_x: float
+    sum_y: float
+    sum_xx: float
+    sum_yy: float
+    sum_xy: float
+    def __init__(self, n: _Optional[int] = ..., sum_x: _Optional[float] = ..., sum_y: _Optional[float] = ..., sum_xx: _Optional[float] = ..., sum_yy: _Optional[float] = ..., sum_xy: _Optional[float] = ...) -> None: ...
+
+class VariantOutcomes(_message.Message):
+    __slots__ = ("variant", "expected_share", "units", "answers", "impressions", "distinct_items", "actions", "latency_ms", "diversity", "forced_units")
+    class ActionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: UnitTotals
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[UnitTotals, _Mapping]] = ...) -> None: ...
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_SHARE_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    IMPRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    DISTINCT_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
+    FORCED_UNITS_FIELD_NUMBER: _ClassVar[int]
+    variant: str
+    expected_share: float
+    units: int
+    answers: int
+    impressions: int
+    distinct_items: int
+    actions: _containers.MessageMap[str, UnitTotals]
+    latency_ms: UnitTotals
+    diversity: UnitTotals
+    forced_units: int
+    def __init__(self, variant: _Optional[str] = ..., expected_share: _Optional[float] = ..., units: _Optional[int] = ..., answers: _Optional[int] = ..., impressions: _Optional[int] = ..., distinct_items: _Optional[int] = ..., actions: _Optional[_Mapping[str, UnitTotals]] = ..., latency_ms: _Optional[_Union[UnitTotals, _Mapping]] = ..., diversity: _Optional[_Union[UnitTotals, _Mapping]] = ..., forced_units: _Optional[int] = ...) -> None: ...
+
+class ExperimentOutcomesResponse(_message.Message):
+    __slots__ = ("experiment", "enabled", "traffic", "since_ms", "catalogue_items", "variants")
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    TRAFFIC_FIELD_NUMBER: _ClassVar[int]
+    SINCE_MS_FIELD_NUMBER: _ClassVar[int]
+    CATALOGUE_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    experiment: str
+    enabled: bool
+    traffic: float
+    since_ms: int
+    catalogue_items: int
+    variants: _containers.RepeatedCompositeFieldContainer[VariantOutcomes]
+    def __init__(self, experiment: _Optional[str] = ..., enabled: _Optional[bool] = ..., traffic: _Optional[float] = ..., since_ms: _Optional[int] = ..., catalogue_items: _Optional[int] = ..., variants: _Optional[_Iterable[_Union[VariantOutcomes, _Mapping]]] = ...) -> None: ...

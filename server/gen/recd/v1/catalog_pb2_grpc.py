@@ -90,6 +90,11 @@ class CatalogStub:
                 request_serializer=recd_dot_v1_dot_catalog__pb2.AdminReloadModelRequest.SerializeToString,
                 response_deserializer=recd_dot_v1_dot_catalog__pb2.AdminReloadModelResponse.FromString,
                 _registered_method=True)
+        self.AdminExperimentOutcomes = channel.unary_unary(
+                '/recd.v1.Catalog/AdminExperimentOutcomes',
+                request_serializer=recd_dot_v1_dot_catalog__pb2.ExperimentOutcomesRequest.SerializeToString,
+                response_deserializer=recd_dot_v1_dot_catalog__pb2.ExperimentOutcomesResponse.FromString,
+                _registered_method=True)
 
 
 class CatalogServicer:
@@ -181,6 +186,16 @@ class CatalogServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AdminExperimentOutcomes(self, request, context):
+        """Role admin. Per-variant outcomes of one experiment (experiments.definitions or experiments.file)
+        since since_ms, summed per user from the exposure log that every frontend writes to: what
+        `recd experiments report` turns into rates, intervals and a sample-ratio check. Unknown experiment:
+        NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CatalogServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -238,6 +253,11 @@ def add_CatalogServicer_to_server(servicer, server):
                     servicer.AdminReloadModel,
                     request_deserializer=recd_dot_v1_dot_catalog__pb2.AdminReloadModelRequest.FromString,
                     response_serializer=recd_dot_v1_dot_catalog__pb2.AdminReloadModelResponse.SerializeToString,
+            ),
+            'AdminExperimentOutcomes': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdminExperimentOutcomes,
+                    request_deserializer=recd_dot_v1_dot_catalog__pb2.ExperimentOutcomesRequest.FromString,
+                    response_serializer=recd_dot_v1_dot_catalog__pb2.ExperimentOutcomesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -538,6 +558,33 @@ class Catalog:
             '/recd.v1.Catalog/AdminReloadModel',
             recd_dot_v1_dot_catalog__pb2.AdminReloadModelRequest.SerializeToString,
             recd_dot_v1_dot_catalog__pb2.AdminReloadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdminExperimentOutcomes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recd.v1.Catalog/AdminExperimentOutcomes',
+            recd_dot_v1_dot_catalog__pb2.ExperimentOutcomesRequest.SerializeToString,
+            recd_dot_v1_dot_catalog__pb2.ExperimentOutcomesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from server.gen.recd.v1 import common_pb2 as recd_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19recd/v1/recommender.proto\x12\x07recd.v1\x1a\x14recd/v1/common.proto\"\xd8\x02\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\r\x12\x37\n\x07\x63ontext\x18\x03 \x03(\x0b\x32&.recd.v1.RecommendRequest.ContextEntry\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x35\n\x06\x66ilter\x18\x05 \x03(\x0b\x32%.recd.v1.RecommendRequest.FilterEntry\x12\x11\n\tdiversity\x18\x06 \x01(\x02\x12\x14\n\x0cinclude_seen\x18\x07 \x01(\x08\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x45\n\x0b\x46ilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.recd.v1.AllowedValues:\x02\x38\x01\"\xc8\x01\n\x11RecommendResponse\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.recd.v1.ScoredItem\x12#\n\x08\x63overage\x18\x02 \x01(\x0b\x32\x11.recd.v1.Coverage\x12\x11\n\tcache_key\x18\x03 \x01(\t\x12\x19\n\x11\x63\x61\x63he_ttl_seconds\x18\x04 \x01(\r\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12%\n\tretrieval\x18\x06 \x01(\x0e\x32\x12.recd.v1.Retrieval\"\xb2\x01\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\r\x12\x38\n\x06\x66ilter\x18\x03 \x03(\x0b\x32(.recd.v1.SimilarItemsRequest.FilterEntry\x1a\x45\n\x0b\x46ilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.recd.v1.AllowedValues:\x02\x38\x01\"\x9d\x01\n\x14SimilarItemsResponse\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.recd.v1.ScoredItem\x12#\n\x08\x63overage\x18\x02 \x01(\x0b\x32\x11.recd.v1.Coverage\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12%\n\tretrieval\x18\x04 \x01(\x0e\x32\x12.recd.v1.Retrieval\"e\n\x0bInteraction\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x0e\n\x06weight\x18\x04 \x01(\x02\x12\x14\n\x0ctimestamp_ms\x18\x05 \x01(\x03\"G\n\x19RecordInteractionsRequest\x12*\n\x0cinteractions\x18\x01 \x03(\x0b\x32\x14.recd.v1.Interaction\".\n\x1aRecordInteractionsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r*u\n\tRetrieval\x12\x19\n\x15RETRIEVAL_UNSPECIFIED\x10\x00\x12\x12\n\x0eRETRIEVAL_HNSW\x10\x01\x12\x1b\n\x17RETRIEVAL_HNSW_FILTERED\x10\x02\x12\x1c\n\x18RETRIEVAL_EXACT_FILTERED\x10\x03\x32\xfd\x01\n\x0bRecommender\x12\x42\n\tRecommend\x12\x19.recd.v1.RecommendRequest\x1a\x1a.recd.v1.RecommendResponse\x12K\n\x0cSimilarItems\x12\x1c.recd.v1.SimilarItemsRequest\x1a\x1d.recd.v1.SimilarItemsResponse\x12]\n\x12RecordInteractions\x12\".recd.v1.RecordInteractionsRequest\x1a#.recd.v1.RecordInteractionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19recd/v1/recommender.proto\x12\x07recd.v1\x1a\x14recd/v1/common.proto\"\xd8\x02\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\r\x12\x37\n\x07\x63ontext\x18\x03 \x03(\x0b\x32&.recd.v1.RecommendRequest.ContextEntry\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x35\n\x06\x66ilter\x18\x05 \x03(\x0b\x32%.recd.v1.RecommendRequest.FilterEntry\x12\x11\n\tdiversity\x18\x06 \x01(\x02\x12\x14\n\x0cinclude_seen\x18\x07 \x01(\x08\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x45\n\x0b\x46ilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.recd.v1.AllowedValues:\x02\x38\x01\"\xf9\x01\n\x11RecommendResponse\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.recd.v1.ScoredItem\x12#\n\x08\x63overage\x18\x02 \x01(\x0b\x32\x11.recd.v1.Coverage\x12\x11\n\tcache_key\x18\x03 \x01(\t\x12\x19\n\x11\x63\x61\x63he_ttl_seconds\x18\x04 \x01(\r\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12%\n\tretrieval\x18\x06 \x01(\x0e\x32\x12.recd.v1.Retrieval\x12/\n\x0b\x65xperiments\x18\x07 \x03(\x0b\x32\x1a.recd.v1.ExperimentVariant\"8\n\x11\x45xperimentVariant\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x0f\n\x07variant\x18\x02 \x01(\t\"\xb2\x01\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\r\x12\x38\n\x06\x66ilter\x18\x03 \x03(\x0b\x32(.recd.v1.SimilarItemsRequest.FilterEntry\x1a\x45\n\x0b\x46ilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.recd.v1.AllowedValues:\x02\x38\x01\"\x9d\x01\n\x14SimilarItemsResponse\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.recd.v1.ScoredItem\x12#\n\x08\x63overage\x18\x02 \x01(\x0b\x32\x11.recd.v1.Coverage\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12%\n\tretrieval\x18\x04 \x01(\x0e\x32\x12.recd.v1.Retrieval\"e\n\x0bInteraction\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x0e\n\x06weight\x18\x04 \x01(\x02\x12\x14\n\x0ctimestamp_ms\x18\x05 \x01(\x03\"G\n\x19RecordInteractionsRequest\x12*\n\x0cinteractions\x18\x01 \x03(\x0b\x32\x14.recd.v1.Interaction\".\n\x1aRecordInteractionsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r*u\n\tRetrieval\x12\x19\n\x15RETRIEVAL_UNSPECIFIED\x10\x00\x12\x12\n\x0eRETRIEVAL_HNSW\x10\x01\x12\x1b\n\x17RETRIEVAL_HNSW_FILTERED\x10\x02\x12\x1c\n\x18RETRIEVAL_EXACT_FILTERED\x10\x03\x32\xfd\x01\n\x0bRecommender\x12\x42\n\tRecommend\x12\x19.recd.v1.RecommendRequest\x1a\x1a.recd.v1.RecommendResponse\x12K\n\x0cSimilarItems\x12\x1c.recd.v1.SimilarItemsRequest\x1a\x1d.recd.v1.SimilarItemsResponse\x12]\n\x12RecordInteractions\x12\".recd.v1.RecordInteractionsRequest\x1a#.recd.v1.RecordInteractionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,8 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDREQUEST_FILTERENTRY']._serialized_options = b'8\001'
   _globals['_SIMILARITEMSREQUEST_FILTERENTRY']._loaded_options = None
   _globals['_SIMILARITEMSREQUEST_FILTERENTRY']._serialized_options = b'8\001'
-  _globals['_RETRIEVAL']._serialized_start=1175
-  _globals['_RETRIEVAL']._serialized_end=1292
+  _globals['_RETRIEVAL']._serialized_start=1282
+  _globals['_RETRIEVAL']._serialized_end=1399
   _globals['_RECOMMENDREQUEST']._serialized_start=61
   _globals['_RECOMMENDREQUEST']._serialized_end=405
   _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_start=288
@@ -47,19 +47,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDREQUEST_FILTERENTRY']._serialized_start=336
   _globals['_RECOMMENDREQUEST_FILTERENTRY']._serialized_end=405
   _globals['_RECOMMENDRESPONSE']._serialized_start=408
-  _globals['_RECOMMENDRESPONSE']._serialized_end=608
-  _globals['_SIMILARITEMSREQUEST']._serialized_start=611
-  _globals['_SIMILARITEMSREQUEST']._serialized_end=789
+  _globals['_RECOMMENDRESPONSE']._serialized_end=657
+  _globals['_EXPERIMENTVARIANT']._serialized_start=659
+  _globals['_EXPERIMENTVARIANT']._serialized_end=715
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=718
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=896
   _globals['_SIMILARITEMSREQUEST_FILTERENTRY']._serialized_start=336
   _globals['_SIMILARITEMSREQUEST_FILTERENTRY']._serialized_end=405
-  _globals['_SIMILARITEMSRESPONSE']._serialized_start=792
-  _globals['_SIMILARITEMSRESPONSE']._serialized_end=949
-  _globals['_INTERACTION']._serialized_start=951
-  _globals['_INTERACTION']._serialized_end=1052
-  _globals['_RECORDINTERACTIONSREQUEST']._serialized_start=1054
-  _globals['_RECORDINTERACTIONSREQUEST']._serialized_end=1125
-  _globals['_RECORDINTERACTIONSRESPONSE']._serialized_start=1127
-  _globals['_RECORDINTERACTIONSRESPONSE']._serialized_end=1173
-  _globals['_RECOMMENDER']._serialized_start=1295
-  _globals['_RECOMMENDER']._serialized_end=1548
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=899
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=1056
+  _globals['_INTERACTION']._serialized_start=1058
+  _globals['_INTERACTION']._serialized_end=1159
+  _globals['_RECORDINTERACTIONSREQUEST']._serialized_start=1161
+  _globals['_RECORDINTERACTIONSREQUEST']._serialized_end=1232
+  _globals['_RECORDINTERACTIONSRESPONSE']._serialized_start=1234
+  _globals['_RECORDINTERACTIONSRESPONSE']._serialized_end=1280
+  _globals['_RECOMMENDER']._serialized_start=1402
+  _globals['_RECOMMENDER']._serialized_end=1655
 # @@protoc_insertion_point(module_scope)

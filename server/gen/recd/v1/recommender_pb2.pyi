@@ -52,20 +52,30 @@ class RecommendRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., context: _Optional[_Mapping[str, str]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., filter: _Optional[_Mapping[str, _common_pb2.AllowedValues]] = ..., diversity: _Optional[float] = ..., include_seen: _Optional[bool] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "coverage", "cache_key", "cache_ttl_seconds", "model_version", "retrieval")
+    __slots__ = ("items", "coverage", "cache_key", "cache_ttl_seconds", "model_version", "retrieval", "experiments")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     COVERAGE_FIELD_NUMBER: _ClassVar[int]
     CACHE_KEY_FIELD_NUMBER: _ClassVar[int]
     CACHE_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     RETRIEVAL_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[_common_pb2.ScoredItem]
     coverage: _common_pb2.Coverage
     cache_key: str
     cache_ttl_seconds: int
     model_version: str
     retrieval: Retrieval
-    def __init__(self, items: _Optional[_Iterable[_Union[_common_pb2.ScoredItem, _Mapping]]] = ..., coverage: _Optional[_Union[_common_pb2.Coverage, _Mapping]] = ..., cache_key: _Optional[str] = ..., cache_ttl_seconds: _Optional[int] = ..., model_version: _Optional[str] = ..., retrieval: _Optional[_Union[Retrieval, str]] = ...) -> None: ...
+    experiments: _containers.RepeatedCompositeFieldContainer[ExperimentVariant]
+    def __init__(self, items: _Optional[_Iterable[_Union[_common_pb2.ScoredItem, _Mapping]]] = ..., coverage: _Optional[_Union[_common_pb2.Coverage, _Mapping]] = ..., cache_key: _Optional[str] = ..., cache_ttl_seconds: _Optional[int] = ..., model_version: _Optional[str] = ..., retrieval: _Optional[_Union[Retrieval, str]] = ..., experiments: _Optional[_Iterable[_Union[ExperimentVariant, _Mapping]]] = ...) -> None: ...
+
+class ExperimentVariant(_message.Message):
+    __slots__ = ("experiment", "variant")
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    experiment: str
+    variant: str
+    def __init__(self, experiment: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
     __slots__ = ("item_id", "k", "filter")

@@ -1,0 +1,1 @@
+"""Experiments: A/B variants from assignment to per-variant outcomes."""
