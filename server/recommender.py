@@ -12,7 +12,6 @@ passes while its batch is still running is answered at once from the popular lis
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -125,7 +124,7 @@ class Recommender:
         found = self._sets.get(key)
         if found is None:
             config = config_for(self.config, arm.overrides, f"experiment arm {arm.tag or 'default'}")
-            pipelines = assemble(config, self._parts, arm.model_version)
+            pipelines = assemble(config, self._parts)
             b = self.config.pipeline.batch
             batchers = {
                 p.name: MicroBatcher(
@@ -219,9 +218,8 @@ class Recommender:
         request = requests.recommend_request(query, self.limits, self._deadline(caller_deadline))
         assigner = self.experiments.current()
         arm = assigner.assign(query.user_id) if assigner.experiments else OUTSIDE
-        diversity = arm.overrides.get("diversity")
-        if diversity is not None and request.diversity == 0:
-            request = dataclasses.replace(request, diversity=float(diversity))
+        if arm.overrides:
+            request = arm.applied_to(request)
         answer = await self._answer(self._set_serving(arm, assigner), "recommend", request)
         # The version that ranked this answer: during a hot reload, two answers may differ.
         version = answer.model_version or self.model.version

@@ -10,12 +10,14 @@ different salts draw independent hashes, so being in one says nothing about anot
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.experiments.definitions import Experiment, overrides_key
+from server.experiments.definitions import OVERRIDES, Experiment, overrides_key
+from server.pipeline.stages import Request
 
 _SCALE = float(2**64)
 
@@ -54,7 +56,20 @@ class Arm:
 
     @property
     def pipeline_key(self) -> str:
-        return overrides_key(self.overrides)
+        """Arms whose overrides set the same config keys to the same values share one pipeline (and
+        batch together); request-level ones (model_version, diversity) ride on each request."""
+        return overrides_key({k: v for k, v in self.overrides.items() if OVERRIDES.get(k) is not None})
+
+    def applied_to(self, request: Request) -> Request:
+        """The request with the arm's request-level overrides: its model version, and its diversity
+        when it asked for none."""
+        changes: dict[str, Any] = {}
+        if self.model_version is not None:
+            changes["model_version"] = self.model_version
+        diversity = self.overrides.get("diversity")
+        if diversity is not None and request.diversity == 0:
+            changes["diversity"] = float(diversity)
+        return dataclasses.replace(request, **changes) if changes else request
 
     @property
     def model_version(self) -> str | None:

@@ -67,9 +67,8 @@ def shared_parts(
     return SharedParts(router, graph, items, users, rank_service, exact, hydrate_users)
 
 
-def assemble(config: Config, parts: SharedParts, model_version: str | None = None) -> Pipelines:
-    """The pipelines `config` declares. `model_version`: the loaded model version that ranks (None: the
-    default one at the time of each batch)."""
+def assemble(config: Config, parts: SharedParts) -> Pipelines:
+    """The pipelines `config` declares."""
     pc = config.pipeline
     c = pc.candidates
     router, items = parts.router, parts.items
@@ -105,7 +104,7 @@ def assemble(config: Config, parts: SharedParts, model_version: str | None = Non
             "hydrate_item": HydrateSeedItems(items),
             "candidates": GatherCandidates([sources[s] for s in source_names], pc.steps, name),
             "filter": FilterCandidates(items, popular_as_fallback=c.popular_for_warm_users == "fallback"),
-            "rank": RankCandidates(parts.rank_service, items, pc.mmr_pool, model_version),
+            "rank": RankCandidates(parts.rank_service, items, pc.mmr_pool),
             "select": SelectItems(items, model.similarity_weight, model.side_weights),
         }
         unknown = [s for s in step_names if s not in steps]

@@ -231,7 +231,8 @@ class Pipeline:
                 coverage.degrade("shards")
             for reason in coverage.degraded:
                 metrics.DEGRADED.labels(reason).inc()
-            version = ranked.model.version if ranked.model is not None else ""
+            model = ranked.model_for(i)
+            version = model.version if model is not None else ""
             out.append(Answer(selected.items[i], coverage, Retrieval(int(shards.retrieval[i])), version))
         return out
 

@@ -45,6 +45,9 @@ class Request:
     diversity: float = 0.0
     include_seen: bool = False
     context: Mapping[str, str] = field(default_factory=dict)
+    # The loaded model version that ranks it (an experiment variant's); None: the default one. Requests
+    # of several versions share a batch: the rank step scores each version's members apart.
+    model_version: str | None = None
 
 
 def ragged_offsets(lengths: Sequence[int] | npt.NDArray[np.int64]) -> Offsets:
@@ -185,6 +188,12 @@ class Ranked:
     ranker: str  # the ranker that scored them, or "prior" when ranking failed open
     # The model version that ranked them (the default one for "prior"); None only in tests' stages.
     model: RankingModel | None = None
+    # Per request, when the batch's requests were ranked by several versions (else `model` for all).
+    models: tuple[RankingModel, ...] = ()
+
+    def model_for(self, i: int) -> RankingModel | None:
+        """The model version that ranked request i."""
+        return self.models[i] if self.models else self.model
 
 
 @dataclass(frozen=True, slots=True)

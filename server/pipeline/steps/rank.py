@@ -10,7 +10,7 @@ import numpy.typing as npt
 
 from server.catalog.item_store import ItemStore
 from server.pipeline.stages import Filtered, Ragged, Ranked, ragged_offsets
-from server.ranking.base import RankBatch
+from server.ranking.base import RankBatch, RankResult
 from server.ranking.model import RankingModel
 from server.ranking.registry import UnknownModelVersion
 from server.ranking.service import RankService
@@ -25,24 +25,20 @@ class RankCandidates:
     produces = Ranked
     awaits_io = True
 
-    def __init__(
-        self, service: RankService, items: ItemStore, mmr_pool: int, model_version: str | None = None
-    ):
-        """`model_version`: the loaded version that ranks (an experiment variant's); None: the default."""
+    def __init__(self, service: RankService, items: ItemStore, mmr_pool: int):
         self._service = service
         self._items = items
         self._mmr_pool = mmr_pool
-        self._model_version = model_version
 
-    def model(self) -> RankingModel:
-        """The model this batch is ranked with. A variant's version that a reload has since removed
-        ranks with the default one (logged): the answer still says which version ranked it."""
-        if self._model_version is None:
+    def model(self, version: str | None = None) -> RankingModel:
+        """The model of `version` (None: the default one). A variant's version that a reload has since
+        removed ranks with the default one (logged): the answer still says which version ranked it."""
+        if version is None:
             return self._service.models.default
         try:
-            return self._service.models.get(self._model_version)
+            return self._service.models.get(version)
         except UnknownModelVersion:
-            log.warning("model version %s is no longer loaded; ranking with the default", self._model_version)
+            log.warning("model version %s is no longer loaded; ranking with the default", version)
             return self._service.models.default
 
     def side_features(
@@ -68,25 +64,62 @@ class RankCandidates:
         rows = filtered.rows
         if len(rows.values) == 0:
             return self.fallback(filtered)
-        # One model for the whole batch, features and scores alike, resolved once: a reload swaps the
-        # default for the next batch, never in the middle of this one.
-        model = self.model()
+        requests = filtered.hydrated.batch.requests
+        # Each version's model resolved once for the whole batch, features and scores alike: a reload
+        # swaps the default for the next batch, never in the middle of this one.
+        versions = [r.model_version for r in requests]
+        models = {v: self.model(v) for v in dict.fromkeys(versions)}
         n = len(rows)
         lengths = rows.lengths
         width = int(lengths.max())
         owners = rows.owners()
         column = np.arange(len(rows.values)) - rows.offsets[owners]
-        side = self.side_features(rows.values, filtered.graph, model)
+        groups = _members_by_version(versions)
+        if len(groups) == 1:
+            side = self.side_features(rows.values, filtered.graph, models[versions[0]])
+        else:
+            side = np.empty((len(rows.values), 3), np.float32)
+            of_request = np.asarray([list(models).index(v) for v in versions])[owners]
+            for g, version in enumerate(models):
+                mine = of_request == g
+                side[mine] = self.side_features(rows.values[mine], filtered.graph[mine], models[version])
         padded = np.full((n, width), -1, np.int64)
         padded[owners, column] = rows.values
         padded_side = np.zeros((n, width, 3), np.float32)
         padded_side[owners, column] = side
         want = self.wanted(filtered)
+        k = max(1, int(want.max()))
         # Cold starts search with a zero vector: similarity contributes nothing, side features decide.
-        batch = RankBatch(filtered.hydrated.vectors, padded, padded_side, max(1, int(want.max())))
-        result, ranker, model = await self._service.rank(batch, n, model=model)
+        vectors = filtered.hydrated.vectors
+        if len(groups) == 1:
+            version = versions[0]
+            result, ranker, model = await self._service.rank(
+                RankBatch(vectors, padded, padded_side, k), n, model=models[version]
+            )
+            per_request: tuple[RankingModel, ...] = ()
+        else:
+            # One ranker call per version: a variant's model shares the batch with the default one
+            # instead of a batch of its own.
+            result, rankers = (
+                RankResult(
+                    np.full((n, k), -1, np.int64), np.zeros((n, k), np.float32), np.zeros((n, k), np.float32)
+                ),
+                [],
+            )
+            for version, members in groups.items():
+                part, name, _ = await self._service.rank(
+                    RankBatch(vectors[members], padded[members], padded_side[members], k),
+                    len(members),
+                    model=models[version],
+                )
+                result.positions[members], result.scores[members] = part.positions, part.scores
+                result.similarity[members] = part.similarity
+                rankers.append(name)
+            ranker = "+".join(sorted(set(rankers)))
+            model = models[versions[0]]
+            per_request = tuple(models[v] for v in versions)
         # The first want[i] positions of each row, valid ones only, flattened back to ragged arrays.
-        take = (np.arange(batch.k)[None, :] < want[:, None]) & (result.positions >= 0)
+        take = (np.arange(k)[None, :] < want[:, None]) & (result.positions >= 0)
         member, slot = np.nonzero(take)
         position = result.positions[member, slot]
         flat = rows.offsets[member] + position
@@ -99,6 +132,7 @@ class RankCandidates:
             side[flat],
             ranker,
             model,
+            per_request,
         )
 
     def fallback(self, filtered: Filtered) -> Ranked:
@@ -123,3 +157,11 @@ class RankCandidates:
             "prior",
             self.model(),
         )
+
+
+def _members_by_version(versions: list[str | None]) -> dict[str | None, npt.NDArray[np.int64]]:
+    """The requests of each model version, in the order the versions first appear."""
+    members: dict[str | None, list[int]] = {}
+    for i, v in enumerate(versions):
+        members.setdefault(v, []).append(i)
+    return {v: np.asarray(m, np.int64) for v, m in members.items()}

@@ -42,14 +42,13 @@ class SelectItems:
         rows = ranked.rows.values[flat].tolist()
         bits = ranked.bits[flat].tolist()
         scores = ranked.scores[flat].tolist()
-        # The weights of the model that ranked the batch, so score parts add up to its scores.
-        w_sim, w_side = (
-            (ranked.model.similarity_weight, ranked.model.side_weights)
-            if ranked.model is not None
-            else (self._w_sim, self._w_side)
-        )
-        similarity = (ranked.similarity[flat].astype(np.float64) * w_sim).tolist()
-        side = (ranked.side[flat].astype(np.float64) * np.asarray(w_side)).tolist()
+        # The weights of the model that ranked each request, so score parts add up to its scores.
+        weights = [ranked.model_for(i) for i in range(len(requests))]
+        w_sim = np.asarray([self._w_sim if m is None else m.similarity_weight for m in weights], np.float64)
+        w_side = np.asarray([self._w_side if m is None else m.side_weights for m in weights], np.float64)
+        owner = np.repeat(np.arange(len(picks)), [len(p) for p in picks])
+        similarity = (ranked.similarity[flat].astype(np.float64) * w_sim[owner]).tolist()
+        side = (ranked.side[flat].astype(np.float64) * w_side[owner]).tolist()
         item_id = self._items.item_id
         items = [
             ScoredItem(

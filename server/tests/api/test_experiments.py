@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -224,3 +225,38 @@ async def test_write_back_fatigue_retires_items_shown_again_and_again(
 
 def _as_dict(e: ExperimentConfig) -> dict[str, object]:
     return dataclasses.asdict(e)
+
+
+async def test_variants_that_differ_only_in_the_model_share_batches(
+    tmp_path: Path, toy: ToyCatalogue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new model against the current one, the usual A/B test, costs no batching: both variants' requests
+    run the one pipeline together, each answer ranked by its variant's model."""
+    config = experiments_config(tmp_path)
+    config.experiments.definitions[0].variants[1].overrides = {"model_version": "test-popularity-first"}
+    users = [f"user{n}" for n in range(24)]
+    assigner = ExperimentRegistry(config).current()
+    async with frontends_over_one_host(config, 1) as servers:
+        recommender = servers[0].recd.recommender
+        client = RecdClient(servers[0].address, timeout_s=20.0)
+        try:
+            await load_toy(client, toy)
+            await warm_users(client, toy, users)
+            mixed: list[set[str | None]] = []
+            pipeline = recommender.recommend_pipeline
+            run = pipeline.run
+
+            async def recording(batch: Any, *args: Any) -> Any:
+                mixed.append({r.model_version for r in batch.requests})
+                return await run(batch, *args)
+
+            monkeypatch.setattr(pipeline, "run", recording)
+            answers = await asyncio.gather(*(client.recommend(u, k=5) for u in users))
+        finally:
+            await client.close()
+    assert any(len(versions) == 2 for versions in mixed), mixed  # both variants in one batch
+    for user, answer in zip(users, answers, strict=True):
+        variant = assigner.assign(user).pairs[0][1]
+        assert answer.model_version == (
+            "test-popularity-first" if variant == "popular" else "test-similarity-first"
+        )

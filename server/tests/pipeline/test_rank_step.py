@@ -62,9 +62,14 @@ class Spec:
     diversity: float = 0.0
 
 
-def build(items: ItemStore, specs: list[Spec], seed: int = 0) -> Filtered:
+def build(
+    items: ItemStore, specs: list[Spec], seed: int = 0, versions: list[str | None] | None = None
+) -> Filtered:
     rng = np.random.default_rng(seed)
-    requests: list[Request] = [request(k=s.k, diversity=s.diversity) for s in specs]
+    versions = versions or [None] * len(specs)
+    requests: list[Request] = [
+        request(k=s.k, diversity=s.diversity, model_version=v) for s, v in zip(specs, versions, strict=True)
+    ]
     vectors = []
     for s in specs:
         q = rng.normal(size=DIM).astype(np.float32)
@@ -79,7 +84,7 @@ def build(items: ItemStore, specs: list[Spec], seed: int = 0) -> Filtered:
 
 
 def oracle(
-    items: ItemStore, filtered: Filtered, i: int, want: int
+    items: ItemStore, filtered: Filtered, i: int, want: int, model: RankingModel = MODEL
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Request i's best `want` rows by w_sim * dot + side @ w_side, in float64 (ties: lower row)."""
     lo, hi = filtered.rows.offsets[i], filtered.rows.offsets[i + 1]
@@ -90,13 +95,13 @@ def oracle(
         [
             filtered.graph[lo:hi].astype(np.float64),
             items.popularity_feature(rows).astype(np.float64),
-            items.freshness_feature(rows, int(time.time() * 1000), MODEL.freshness_half_life_s).astype(
+            items.freshness_feature(rows, int(time.time() * 1000), model.freshness_half_life_s).astype(
                 np.float64
             ),
         ],
         axis=1,
     )
-    score = MODEL.similarity_weight * similarity + side @ np.asarray(MODEL.side_weights)
+    score = model.similarity_weight * similarity + side @ np.asarray(model.side_weights)
     order = np.lexsort((rows, -score))[:want]
     return rows[order], score[order], similarity[order], side[order]
 
@@ -149,6 +154,48 @@ async def test_rank_matches_the_oracle(
     assert ranked.ranker == "cpu"
     assert ranked.rows.lengths.tolist() == wants
     assert_matches_oracle(items, filtered, ranked, wants)
+
+
+POPULARITY_FIRST = RankingModel("popularity-first", 0.1, (0.0, 1.0, 0.2), 3 * 86400.0)
+
+
+async def test_requests_of_two_model_versions_share_a_batch_each_ranked_by_its_own(
+    items: ItemStore, service: RankService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Experiment variants that differ only in the model share one batch: one ranker call per version,
+    every request ranked (features too: another freshness half-life) as its own model ranks it alone."""
+    service.models.replace(None, POPULARITY_FIRST, make_default=False)
+    calls: list[int] = []
+    rank = service.rank
+
+    async def counting(batch: object, requests: int, *args: object, **kwargs: object) -> object:
+        calls.append(requests)
+        return await rank(batch, requests, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service, "rank", counting)
+    specs = [Spec(3, 10), Spec(3, 10), Spec(2, 8, warm=False), Spec(4, 12)]
+    versions: list[str | None] = [None, "popularity-first", None, "popularity-first"]
+    filtered = build(items, specs, seed=9, versions=versions)
+    ranked = await step(service, items).run(filtered, time.monotonic() + FAR)
+    assert sorted(calls) == [2, 2]
+    for i, (spec, version) in enumerate(zip(specs, versions, strict=True)):
+        model = POPULARITY_FIRST if version else MODEL
+        assert ranked.model_for(i) == model
+        rows, score, similarity, side = oracle(items, filtered, i, spec.k, model)
+        np.testing.assert_allclose(
+            ranked.similarity[ranked.rows.offsets[i] : ranked.rows.offsets[i + 1]], similarity, atol=2e-4
+        )
+        assert ranked.rows.row(i).tolist() == rows.tolist()
+        lo, hi = ranked.rows.offsets[i], ranked.rows.offsets[i + 1]
+        np.testing.assert_allclose(ranked.scores[lo:hi], score, atol=2e-4)
+        np.testing.assert_allclose(ranked.side[lo:hi], side, atol=1e-5)
+    # On these candidates the two models disagree, so a request ranked by the wrong one would show.
+    assert any(
+        oracle(items, filtered, i, spec.k, MODEL)[0].tolist()
+        != oracle(items, filtered, i, spec.k, POPULARITY_FIRST)[0].tolist()
+        for i, spec in enumerate(specs)
+        if versions[i]
+    )
 
 
 async def test_a_cold_start_has_no_similarity(items: ItemStore, service: RankService) -> None:

@@ -1,10 +1,12 @@
 """`recd bench experiments`: what experiments cost per Recommend and per RecordInteractions.
 
-Three `recd serve` processes on copies of the demo snapshot run at once, measured in alternating phases:
+Four `recd serve` processes on copies of the demo snapshot run at once, measured in alternating phases:
 - off: no experiment (the reference);
 - one pipeline: every user in an experiment whose two variants run the same pipeline, so the cost is
   assignment, the exposure log (a queue, then batched writes to the profile store) and the per-variant
   metrics;
+- another model: the second variant ranks with another model version, in the same batches as the first
+  (one ranker call per version);
 - two pipelines: the second variant overrides ef_search, so the two variants' requests are batched apart.
 Each phase: Recommend in a closed loop, then RecordInteractions of one click each on an item the user was
 served (the worst case for attribution: every interaction is attributed, so each one reads the user's
@@ -24,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from server.gen.recd.v1 import recommender_pb2, recommender_pb2_grpc
+from server.ranking.model import DEFAULT_MODEL_FILE
 from server.security.tls import aio_channel
 from server.tools.bench.loadgen import LoadResult, closed_loop
 from server.tools.bench.recommend import CONCURRENCY, ensure_demo_state, user_ids, zipf_order
@@ -95,12 +98,18 @@ def run_experiments_bench(quick: bool = False) -> tuple[str, dict[str, float]]:
     modes = [
         _Mode("no experiment", "off", None),
         _Mode("experiment, one pipeline", "same", _experiment({})),
+        _Mode("experiment, another model", "model", _experiment({"model_version": "bench-other"})),
         _Mode("experiment, two pipelines", "split", _experiment({"ef_search": 24})),
     ]
     with (
         tempfile.TemporaryDirectory(prefix="recd-bench-experiments-") as directory,
         contextlib.ExitStack() as servers,
     ):
+        other_model = Path(directory) / "other_model.yaml"
+        shipped = yaml.safe_load(DEFAULT_MODEL_FILE.read_text())
+        shipped["version"] = "bench-other"
+        shipped["weights"]["popularity"] = shipped["weights"]["popularity"] * 2
+        other_model.write_text(yaml.safe_dump(shipped))
         for mode in modes:
             # Each server writes its exposures and interactions to its own copy of the snapshot.
             state = Path(directory) / mode.key
@@ -110,6 +119,7 @@ def run_experiments_bench(quick: bool = False) -> tuple[str, dict[str, float]]:
                 path = Path(directory) / f"{mode.key}.yaml"
                 path.write_text(yaml.safe_dump(mode.experiments))
                 env["RECD_EXPERIMENTS__FILE"] = str(path)
+                env["RECD_RANKING__EXTRA_MODEL_FILES"] = f"[{other_model}]"
             mode.address, mode.metrics_address, _ = servers.enter_context(recd_server(env))
             mode.clicks = asyncio.run(_served(mode.address, users[:CLICK_USERS]))
         for _ in range(rounds):
@@ -156,7 +166,7 @@ def run_experiments_bench(quick: bool = False) -> tuple[str, dict[str, float]]:
             [f"RecordInteractions (1 click), {mode.name}", clicks.qps, clicks.percentile_ms(50),
              clicks.percentile_ms(99), clicks.errors, f"{click_cpu_ms:.2f}"]
         )  # fmt: skip
-    for key in ("same", "split"):
+    for key in ("same", "model", "split"):
         result[f"{key}_recommend_cpu_ratio"] = (
             result[f"{key}_recommend_cpu_ms"] / result["off_recommend_cpu_ms"]
         )
@@ -169,12 +179,14 @@ def run_experiments_bench(quick: bool = False) -> tuple[str, dict[str, float]]:
         "\n\nAgainst no experiment, in the same run: with every user in an experiment whose variants share"
         f" one pipeline, server CPU per Recommend **{result['same_recommend_cpu_ratio']:.2f}x** (QPS"
         f" {result['same_recommend_qps_ratio']:.2f}x): assignment, the exposure log, per-variant metrics;"
+        " with a variant ranking by another model (the same batches, one ranker call per version)"
+        f" **{result['model_recommend_cpu_ratio']:.2f}x** (QPS {result['model_recommend_qps_ratio']:.2f}x);"
         f" with two pipelines (the variants batched apart) **{result['split_recommend_cpu_ratio']:.2f}x**"
         f" (QPS {result['split_recommend_qps_ratio']:.2f}x). Per RecordInteractions with every click"
         f" attributed (a read of the user's exposures and an outcome written):"
         f" **{result['same_interactions_cpu_ratio']:.2f}x** CPU"
         f" ({result['same_attributed']:,.0f} clicks attributed by the one-pipeline server,"
-        f" {result['off_attributed']:,.0f} by the reference). Three `recd serve` processes (one process"
+        f" {result['off_attributed']:,.0f} by the reference). Four `recd serve` processes (one process"
         " each, embedded backends, each on its own copy of the demo snapshot) run at once and the phases"
         f" alternate between them: {rounds} rounds of {phase_s:.0f} s Recommend then {phase_s:.0f} s"
         f" RecordInteractions per mode (each after 1 s of warm-up). Closed loop, {CONCURRENCY} concurrent"
