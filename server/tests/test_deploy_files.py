@@ -25,6 +25,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from server import metrics
 from server.cli import build_parser
 from server.config import load_config
+from server.experiments.registry import ExperimentRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -104,8 +105,10 @@ def test_deploy_dirs_exist() -> None:
 def test_yaml_parses(path: Path) -> None:
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
     assert docs, f"{path} holds no document"
+    # The experiments file is data for a ConfigMap (a list of experiments), not a manifest.
+    kind = list if path.name == "experiments.yaml" else dict
     for doc in docs:
-        assert isinstance(doc, dict), f"{path}: a document is not a mapping"
+        assert isinstance(doc, kind), f"{path}: a document is not a {kind.__name__}"
 
 
 def test_manifests_have_kind_and_name() -> None:
@@ -216,6 +219,34 @@ def test_configmap_config_loads(tmp_path: Path) -> None:
             grace = config.edge.grace_s if doc["metadata"]["name"] == "recd-edge" else config.server.grace_s
             sleep = float(spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][-1])
             assert spec["terminationGracePeriodSeconds"] > sleep + grace, doc["metadata"]["name"]
+
+
+def test_every_pod_that_serves_recommends_mounts_the_experiments_file(tmp_path: Path) -> None:
+    """The frontends and the edge assign users from the same experiments file, which keeps its
+    ConfigMap name (an edit reaches running pods) and loads as experiments with the shipped config."""
+    maps = {d["metadata"]["name"]: d for d in _k8s_docs() if d.get("kind") == "ConfigMap"}
+    config_map = next(d for name, d in maps.items() if "recd.yaml" in d.get("data", {}))
+    path = tmp_path / "recd.yaml"
+    path.write_text(config_map["data"]["recd.yaml"])
+    config = load_config(path, environ={})
+    assert config.experiments.file is not None
+    mount_dir, _, file_name = config.experiments.file.rpartition("/")
+    experiments = maps["recd-experiments"]  # no hash suffix: edits are not rollouts
+    (tmp_path / file_name).write_text(experiments["data"][file_name])
+    config.experiments.file = str(tmp_path / file_name)
+    assert ExperimentRegistry(config).current().experiments == ()
+    mounting = set()
+    for doc in _k8s_docs():
+        pod = doc.get("spec", {}).get("template", {}).get("spec") if doc.get("kind") == "Deployment" else None
+        if not pod:
+            continue
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for c in pod["containers"]:
+            for m in c.get("volumeMounts", []):
+                if m["mountPath"] == mount_dir:
+                    assert volumes[m["name"]]["configMap"]["name"] == "recd-experiments"
+                    mounting.add(doc["metadata"]["name"])
+    assert mounting == {"recd-frontend", "recd-edge"}
 
 
 def _containers() -> list[tuple[str, dict[str, Any]]]:
@@ -492,17 +523,22 @@ def test_shard_nodes_export_metrics_on_their_metrics_port() -> None:
 
 # --- config rollout and the schema Job ---------------------------------------------------------------
 def _config_refs(docs: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> set[str]:
+    """The recd.yaml ConfigMaps the pods mount (the experiments one keeps its name on purpose)."""
     return {
         v["configMap"]["name"]
         for _, pod in _pod_specs(docs)
         for v in pod.get("volumes", [])
-        if "configMap" in v
+        if "configMap" in v and v["configMap"]["name"] != "recd-experiments"
     }
 
 
 def test_a_config_change_rolls_the_workloads(tmp_path: Path) -> None:
     """The ConfigMap's name carries a hash of recd.yaml, so editing it changes every pod template."""
-    (configmap,) = [d for d in _rendered("k8s") if d["kind"] == "ConfigMap"]
+    (configmap,) = [
+        d
+        for d in _rendered("k8s")
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] != "recd-experiments"
+    ]
     assert re.fullmatch(r"recd-config-[a-z0-9]{10}", configmap["metadata"]["name"])
     assert _config_refs(_rendered("k8s")) == {configmap["metadata"]["name"]}
     # The schema Job reads the same generated ConfigMap.
