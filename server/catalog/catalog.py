@@ -72,10 +72,13 @@ class Catalog:
         *,
         models: ModelReloader | None = None,
         experiment_outcomes: Callable[[str, int], Awaitable[ExperimentOutcomes]] | None = None,
+        forget_exposures: Callable[[Sequence[str]], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self._models = models
         self._experiment_outcomes = experiment_outcomes
+        # Drops the users' answers this frontend's exposure log has not written yet (before an erasure).
+        self._forget_exposures = forget_exposures
         self._router = router
         self._profiles = profiles
         self._graph = graph
@@ -154,6 +157,8 @@ class Catalog:
         validation.check_batch(len(user_ids), "user_ids", self.limits)
         validation.check_ids(user_ids, "user_ids", self.limits)
         unique = list(dict.fromkeys(user_ids))
+        if self._forget_exposures is not None:
+            await self._forget_exposures(unique)
         await self._profiles.delete_users(unique)
         await self._users.invalidate(unique)
         for listener in self._erasure_listeners:

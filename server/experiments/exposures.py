@@ -46,6 +46,8 @@ class ExposureLog:
         self._now_ms = wall_clock_ms
         self._queue: list[Exposure] = []
         self._writing: list[Exposure] = []  # taken from the queue, not yet acknowledged by the store
+        self._written = asyncio.Event()  # set while no write is in flight
+        self._written.set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -115,7 +117,16 @@ class ExposureLog:
     def _take(self) -> list[Exposure]:
         batch, self._queue = self._queue, []
         self._writing = batch
+        self._written.clear()
         return batch
+
+    async def forget(self, user_ids: Sequence[str]) -> None:
+        """Before an erasure: these users' answers still queued are dropped, and a write holding some of
+        them is waited for, so that none lands in the store after the erasure."""
+        users = set(user_ids)
+        self._queue = [e for e in self._queue if e.user_id not in users]
+        while any(e.user_id in users for e in self._writing):
+            await self._written.wait()
 
     async def _write(self, batch: list[Exposure]) -> None:
         try:
@@ -131,6 +142,7 @@ class ExposureLog:
             log.warning("exposure log: %d answers not written", len(batch), exc_info=True)
         finally:
             self._writing = []
+            self._written.set()
 
     async def close(self) -> None:
         """Writes what is queued, then stops."""

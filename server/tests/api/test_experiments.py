@@ -260,3 +260,15 @@ async def test_variants_that_differ_only_in_the_model_share_batches(
         assert answer.model_version == (
             "test-popularity-first" if variant == "popular" else "test-similarity-first"
         )
+
+
+async def test_an_answer_still_queued_for_the_exposure_log_does_not_outlive_the_users_erasure(
+    tmp_path: Path, toy: ToyCatalogue
+) -> None:
+    config = experiments_config(tmp_path, flush_interval_ms=300.0)
+    async with two_frontends(config, toy, False) as (a, _):
+        await a.recommend("forced-popular", k=5)  # its exposure waits in A's queue
+        await a.delete_user("forced-popular")
+        await asyncio.sleep(0.5)  # past the flush interval
+        held = await a.get_user("forced-popular")
+        assert held.exposures_held == 0 and not held.found

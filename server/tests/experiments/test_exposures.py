@@ -216,6 +216,21 @@ async def test_close_rewrites_a_batch_whose_write_it_interrupted() -> None:
     assert [[e.user_id for e in batch] for batch, _, _ in store.calls] == [["u1"]]
 
 
+async def test_forget_drops_queued_answers_and_waits_for_a_write_that_holds_the_user() -> None:
+    """Before an erasure: nothing of the user may reach the store after forget() returns."""
+    store = RecordingStore(delay_s=0.2)
+    log = exposure_log(store, ExposuresConfig(flush_interval_ms=0.0))
+    log.log("u1", ["a"], ARM, 0.001)
+    await asyncio.wait_for(store.started.wait(), 5)  # u1's answer is being written
+    log.log("u1", ["b"], ARM, 0.001)
+    log.log("u2", ["c"], ARM, 0.001)
+    await log.forget(["u1"])
+    assert [[e.user_id for e in batch] for batch, _, _ in store.calls] == [["u1"]]  # the write finished
+    assert "u1" not in log.pending(["u1"])
+    await log.close()
+    assert [e.user_id for batch, _, _ in store.calls for e in batch] == ["u1", "u2"]
+
+
 def test_diversity_of_identical_orthogonal_and_opposite_items() -> None:
     batch = [
         exposure("u", ["a", "b"]),  # identical directions
