@@ -161,7 +161,7 @@ EXPERIMENT_DIVERSITY = Histogram(
 )
 ATTRIBUTION_ERRORS = Counter(
     "recd_experiment_attribution_errors_total",
-    "RecordInteractions calls whose attribution failed (the interactions are recorded all the same)",
+    "Interactions not attributed (attribution failed or its queue was full); they are recorded all the same",
 )
 # outcome written / dropped (queue_max reached) / failed (the store refused the write).
 EXPOSURES_LOGGED = Counter("recd_exposures_logged_total", "Answers given to the exposure log", ["outcome"])

@@ -36,8 +36,8 @@ from server.domain import (
     Source,
 )
 from server.errors import RecdError, invalid, not_found
-from server.experiments import attribution
 from server.experiments.assignment import OUTSIDE, Arm, Assigner
+from server.experiments.attribution import Attributor
 from server.experiments.definitions import config_for
 from server.experiments.exposures import ExposureLog
 from server.experiments.fatigue import Fatigue
@@ -88,6 +88,13 @@ class Recommender:
         # attributes what users do next to the variant that served them.
         self.experiments = ExperimentRegistry(config, self.models.versions)
         self.exposures = ExposureLog(profiles, items, config.exposures)
+        self.attribution = Attributor(
+            profiles,
+            self.exposures,
+            config.experiments,
+            config.exposures,
+            config.profiles.write_timeout_ms / 1000.0,
+        )
         fatigue = (
             Fatigue(self.exposures, profiles, config.exposures) if config.exposures.fatigue_after else None
         )
@@ -284,30 +291,8 @@ class Recommender:
         self._popularity_sync.poke()  # this frontend's counts reflect the write promptly
         await self._users.invalidate(x.user_id for x in normalised)
         if self.experiments.enabled:
-            await self._attribute(normalised)
+            self.attribution.add(normalised)  # off the write path: it is recorded already
         return len(normalised)
-
-    async def _attribute(self, interactions: Sequence[Interaction]) -> None:
-        """Attributes the interactions to the variants that served their items. The interactions are
-        recorded already: a failure here loses their attribution (counted), never the write."""
-        window_ms = int(self.config.experiments.attribution_window_s * 1000)
-        users = list(dict.fromkeys(x.user_id for x in interactions))
-        since_ms = min(x.timestamp_ms for x in interactions) - window_ms
-        e = self.config.exposures
-        try:
-            stored = await self._profiles.read_exposures(
-                users, since_ms, e.keep_per_user, self.config.profiles.write_timeout_ms / 1000.0
-            )
-            served = self.exposures.pending(users)  # answers of this frontend not written yet come first
-            for user, exposures in zip(users, stored, strict=True):
-                served.setdefault(user, []).extend(exposures)
-            outcomes = attribution.attribute(interactions, served, window_ms)
-            if outcomes:
-                await self._profiles.record_outcomes(outcomes, e.ttl_s)
-                attribution.count(outcomes, self.config.experiments.outcome_actions)
-        except Exception:
-            metrics.ATTRIBUTION_ERRORS.inc()
-            log.warning("attribution of %d interactions failed", len(interactions), exc_info=True)
 
     async def experiment_outcomes(self, name: str, since_ms: int) -> ExperimentOutcomes:
         """The per-variant outcomes of experiment `name` since `since_ms` (NOT_FOUND if no experiment of
@@ -316,14 +301,22 @@ class Recommender:
         if experiment is None:
             known = [e.name for e in self.experiments.current().experiments]
             raise not_found(f"no experiment {name!r} is defined; defined: {known}")
+        # This frontend's answers and attributions still queued, first (others' within their interval).
         await self.exposures.flush()
+        await self.attribution.flush()
         exposures = await self._profiles.scan_exposures(since_ms)
         outcomes = await self._profiles.scan_outcomes(since_ms)
         actions = self.config.experiments.outcome_actions
         return summarise(experiment, exposures, outcomes, actions, since_ms, len(self._items))
 
+    async def forget(self, user_ids: Sequence[str]) -> None:
+        """Before an erasure: nothing of these users still queued here reaches the store after it."""
+        await self.attribution.forget(user_ids)
+        await self.exposures.forget(user_ids)
+
     async def close(self) -> None:
-        """Writes the exposures still queued."""
+        """Attributes and writes what is still queued (attribution first: it reads the exposures)."""
+        await self.attribution.close()
         await self.exposures.close()
 
 

@@ -76,7 +76,7 @@ class Recd:
             self.warmer.poke,
             models=self.model_reloader,
             experiment_outcomes=self.recommender.experiment_outcomes,
-            forget_exposures=self.recommender.exposures.forget,
+            before_erasure=self.recommender.forget,
         )
 
     @property

@@ -72,13 +72,14 @@ class Catalog:
         *,
         models: ModelReloader | None = None,
         experiment_outcomes: Callable[[str, int], Awaitable[ExperimentOutcomes]] | None = None,
-        forget_exposures: Callable[[Sequence[str]], Awaitable[None]] | None = None,
+        before_erasure: Callable[[Sequence[str]], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self._models = models
         self._experiment_outcomes = experiment_outcomes
-        # Drops the users' answers this frontend's exposure log has not written yet (before an erasure).
-        self._forget_exposures = forget_exposures
+        # Drops what this frontend still holds to write about the users (queued answers served and
+        # attributions), so that nothing of theirs reaches the store after their erasure.
+        self._before_erasure = before_erasure
         self._router = router
         self._profiles = profiles
         self._graph = graph
@@ -157,8 +158,8 @@ class Catalog:
         validation.check_batch(len(user_ids), "user_ids", self.limits)
         validation.check_ids(user_ids, "user_ids", self.limits)
         unique = list(dict.fromkeys(user_ids))
-        if self._forget_exposures is not None:
-            await self._forget_exposures(unique)
+        if self._before_erasure is not None:
+            await self._before_erasure(unique)
         await self._profiles.delete_users(unique)
         await self._users.invalidate(unique)
         for listener in self._erasure_listeners:

@@ -1,9 +1,9 @@
 """The exposure log's writer: answers served, written to the profile store off the request path.
 
-A Recommend only appends its answer to a queue (microseconds); a task started on first use writes what
-gathered every `exposures.flush_interval_ms` in one store call, after computing each answer's diversity
-for the whole batch at once. The queue is bounded: when the store falls behind, answers beyond
-`exposures.queue_max` are dropped and counted rather than held without bound. An answer not yet written
+A Recommend only appends its answer to a queue (microseconds, server/experiments/batches.py); what
+gathered is written every `exposures.flush_interval_ms` in one store call, after computing each answer's
+diversity for the whole batch at once. Past `exposures.queue_max` waiting, answers are dropped and
+counted rather than held without bound. An answer not yet written
 is still visible to this process (`pending`), so an interaction that follows its answer within the
 flush interval through the same frontend is attributed all the same.
 
@@ -13,8 +13,6 @@ time: each frontend exports its own, and Prometheus adds them up.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +26,7 @@ from server.catalog.item_store import ItemStore
 from server.config import ExposuresConfig
 from server.domain import Exposure
 from server.experiments.assignment import Arm, parse_tag
+from server.experiments.batches import BatchQueue
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +43,13 @@ class ExposureLog:
         self._items = items
         self._config = config
         self._now_ms = wall_clock_ms
-        self._queue: list[Exposure] = []
-        self._writing: list[Exposure] = []  # taken from the queue, not yet acknowledged by the store
-        self._written = asyncio.Event()  # set while no write is in flight
-        self._written.set()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
+        self._batches: BatchQueue[Exposure] = BatchQueue(
+            self._write,
+            config.flush_interval_ms / 1000.0,
+            config.queue_max,
+            metrics.EXPOSURES_LOGGED.labels("dropped").inc,
+            "exposure-log",
+        )
         self._children: dict[str, list[tuple[Any, Any, Any]]] = {}
 
     @property
@@ -64,17 +63,9 @@ class ExposureLog:
             answers.inc()
             impressions.inc(len(item_ids))
             latency.observe(latency_s)
-        if self._closed:
-            return
-        if len(self._queue) >= self._config.queue_max:
-            metrics.EXPOSURES_LOGGED.labels("dropped").inc()
-            return
-        self._queue.append(
+        self._batches.put(
             Exposure(user_id, self._now_ms(), tuple(item_ids), arm.tag, latency_s * 1000.0, 0.0)
         )
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="exposure-log")
-        self._wake.set()
 
     def _counters(self, arm: Arm) -> list[tuple[Any, Any, Any]]:
         # Label lookups cost more than the counting itself: each arm's children are bound once.
@@ -94,39 +85,21 @@ class ExposureLog:
         """Answers of these users not yet acknowledged by the store, newest first."""
         wanted = set(user_ids)
         found: dict[str, list[Exposure]] = {}
-        for e in reversed(self._writing + self._queue):
+        for e in reversed(self._batches.pending()):
             if e.user_id in wanted:
                 found.setdefault(e.user_id, []).append(e)
         return found
 
     async def flush(self) -> None:
-        """Writes everything queued now (tests, shutdown)."""
-        while self._queue:
-            await self._write(self._take())
-
-    async def _run(self) -> None:
-        interval_s = self._config.flush_interval_ms / 1000.0
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if interval_s > 0:
-                await asyncio.sleep(interval_s)  # let a batch gather
-            if self._queue:
-                await self._write(self._take())
-
-    def _take(self) -> list[Exposure]:
-        batch, self._queue = self._queue, []
-        self._writing = batch
-        self._written.clear()
-        return batch
+        """Writes everything queued now (tests, reports, shutdown)."""
+        await self._batches.flush()
 
     async def forget(self, user_ids: Sequence[str]) -> None:
         """Before an erasure: these users' answers still queued are dropped, and a write holding some of
         them is waited for, so that none lands in the store after the erasure."""
         users = set(user_ids)
-        self._queue = [e for e in self._queue if e.user_id not in users]
-        while any(e.user_id in users for e in self._writing):
-            await self._written.wait()
+        self._batches.drop(lambda e: e.user_id in users)
+        await self._batches.settled(lambda e: e.user_id in users)
 
     async def _write(self, batch: list[Exposure]) -> None:
         try:
@@ -140,22 +113,10 @@ class ExposureLog:
         except Exception:
             metrics.EXPOSURES_LOGGED.labels("failed").inc(len(batch))
             log.warning("exposure log: %d answers not written", len(batch), exc_info=True)
-        finally:
-            self._writing = []
-            self._written.set()
 
     async def close(self) -> None:
         """Writes what is queued, then stops."""
-        self._closed = True
-        interrupted = self._writing  # a write the cancel may cut short: written again (stores dedupe)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if interrupted:
-            await self._write(interrupted)
-        await self.flush()
+        await self._batches.close()
 
 
 def with_diversity(batch: Sequence[Exposure], items: ItemStore) -> list[Exposure]:

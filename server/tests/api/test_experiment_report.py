@@ -23,6 +23,7 @@ from server.experiments.registry import ExperimentRegistry
 from server.experiments.report import build_report, render
 from server.tests.api.test_end_to_end import cluster_items
 from server.tests.api.test_experiments import experiments_config, two_frontends
+from server.tests.api.two_frontends import eventually
 from server.tests.conftest import ToyCatalogue
 
 USERS = 600
@@ -62,11 +63,19 @@ async def test_the_report_finds_the_better_variant_with_the_true_difference_insi
         await asyncio.sleep(0.1)
         for record, interactions in clicks:
             await record.record_interactions(interactions)
-        outcomes = experiment_outcomes(await a.experiment_outcomes("ranker"))
+        # Each frontend attributes its interactions off the write path, within its flush interval.
+        reports = []
+
+        async def attributed() -> bool:
+            reports.append(experiment_outcomes(await a.experiment_outcomes("ranker")))
+            return {v.variant: v.actions["click"].sum_y for v in reports[-1].variants} == drawn
+
+        await eventually(attributed)
+        outcomes = reports[-1]
     report = build_report(outcomes)
     print(render(report))
-    # Every click drawn is attributed to the variant that served it, through either frontend.
-    assert {v.variant: v.actions["click"].sum_y for v in report.outcomes.variants} == drawn
+    # Every click drawn is attributed to the variant that served it, through either frontend (the wait
+    # above ends only then).
     truth = {variant: float(np.mean(p)) for variant, p in shown_p.items()}
     assert report.metric("click per impression").better == "control"
     # A 95% interval misses the truth once in 20 draws by design (this seed's control draw is 2.3

@@ -3,10 +3,17 @@ to the user within the window (and not clearly after it), and the per-variant co
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import REGISTRY
 
+from server.backends.memory_profiles import InMemoryProfileStore
+from server.catalog.item_store import ItemStore
+from server.config import ExperimentsConfig, ExposuresConfig
 from server.domain import Exposure, Interaction, Outcome
-from server.experiments.attribution import CLOCK_TOLERANCE_MS, attribute, count
+from server.experiments.assignment import Arm
+from server.experiments.attribution import CLOCK_TOLERANCE_MS, Attributor, attribute, count
+from server.experiments.exposures import ExposureLog
 
 T = 1_700_000_000_000
 HOUR_MS = 3_600_000
@@ -131,3 +138,68 @@ def test_count_labels_each_pair_and_folds_unknown_actions_into_other() -> None:
     assert actions("cnt", "b", "purchase") == before[("cnt", "b", "purchase")] + 1
     # The unknown action name never becomes a label value.
     assert actions("cnt", "a", "share") == 0.0
+
+
+# --- Attributor: attribution off the write path, in batches -----------------------------------------
+class FailingStore:
+    async def read_exposures(self, *args: object) -> list[list[Exposure]]:
+        raise ConnectionError("store down")
+
+
+def errors() -> float:
+    return REGISTRY.get_sample_value("recd_experiment_attribution_errors_total") or 0.0
+
+
+def attributor(store: object, log: ExposureLog, **config: object) -> Attributor:
+    exposures = ExposuresConfig(flush_interval_ms=60_000.0, **config)  # type: ignore[arg-type]
+    return Attributor(store, log, ExperimentsConfig(), exposures, 1.0)  # type: ignore[arg-type]
+
+
+async def test_queued_interactions_are_attributed_in_one_batch_against_stored_and_pending_answers() -> None:
+    store = InMemoryProfileStore(None)
+    log = ExposureLog(store, ItemStore(2), ExposuresConfig(flush_interval_ms=60_000.0))
+    now = int(time.time() * 1000)
+    await store.record_exposures([served("u1", now - 1000, ("a", "b"), "e=written")], 10, 3600.0)
+    log.log("u2", ["c"], Arm((("e", "queued"),)), 0.001)  # not written yet: pending in this process
+    attributing = attributor(store, log)
+    attributing.add([click("u1", "a", now), click("u2", "c", now), click("u3", "z", now)])
+    assert await store.scan_outcomes(0) == []  # nothing until the batch runs
+    await attributing.flush()
+    outcomes = await store.scan_outcomes(0)
+    assert sorted((o.user_id, o.item_id, o.arm) for o in outcomes) == [
+        ("u1", "a", "e=written"),
+        ("u2", "c", "e=queued"),
+    ]
+    await attributing.close()
+    await log.close()
+
+
+async def test_a_failed_attribution_is_counted_and_raises_nothing() -> None:
+    log = ExposureLog(InMemoryProfileStore(None), ItemStore(2), ExposuresConfig(flush_interval_ms=60_000.0))
+    attributing = attributor(FailingStore(), log)
+    before = errors()
+    attributing.add([click("u1", "a", T), click("u2", "b", T)])
+    await attributing.flush()
+    assert errors() == before + 2
+
+
+async def test_a_full_queue_drops_and_counts() -> None:
+    log = ExposureLog(InMemoryProfileStore(None), ItemStore(2), ExposuresConfig(flush_interval_ms=60_000.0))
+    attributing = attributor(InMemoryProfileStore(None), log, queue_max=2)
+    before = errors()
+    attributing.add([click("u1", "a", T), click("u1", "b", T), click("u1", "c", T)])
+    assert errors() == before + 1
+
+
+async def test_forget_drops_an_erased_users_queued_interactions() -> None:
+    store = InMemoryProfileStore(None)
+    log = ExposureLog(store, ItemStore(2), ExposuresConfig(flush_interval_ms=60_000.0))
+    now = int(time.time() * 1000)
+    await store.record_exposures(
+        [served("u1", now - 1000, ("a",), "e=x"), served("u2", now - 1000, ("a",), "e=x")], 10, 3600.0
+    )
+    attributing = attributor(store, log)
+    attributing.add([click("u1", "a", now), click("u2", "a", now)])
+    await attributing.forget(["u1"])
+    await attributing.flush()
+    assert [o.user_id for o in await store.scan_outcomes(0)] == ["u2"]
