@@ -9,8 +9,8 @@ Four `recd serve` processes on copies of the demo snapshot run at once, measured
   (one ranker call per version);
 - two pipelines: the second variant overrides ef_search, so the two variants' requests are batched apart.
 Each phase: Recommend in a closed loop, then RecordInteractions of one click each on an item the user was
-served (the worst case for attribution: every interaction is attributed, so each one reads the user's
-exposures and writes an outcome). Server CPU per call comes from each server's own counter.
+served (the worst case for attribution: every interaction is attributed and makes an outcome; the
+attribution runs off the write path, in batches). Server CPU per call comes from each server's own counter.
 """
 
 from __future__ import annotations
@@ -183,7 +183,8 @@ def run_experiments_bench(quick: bool = False) -> tuple[str, dict[str, float]]:
         f" **{result['model_recommend_cpu_ratio']:.2f}x** (QPS {result['model_recommend_qps_ratio']:.2f}x);"
         f" with two pipelines (the variants batched apart) **{result['split_recommend_cpu_ratio']:.2f}x**"
         f" (QPS {result['split_recommend_qps_ratio']:.2f}x). Per RecordInteractions with every click"
-        f" attributed (a read of the user's exposures and an outcome written):"
+        " attributed (off the write path, in batches: one read of the users' exposures and one write of"
+        " outcomes per batch):"
         f" **{result['same_interactions_cpu_ratio']:.2f}x** CPU"
         f" ({result['same_attributed']:,.0f} clicks attributed by the one-pipeline server,"
         f" {result['off_attributed']:,.0f} by the reference). Four `recd serve` processes (one process"
