@@ -148,7 +148,9 @@ def render(report: Report) -> str:
     )
     lines += ["", f"sample ratio: chi2 {s.chi2:.2f}, dof {s.dof}, p {s.p_value:.3g} -> {verdict}"]
     for m in report.metrics:
-        if m.name.startswith(f"{OTHER} ") and all(v.estimate.value == 0 for v in m.variants):
+        if all(v.estimate.value == 0 for v in m.variants):
+            if not m.name.startswith(f"{OTHER} "):
+                lines += ["", f"{m.name}: none recorded"]
             continue
         lines += ["", m.name]
         for row in m.variants:
@@ -156,13 +158,17 @@ def render(report: Report) -> str:
             text = f"  {row.variant:<16} {e.value:>10.4g} [{e.low:.4g}, {e.high:.4g}]"
             if row.difference is not None and row.lift is not None:
                 d, lift = row.difference, row.lift
-                text += (
-                    f"   diff {d.value:+.4g} [{d.low:+.4g}, {d.high:+.4g}]"
-                    f"   lift {lift.value:+.1%} [{lift.low:+.1%}, {lift.high:+.1%}]"
-                )
+                text += f"   diff {d.value:+.4g} [{d.low:+.4g}, {d.high:+.4g}]   lift {_percent(lift)}"
             lines.append(text)
         lines.append(f"  -> {m.better} is better" if m.better else "  -> no difference found")
     return "\n".join(lines)
+
+
+def _percent(e: Estimate) -> str:
+    """A relative lift and its interval; "n/a" where the control's rate is 0 (no lift is defined)."""
+    if not math.isfinite(e.value):
+        return "n/a"
+    return f"{e.value:+.1%} [{e.low:+.1%}, {e.high:+.1%}]"
 
 
 def report_dict(report: Report) -> dict[str, object]:
