@@ -12,6 +12,7 @@ passes while its batch is still running is answered at once from the popular lis
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -45,7 +46,7 @@ from server.experiments.outcomes import ExperimentOutcomes, summarise
 from server.experiments.registry import ExperimentRegistry
 from server.pipeline.assembly import Pipelines, assemble, shared_parts
 from server.pipeline.runner import Answer, Pipeline
-from server.pipeline.stages import Batch, Hydrated, Request
+from server.pipeline.stages import AnnParams, Batch, Hydrated, Request
 from server.pipeline.steps.hydrate import HydrateUsers
 from server.ranking.model import RankingModel
 from server.ranking.service import RankService
@@ -105,6 +106,7 @@ class Recommender:
         # overrides of the experiment variants serving now (built on first use).
         self._sets: dict[str, _PipelineSet] = {}
         self._sets_for: Assigner | None = None
+        self._ann_of_arm: dict[str, AnnParams] = {}
         self._default = self._set(OUTSIDE)
         # Requests whose batch is running -> (what it has found so far, the request's index in it).
         self._running: dict[int, tuple[_Progress, int]] = {}
@@ -150,7 +152,19 @@ class Recommender:
             self._sets_for = assigner
             default_key = OUTSIDE.pipeline_key
             self._sets = {default_key: self._sets[default_key]}
+            self._ann_of_arm = {}
         return self._set(arm)
+
+    def _ann_params(self, arm: Arm) -> AnnParams:
+        """The ANN source's parameters with the arm's retrieval overrides, made once per arm."""
+        found = self._ann_of_arm.get(arm.tag)
+        if found is None:
+            config = config_for(self.config, arm.ann_overrides, f"experiment arm {arm.tag}")
+            c = config.pipeline.candidates
+            per_shard_k = self._parts.router.per_shard_k(c.ann_k, c.shard_k_factor, c.shard_k)
+            found = AnnParams(c.ann_k, per_shard_k, config.shards.index.ef_search, c.exact_filter_max_items)
+            self._ann_of_arm[arm.tag] = found
+        return found
 
     def _runner(self, pipeline: Pipeline) -> Callable[[list[Request]], Awaitable[list[Answer | RecdError]]]:
         async def run(members: list[Request]) -> list[Answer | RecdError]:
@@ -225,9 +239,12 @@ class Recommender:
         request = requests.recommend_request(query, self.limits, self._deadline(caller_deadline))
         assigner = self.experiments.current()
         arm = assigner.assign(query.user_id) if assigner.experiments else OUTSIDE
+        pipelines = self._set_serving(arm, assigner)
         if arm.overrides:
             request = arm.applied_to(request)
-        answer = await self._answer(self._set_serving(arm, assigner), "recommend", request)
+            if arm.ann_overrides:
+                request = dataclasses.replace(request, ann=self._ann_params(arm))
+        answer = await self._answer(pipelines, "recommend", request)
         # The version that ranked this answer: during a hot reload, two answers may differ.
         version = answer.model_version or self.model.version
         if arm.pairs or self.exposures.write_back:

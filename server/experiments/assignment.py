@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.experiments.definitions import OVERRIDES, Experiment, overrides_key
+from server.experiments.definitions import ANN_OVERRIDES, PER_REQUEST, Experiment, overrides_key
 from server.pipeline.stages import Request
 
 _SCALE = float(2**64)
@@ -56,9 +56,13 @@ class Arm:
 
     @property
     def pipeline_key(self) -> str:
-        """Arms whose overrides set the same config keys to the same values share one pipeline (and
-        batch together); request-level ones (model_version, diversity) ride on each request."""
-        return overrides_key({k: v for k, v in self.overrides.items() if OVERRIDES.get(k) is not None})
+        """Arms whose pipeline overrides are the same share one pipeline (and batch together); the
+        per-request ones (definitions.PER_REQUEST) ride on each request."""
+        return overrides_key({k: v for k, v in self.overrides.items() if k not in PER_REQUEST})
+
+    @property
+    def ann_overrides(self) -> dict[str, Any]:
+        return {k: v for k, v in self.overrides.items() if k in ANN_OVERRIDES}
 
     def applied_to(self, request: Request) -> Request:
         """The request with the arm's request-level overrides: its model version, and its diversity

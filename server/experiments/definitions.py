@@ -1,9 +1,12 @@
 """Experiments as the request path sees them: checked definitions, and the parameters a variant may change.
 
-A variant overrides request-path parameters by name (OVERRIDES). Most name a config key, so a variant's
-pipeline is the default one built from a copy of the config with those keys set (and type-checked like
-the config file); two are request-level: `model_version` picks the loaded ranking model that ranks, and
-`diversity` is the diversity of requests that ask for none.
+A variant overrides request-path parameters by name (OVERRIDES). Most name a config key and are
+type-checked like the config file. Some ride on each request (PER_REQUEST): `model_version` picks the
+loaded ranking model that ranks, `diversity` is the diversity of requests that ask for none, and the
+ANN source's retrieval parameters (ef, k, per-shard k, the exact-filter threshold); a variant that
+changes only these shares the default pipeline and its batches. The others (sources, graph and popular
+sizes, the MMR pool) make the variant a pipeline of its own, built from a copy of the config with them
+set, and batched apart.
 
 Several experiments may run at once, each user drawn into each independently (their own salts). Two
 enabled experiments may not override the same parameter: a user drawn into both could not be served
@@ -38,6 +41,12 @@ OVERRIDES: Mapping[str, str | None] = {
     "popular_for_warm_users": "pipeline.candidates.popular_for_warm_users",
     "exact_filter_max_items": "pipeline.candidates.exact_filter_max_items",
 }
+
+# Overrides that ride on each request rather than making a pipeline of their own: a variant that changes
+# only these batches together with the others (the rank step ranks each model version apart, the ANN
+# source searches each set of retrieval parameters apart).
+ANN_OVERRIDES = frozenset({"ef_search", "ann_k", "shard_k", "shard_k_factor", "exact_filter_max_items"})
+PER_REQUEST = frozenset({"model_version", "diversity"}) | ANN_OVERRIDES
 
 MAX_NAME_BYTES = 64
 

@@ -32,6 +32,17 @@ class Kind(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class AnnParams:
+    """How the ANN source searches for a request: candidates wanted, hits asked of each shard, the
+    shards' search beam, and the filter size up to which matches are scored exactly instead."""
+
+    k: int
+    per_shard_k: int
+    ef: int
+    exact_max_items: int
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
     """One validated, normalised request: k resolved, ids checked, the deadline fixed."""
 
@@ -48,6 +59,8 @@ class Request:
     # The loaded model version that ranks it (an experiment variant's); None: the default one. Requests
     # of several versions share a batch: the rank step scores each version's members apart.
     model_version: str | None = None
+    # The ANN source's parameters for it (an experiment variant's); None: the source's own.
+    ann: AnnParams | None = None
 
 
 def ragged_offsets(lengths: Sequence[int] | npt.NDArray[np.int64]) -> Offsets:

@@ -227,13 +227,21 @@ def _as_dict(e: ExperimentConfig) -> dict[str, object]:
     return dataclasses.asdict(e)
 
 
-async def test_variants_that_differ_only_in_the_model_share_batches(
-    tmp_path: Path, toy: ToyCatalogue, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"model_version": "test-popularity-first"},
+        {"model_version": "test-popularity-first", "ann_k": 40, "ef_search": 48, "diversity": 0.2},
+    ],
+    ids=["model", "model-and-retrieval"],
+)
+async def test_variants_that_differ_only_per_request_share_batches(
+    tmp_path: Path, toy: ToyCatalogue, monkeypatch: pytest.MonkeyPatch, overrides: dict[str, object]
 ) -> None:
-    """A new model against the current one, the usual A/B test, costs no batching: both variants' requests
-    run the one pipeline together, each answer ranked by its variant's model."""
+    """A new model (or retrieval depth) against the current one, the usual A/B tests, costs no batching:
+    both variants' requests run the one pipeline together, each with its variant's parameters."""
     config = experiments_config(tmp_path)
-    config.experiments.definitions[0].variants[1].overrides = {"model_version": "test-popularity-first"}
+    config.experiments.definitions[0].variants[1].overrides = overrides
     users = [f"user{n}" for n in range(24)]
     assigner = ExperimentRegistry(config).current()
     async with frontends_over_one_host(config, 1) as servers:
@@ -248,6 +256,9 @@ async def test_variants_that_differ_only_in_the_model_share_batches(
 
             async def recording(batch: Any, *args: Any) -> Any:
                 mixed.append({r.model_version for r in batch.requests})
+                for r in batch.requests:
+                    if r.model_version is not None and "ann_k" in overrides:
+                        assert r.ann is not None and (r.ann.k, r.ann.ef) == (40, 48) and r.diversity == 0.2
                 return await run(batch, *args)
 
             monkeypatch.setattr(pipeline, "run", recording)

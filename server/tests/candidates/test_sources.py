@@ -22,7 +22,7 @@ from server.catalog.item_store import ItemStore
 from server.catalog.writes import ItemWriter
 from server.domain import Edge, ItemRecord, Retrieval, Source
 from server.errors import BackendError, not_found
-from server.pipeline.stages import Hydrated, Kind
+from server.pipeline.stages import AnnParams, Hydrated, Kind
 from server.routing.router import ShardRouter
 from server.routing.search import SearchResult
 from server.tests.conftest import ToyCatalogue, make_catalogue, make_config
@@ -265,6 +265,49 @@ def brute_force(
     rows = np.asarray([r for r in rows.tolist() if r not in excluded], np.int64)
     scores = items.vectors(rows).astype(np.float64) @ query.astype(np.float64)
     return rows[np.argsort(-scores, kind="stable")[:k]].tolist()
+
+
+async def test_requests_with_retrieval_parameters_of_their_own_are_searched_apart_in_the_one_batch(
+    loaded: Loaded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An experiment variant's requests carry their own k, per-shard k, ef and exact threshold
+    (Request.ann): one search per set of parameters, each request answered by its own."""
+    router, items, toy = loaded.router, loaded.items, loaded.toy
+    exact = ExactFilteredSearch(items)
+    source = AnnSource(router, items, 5, 16, router.per_shard_k(5, 2.0), exact, exact_max_items=0)
+    wide = AnnParams(30, router.per_shard_k(30, 2.0), 64, 100)  # and c3 (~60 items) scored exactly
+    searched: list[tuple[int, int]] = []
+    search = router.search
+
+    async def spying(queries: Any, *args: Any, **kwargs: Any) -> SearchResult:
+        searched.append((len(queries), kwargs["k"]))
+        return await search(queries, *args, **kwargs)
+
+    monkeypatch.setattr(router, "search", spying)
+    centre = toy.centres[3]
+    requests = [
+        request(),
+        request(ann=wide),
+        request(),
+        request(ann=wide, filter={"category": frozenset({"c3"})}),
+        request(filter={"category": frozenset({"c3"})}),
+    ]
+    h = hydrated(requests, items.dim, vectors=[centre] * len(requests))
+    found = await source.fetch(h, source.applies(h), 10.0)
+    assert sorted(searched) == [(1, 30), (3, 5)]  # the default's three in one call, the variant's one
+    rows = per_request(found.rows)
+    assert [len(r) for r in rows] == [5, 30, 5, 30, 5]
+    assert rows[0] == rows[2] == brute_force(items, centre, None, set(), 5)
+    assert len(set(rows[1]) & set(brute_force(items, centre, None, set(), 30))) >= 27
+    assert found.coverage is not None
+    assert found.coverage.retrieval.tolist() == [
+        Retrieval.HNSW,
+        Retrieval.HNSW,
+        Retrieval.HNSW,
+        Retrieval.EXACT_FILTERED,  # the variant's threshold
+        Retrieval.HNSW_FILTERED,  # the default's (0: never exact)
+    ]
+    assert rows[3] == brute_force(items, centre, {"category": frozenset({"c3"})}, set(), 30)
 
 
 async def test_ann_source_batch_mixes_exact_and_hnsw_requests(loaded: Loaded) -> None:

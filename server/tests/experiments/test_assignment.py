@@ -195,14 +195,21 @@ def test_assigner_arms_name_experiments_in_order_and_merge_overrides() -> None:
 
 def test_arms_with_the_same_overrides_share_a_pipeline_key() -> None:
     """Variants of different experiments (or a variant and the control) that change the same
-    parameters to the same values batch together; any difference in a value gives another key."""
-    first = Arm((("a", "x"),), {"ef_search": 40, "ann_k": 50})
-    second = Arm((("b", "y"),), {"ann_k": 50, "ef_search": 40})  # another order
+    pipeline parameters to the same values batch together; any difference in a value gives another key;
+    the parameters that ride on each request (model, diversity, retrieval) never split a pipeline."""
+    first = Arm((("a", "x"),), {"popular_k": 40, "sources": ["ann", "popular"]})
+    second = Arm((("b", "y"),), {"sources": ["ann", "popular"], "popular_k": 40})  # another order
     assert first.pipeline_key == second.pipeline_key
     assert first.tag != second.tag
-    assert Arm((("a", "z"),), {"ef_search": 41, "ann_k": 50}).pipeline_key != first.pipeline_key
+    assert (
+        Arm((("a", "z"),), {"popular_k": 41, "sources": ["ann", "popular"]}).pipeline_key
+        != first.pipeline_key
+    )
     assert Arm((("a", "c"),), {}).pipeline_key == OUTSIDE.pipeline_key
-    control = make("e", (1, 1), overrides={1: {"ef_search": 40}})
+    per_request = {"model_version": "m2", "diversity": 0.3, "ef_search": 40, "ann_k": 50, "shard_k": 8}
+    assert Arm((("a", "r"),), per_request).pipeline_key == OUTSIDE.pipeline_key
+    assert Arm((("a", "r"),), per_request).ann_overrides == {"ef_search": 40, "ann_k": 50, "shard_k": 8}
+    control = make("e", (1, 1), overrides={1: {"popular_k": 40}})
     assigner = Assigner([control])
     arms = {assigner.assign(u).pairs: assigner.assign(u) for u in USERS[:200]}
     keys = {pairs[0][1]: arm.pipeline_key for pairs, arm in arms.items()}

@@ -1,13 +1,16 @@
 """`recd bench experiments`: what experiments cost per Recommend and per RecordInteractions.
 
-Four `recd serve` processes on copies of the demo snapshot run at once, measured in alternating phases:
+Five `recd serve` processes on copies of the demo snapshot run at once, measured in alternating phases:
 - off: no experiment (the reference);
 - one pipeline: every user in an experiment whose two variants run the same pipeline, so the cost is
   assignment, the exposure log (a queue, then batched writes to the profile store) and the per-variant
   metrics;
 - another model: the second variant ranks with another model version, in the same batches as the first
   (one ranker call per version);
-- two pipelines: the second variant overrides ef_search, so the two variants' requests are batched apart.
+- another retrieval depth: the second variant searches with another ef and k, in the same batches (one
+  shard search per set of parameters);
+- two pipelines: the second variant overrides a graph size, which needs a pipeline of its own, so the two
+  variants' requests are batched apart.
 Each phase: Recommend in a closed loop, then RecordInteractions of one click each on an item the user was
 served (the worst case for attribution: every interaction is attributed and makes an outcome; the
 attribution runs off the write path, in batches). Server CPU per call comes from each server's own counter.
@@ -99,7 +102,8 @@ def run_experiments_bench(quick: bool = False) -> tuple[str, dict[str, float]]:
         _Mode("no experiment", "off", None),
         _Mode("experiment, one pipeline", "same", _experiment({})),
         _Mode("experiment, another model", "model", _experiment({"model_version": "bench-other"})),
-        _Mode("experiment, two pipelines", "split", _experiment({"ef_search": 24})),
+        _Mode("experiment, another retrieval depth", "ann", _experiment({"ef_search": 24, "ann_k": 150})),
+        _Mode("experiment, two pipelines", "split", _experiment({"graph_limit_per_hop": 5})),
     ]
     with (
         tempfile.TemporaryDirectory(prefix="recd-bench-experiments-") as directory,
@@ -166,7 +170,7 @@ def run_experiments_bench(quick: bool = False) -> tuple[str, dict[str, float]]:
             [f"RecordInteractions (1 click), {mode.name}", clicks.qps, clicks.percentile_ms(50),
              clicks.percentile_ms(99), clicks.errors, f"{click_cpu_ms:.2f}"]
         )  # fmt: skip
-    for key in ("same", "model", "split"):
+    for key in ("same", "model", "ann", "split"):
         result[f"{key}_recommend_cpu_ratio"] = (
             result[f"{key}_recommend_cpu_ms"] / result["off_recommend_cpu_ms"]
         )
@@ -181,13 +185,15 @@ def run_experiments_bench(quick: bool = False) -> tuple[str, dict[str, float]]:
         f" {result['same_recommend_qps_ratio']:.2f}x): assignment, the exposure log, per-variant metrics;"
         " with a variant ranking by another model (the same batches, one ranker call per version)"
         f" **{result['model_recommend_cpu_ratio']:.2f}x** (QPS {result['model_recommend_qps_ratio']:.2f}x);"
+        " with a variant searching deeper (ef 24, k 150: the same batches, one shard search per set of"
+        f" parameters) **{result['ann_recommend_cpu_ratio']:.2f}x** (QPS {result['ann_recommend_qps_ratio']:.2f}x);"
         f" with two pipelines (the variants batched apart) **{result['split_recommend_cpu_ratio']:.2f}x**"
         f" (QPS {result['split_recommend_qps_ratio']:.2f}x). Per RecordInteractions with every click"
         " attributed (off the write path, in batches: one read of the users' exposures and one write of"
         " outcomes per batch):"
         f" **{result['same_interactions_cpu_ratio']:.2f}x** CPU"
         f" ({result['same_attributed']:,.0f} clicks attributed by the one-pipeline server,"
-        f" {result['off_attributed']:,.0f} by the reference). Four `recd serve` processes (one process"
+        f" {result['off_attributed']:,.0f} by the reference). Five `recd serve` processes (one process"
         " each, embedded backends, each on its own copy of the demo snapshot) run at once and the phases"
         f" alternate between them: {rounds} rounds of {phase_s:.0f} s Recommend then {phase_s:.0f} s"
         f" RecordInteractions per mode (each after 1 s of warm-up). Closed loop, {CONCURRENCY} concurrent"

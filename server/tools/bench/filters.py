@@ -241,18 +241,19 @@ async def _bench(items: int, n_users: int) -> tuple[str, dict[str, float]]:
         load_s = time.monotonic() - started
         users = await _warm_users(recd, cat, n_users)
         ann = recd.recommender.ann
-        threshold = ann.exact_max_items
+        default = ann.params
+        threshold = default.exact_max_items
         runs = [await _run(recd, cat, users, None, "default")]
         for value in SELECTIVITY:
             runs.append(await _run(recd, cat, users, value, "default"))
             # The other path on the same filter: what the threshold chose against.
             assert ann.exact_filter is not None
             exact = ann.exact_filter.applies({"sel": frozenset({value})}, threshold)
-            ann.exact_max_items = 0 if exact else len(cat.ids)
+            ann.params = dataclasses.replace(default, exact_max_items=0 if exact else len(cat.ids))
             try:
                 runs.append(await _run(recd, cat, users, value, "HNSW forced" if exact else "exact forced"))
             finally:
-                ann.exact_max_items = threshold
+                ann.params = default
         exclusion_rows = await _exclusion_cost(recd, cat)
     finally:
         await recd.close()
