@@ -132,7 +132,7 @@ class Recommender:
         key = arm.pipeline_key
         found = self._sets.get(key)
         if found is None:
-            config = config_for(self.config, arm.overrides, f"experiment arm {arm.tag or 'default'}")
+            config = config_for(self.config, arm.pipeline_overrides, f"experiment arm {arm.tag or 'default'}")
             pipelines = assemble(config, self._parts)
             b = self.config.pipeline.batch
             batchers = {

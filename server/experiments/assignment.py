@@ -58,7 +58,13 @@ class Arm:
     def pipeline_key(self) -> str:
         """Arms whose pipeline overrides are the same share one pipeline (and batch together); the
         per-request ones (definitions.PER_REQUEST) ride on each request."""
-        return overrides_key({k: v for k, v in self.overrides.items() if k not in PER_REQUEST})
+        return overrides_key(self.pipeline_overrides)
+
+    @property
+    def pipeline_overrides(self) -> dict[str, Any]:
+        """The overrides its pipeline is built with (none of the per-request ones: a pipeline is shared
+        by every arm with the same of these, whatever their per-request ones)."""
+        return {k: v for k, v in self.overrides.items() if k not in PER_REQUEST}
 
     @property
     def ann_overrides(self) -> dict[str, Any]:

@@ -125,3 +125,17 @@ async def test_a_request_past_its_deadline_does_not_wait_for_its_batch(
     # The other one waited for the graph and got the whole answer.
     assert time.monotonic() - started >= 0.6
     assert patient.coverage.degraded == [] and len(patient.items) == 10
+
+
+def test_a_pipeline_shared_by_arms_is_built_without_their_per_request_overrides(recd: Recd) -> None:
+    """Arms with the same pipeline overrides share one pipeline, whatever their per-request ones (which
+    ride on their requests): the pipeline's own retrieval parameters stay the configured ones, or the
+    requests of an arm without retrieval overrides would search with another arm's."""
+    from server.experiments.assignment import Arm
+
+    deeper = Arm((("e", "x"),), {"popular_k": 40, "ef_search": 99, "model_version": "m"})
+    plain = Arm((("f", "y"),), {"popular_k": 40})
+    shared = recd.recommender._set(deeper)
+    assert recd.recommender._set(plain) is shared
+    assert shared.pipelines.ann.params == recd.recommender.ann.params
+    assert shared is not recd.recommender._set(Arm(()))
