@@ -14,6 +14,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from server.tasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 
@@ -44,6 +46,4 @@ class Warmer:
             log.warning("warming the request path failed: %r", exc)
 
     async def close(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait([self._task])

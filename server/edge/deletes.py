@@ -24,7 +24,6 @@ ErasureWatch follows every origin address for them and bumps the erased users' v
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
@@ -38,6 +37,7 @@ import grpc
 from server import metrics
 from server.edge.entry import Entry
 from server.gen.recd.v1 import catalog_pb2, recommender_pb2
+from server.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -174,11 +174,8 @@ class DeleteWatch:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
 
     def _since_ms(self) -> int:
         if self.position_ms is None:
@@ -319,12 +316,7 @@ class ErasureWatch:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
-        tasks = [t for t in (self._task, *self._followers.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([self._task, *self._followers.values()])
         self._task = None
         self._followers.clear()
 

@@ -10,10 +10,11 @@ is slow. Items queued or being processed stay visible (`pending`) until `process
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
+
+from server.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +105,8 @@ class BatchQueue(Generic[T]):
         """Processes what is queued (and a batch the stop interrupted), then stops taking items."""
         self._closed = True
         interrupted = self._taken  # processed again: the stores dedupe what was written twice
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
         if interrupted:
             await self._handle(interrupted)
         await self.flush()

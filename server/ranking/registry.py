@@ -18,7 +18,6 @@ itself, so every worker of a group picks a change up within one interval.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import threading
@@ -29,6 +28,7 @@ from types import MappingProxyType
 
 from server import metrics
 from server.ranking.model import DEFAULT_MODEL_FILE, RankingModel, parse_model
+from server.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -231,8 +231,5 @@ class ModelReloader:
                 log.exception("model reload check failed; trying again in %.1fs", self.interval_s)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None

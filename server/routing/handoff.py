@@ -32,6 +32,7 @@ import numpy.typing as npt
 from server import metrics
 from server.routing.replicas import Replicas
 from server.routing.topology import Topology
+from server.tasks import cancel_and_wait
 from shards.records import ErrorKind, RecordBatch, ShardError
 
 log = logging.getLogger(__name__)
@@ -294,7 +295,4 @@ class HintedHandoff:
 
     async def close(self) -> None:
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait([self._task])
