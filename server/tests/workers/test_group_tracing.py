@@ -58,9 +58,27 @@ async def test_every_worker_and_shard_node_exports_and_traces_reach_the_shard_no
             if s.service == "recd-frontend" and s.name == "recd.v1.Recommender/Recommend" and s.kind == SERVER
         }
 
+    def crossing_searches(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+        traced_recommends = {
+            s.trace_id
+            for s in spans
+            if s.service == "recd-frontend" and s.name == "recd.v1.Recommender/Recommend"
+        }
+        return [
+            s
+            for s in spans
+            if s.service == "recd-shard"
+            and s.name == "recd.v1.Shard/Search"
+            and s.kind == SERVER
+            and s.trace_id in traced_recommends
+        ]
+
     workers = {f"worker-{i}" for i in range(WORKERS)}
+    # Every process exports on its own schedule: the workers' spans and the nodes' arrive in any order.
     spans = await asyncio.to_thread(
-        receiver.wait_for, lambda got: len(recommends_by_instance(got) & workers) >= WORKERS, 30.0
+        receiver.wait_for,
+        lambda got: len(recommends_by_instance(got) & workers) >= WORKERS and bool(crossing_searches(got)),
+        30.0,
     )
     instances = recommends_by_instance(spans)
     assert len(instances & workers) == WORKERS, f"Recommend spans came from {instances}"
@@ -77,12 +95,7 @@ async def test_every_worker_and_shard_node_exports_and_traces_reach_the_shard_no
         f"no shard node exported a Search span; services: {sorted({s.service for s in spans})}"
     )
     assert all(s.instance.startswith("shard-node-") for s in node_searches)
-    traced_recommends = {
-        s.trace_id
-        for s in spans
-        if s.service == "recd-frontend" and s.name == "recd.v1.Recommender/Recommend"
-    }
-    crossing = [s for s in node_searches if s.trace_id in traced_recommends]
+    crossing = crossing_searches(spans)
     assert crossing, "no shard node Search span belongs to a Recommend's trace"
     for search in crossing:
         caller = by_id.get(search.parent_span_id)
