@@ -15,9 +15,9 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from server.config import Config, ConfigError, dump_config, load_config
+from server.config import Config, ConfigError, dump_config
 from server.logs import setup_logging
-from server.security.credentials import use_token_file
+from server.security.credentials import load_process_config
 from server.tools.bench.main import SUITES as BENCH_SUITES
 from server.tools.experiments_cli import add_parsers as add_experiments_parsers
 from server.tracing.setup import setup_tracing
@@ -41,11 +41,7 @@ def run_server_loop(main: Coroutine[Any, Any, None], config: Config) -> None:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    config = load_config(getattr(args, "config", None))
-    # The process's identity on its calls to other recd servers (edge -> frontends, frontend -> shard
-    # nodes, the CLI -> a frontend): the token of auth.token_file, sent by every channel it makes.
-    use_token_file(config.auth.token_file)
-    return config
+    return load_process_config(getattr(args, "config", None))
 
 
 # --- serve / shard ---------------------------------------------------------------------------------

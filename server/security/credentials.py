@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from server.config import ConfigError
+from server.config import Config, ConfigError, load_config
 from server.security.auth import token_id
 
 _token: str | None = None
@@ -161,3 +161,12 @@ def authorized_sync(channel: grpc.Channel, token: str | None = None) -> grpc.Cha
     """The blocking counterpart of `authorized`."""
     token = token if token is not None else _token
     return channel if token is None else grpc.intercept_channel(channel, _SyncToken(token))
+
+
+def load_process_config(path: str | None) -> Config:
+    """The config of a recd command, with the process's identity on its calls to other recd servers
+    (edge -> frontends, frontend -> shard nodes, the CLI -> a frontend): the token of auth.token_file,
+    sent by every channel it makes."""
+    config = load_config(path)
+    use_token_file(config.auth.token_file)
+    return config

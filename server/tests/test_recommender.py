@@ -139,3 +139,9 @@ def test_a_pipeline_shared_by_arms_is_built_without_their_per_request_overrides(
     assert recd.recommender._set(plain) is shared
     assert shared.pipelines.ann.params == recd.recommender.ann.params
     assert shared is not recd.recommender._set(Arm(()))
+
+
+def test_variants_never_share_a_cache_key(recd: Recd) -> None:
+    """The same user, query and model under two variants (or none) gets three keys."""
+    keys = {recd.recommender.cache_key(query("u1"), "m1", arm) for arm in ("", "e=a", "e=b")}
+    assert len(keys) == 3

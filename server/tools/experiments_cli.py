@@ -9,17 +9,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from server.config import Config, load_config
+from server.config import Config
 from server.experiments.registry import ExperimentRegistry
-from server.security.credentials import use_token_file
+from server.security.credentials import load_process_config
 
 ConfigArgument = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 
 
 def _config(args: argparse.Namespace) -> Config:
-    config = load_config(getattr(args, "config", None))
-    use_token_file(config.auth.token_file)
-    return config
+    return load_process_config(getattr(args, "config", None))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
