@@ -20,6 +20,7 @@ class LoadResult:
     errors: int
     seconds: float
     latencies_s: np.ndarray
+    window_start: float = 0.0  # epoch seconds the measured window began, where the generator knows it
 
     @property
     def qps(self) -> float:
@@ -226,4 +227,4 @@ def multiprocess_closed_loop(
         ]
         parts = [f.result() for f in futures]
     latencies = np.concatenate([np.asarray(p[0]) for p in parts]) if parts else np.zeros(0)
-    return LoadResult(len(latencies), sum(p[1] for p in parts), duration_s, latencies)
+    return LoadResult(len(latencies), sum(p[1] for p in parts), duration_s, latencies, start_at + warmup_s)

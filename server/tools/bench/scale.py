@@ -31,6 +31,7 @@ from server.client import RecdClient
 from server.cluster.local import LocalCluster, free_port, wait_healthy
 from server.domain import ItemRecord
 from server.gen.recd.v1 import recommender_pb2
+from server.tools.bench.cpumeter import GENERATORS, GROUP_ROLES, CpuMeter, cpu_by_role
 from server.tools.bench.loadgen import LoadResult, RawCalls, multiprocess_closed_loop
 from server.tools.bench.recommend import ensure_demo_state, user_ids, zipf_order
 from server.tools.bench.report import table
@@ -46,8 +47,9 @@ def worker_levels(cores: int) -> list[int]:
 
 # --- the worker group -------------------------------------------------------------------------------
 @contextmanager
-def worker_group(config_path: Path, workers: int, timeout_s: float = 600.0) -> Iterator[tuple[str, str]]:
-    """(address, metrics address) of `recd serve --workers N` with this config; stopped afterwards."""
+def worker_group(config_path: Path, workers: int, timeout_s: float = 600.0) -> Iterator[tuple[str, int]]:
+    """(address, pid) of `recd serve --workers N` with this config (the root of the group's processes);
+    stopped afterwards."""
     address, metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     env = {
         **os.environ,
@@ -75,7 +77,7 @@ def worker_group(config_path: Path, workers: int, timeout_s: float = 600.0) -> I
         )
     try:
         wait_healthy(address, proc, timeout_s, log)
-        yield address, metrics
+        yield address, proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -97,9 +99,14 @@ def run_throughput(
     calls = RawCalls(RECOMMEND, _recommend_requests(root))
     out = []
     for workers in levels:
-        with worker_group(config_path, workers) as (address, _):
+        with worker_group(config_path, workers) as (address, group):
             multiprocess_closed_loop(calls, address, generators, concurrency, 3.0, warmup_s=1.0)  # warm
-            result: LoadResult = multiprocess_closed_loop(calls, address, generators, concurrency, duration_s)
+            with CpuMeter(lambda: cpu_by_role(group, os.getpid())) as meter:
+                result: LoadResult = multiprocess_closed_loop(
+                    calls, address, generators, concurrency, duration_s
+                )
+            cpu = meter.between(result.window_start, result.window_start + result.seconds)
+        per_request = {role: seconds * 1e3 / max(1, result.requests) for role, seconds in cpu.items()}
         out.append(
             {
                 "workers": workers,
@@ -107,10 +114,33 @@ def run_throughput(
                 "p50_ms": result.percentile_ms(50),
                 "p99_ms": result.percentile_ms(99),
                 "errors": result.errors,
+                "cpu_ms_per_request": per_request,
+                "cores_busy": sum(cpu.values()) / result.seconds,
             }
         )
-        print(f"workers {workers}: {result.qps:,.0f} QPS, p99 {result.percentile_ms(99):.1f} ms", flush=True)
+        print(
+            f"workers {workers}: {result.qps:,.0f} QPS, p99 {result.percentile_ms(99):.1f} ms, "
+            f"{sum(cpu.values()) / result.seconds:.1f} cores busy, CPU ms per Recommend "
+            + ", ".join(f"{role} {ms:.2f}" for role, ms in sorted(per_request.items())),
+            flush=True,
+        )
     return out
+
+
+def cpu_table(rows: list[dict[str, Any]]) -> str:
+    roles = [name for _, name in GROUP_ROLES] + [GENERATORS]
+    return table(
+        ["workers", *(f"{role} ms" for role in roles), "total ms", "cores busy"],
+        [
+            [
+                r["workers"],
+                *(f"{r['cpu_ms_per_request'].get(role, 0.0):.2f}" for role in roles),
+                f"{sum(r['cpu_ms_per_request'].values()):.2f}",
+                f"{r['cores_busy']:.1f}",
+            ]
+            for r in rows
+        ],
+    )
 
 
 # --- visibility across frontends ------------------------------------------------------------------------
@@ -203,6 +233,9 @@ def run_scale_bench(quick: bool = False) -> tuple[str, dict[str, Any]]:
     body += (
         f"\n\n{generators} generator processes x 32 requests in flight, on the same {cores}-core machine; "
         "scaling efficiency is QPS / (workers x the 1-worker QPS of this run).\n\n"
+        + cpu_table(rows)
+        + "\n\nCPU ms per Recommend by role over the same window (/proc of every process of the group and "
+        "of the generators, divided by the Recommends answered); cores busy is their sum over the window.\n\n"
         + table(
             ["write through frontend A, seen through frontend B (GetItems)", "p50 ms", "p99 ms", "max ms"],
             [[op, lag[op]["p50_ms"], lag[op]["p99_ms"], lag[op]["max_ms"]] for op in ("upsert", "delete")],
