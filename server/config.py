@@ -482,12 +482,13 @@ class WorkersConfig:
     # Shard-node processes the group starts when cluster.nodes is empty (0: one per 4 workers, at least
     # one). They host one copy of each shard between them, in data_dir/shards as one process would.
     shard_nodes: int = 0
-    # The group's private directory (made 0700): the state node's socket and group.json (pids and
+    # The group's private directory (made 0700): the state nodes' sockets and group.json (pids and
     # addresses). None: a fresh temporary directory, removed at stop. Unix socket paths are short
     # (107 bytes): keep it near the root.
     run_dir: str | None = None
-    # Set by the supervisor for its workers, not by hand: the state node's unix socket. While set, the
-    # embedded profile store, graph and cache are reached there instead of being built in-process.
+    # Set by the supervisor for its workers, not by hand: the state nodes' unix socket, `{role}` standing
+    # for profiles, graph or cache (one state node per role). While set, the embedded profile store, graph
+    # and cache are reached there instead of being built in-process.
     state_socket: str | None = None
     # Ceiling of a state-node call that carries no deadline of its own (writes and cache calls).
     state_write_timeout_s: float = 30.0

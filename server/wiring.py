@@ -66,8 +66,11 @@ def build_profiles(config: Config) -> ProfileStore:
     if config.profiles.backend == "embedded" and w.state_socket:
         # A worker of a group: the one embedded store, on the group's state node (server/workers).
         from server.workers.state_proxies import StateProfileStore
+        from server.workers.state_wire import socket_for
 
-        return StateProfileStore(w.state_socket, w.state_write_timeout_s, config.server.max_message_bytes)
+        return StateProfileStore(
+            socket_for(w.state_socket, "profiles"), w.state_write_timeout_s, config.server.max_message_bytes
+        )
     if config.profiles.backend == "embedded":
         from server.backends.memory_profiles import InMemoryProfileStore
 
@@ -88,8 +91,11 @@ def build_graph(config: Config) -> ItemGraph:
     w = config.workers
     if config.graph.backend == "embedded" and w.state_socket:
         from server.workers.state_proxies import StateItemGraph
+        from server.workers.state_wire import socket_for
 
-        return StateItemGraph(w.state_socket, w.state_write_timeout_s, config.server.max_message_bytes)
+        return StateItemGraph(
+            socket_for(w.state_socket, "graph"), w.state_write_timeout_s, config.server.max_message_bytes
+        )
     if config.graph.backend == "embedded":
         from server.backends.memory_graph import InMemoryItemGraph
 
@@ -105,9 +111,10 @@ def build_cache(config: Config) -> Cache:
     w = config.workers
     if config.cache.backend == "embedded" and w.state_socket:
         from server.workers.state_proxies import StateCache
+        from server.workers.state_wire import socket_for
 
         timeout_s = w.state_cache_timeout_ms / 1000.0
-        return StateCache(w.state_socket, timeout_s, config.server.max_message_bytes)
+        return StateCache(socket_for(w.state_socket, "cache"), timeout_s, config.server.max_message_bytes)
     if config.cache.backend == "embedded":
         from server.backends.memory_cache import InMemoryCache
 

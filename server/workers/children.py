@@ -38,7 +38,7 @@ class ChildFailed(RuntimeError):
 @dataclass
 class ChildSpec:
     role: str  # worker, state_node, shard_node: the label of recd_worker_restarts_total
-    name: str  # worker-0, state-node, shard-node-1: what logs and group.json call it
+    name: str  # worker-0, state-node-graph, shard-node-1: what logs and group.json call it
     argv: Sequence[str]
     env: Mapping[str, str]
     # Readiness: health `health_service` SERVING at `health_target` (a gRPC target: host:port, unix:path).

@@ -1,5 +1,8 @@
-"""The state node: one process that holds a worker group's embedded profile store, item graph and cache,
-so that every worker reads and writes the same ones (`python -m server.workers.state_node`).
+"""A state node: the process that holds a worker group's embedded profile store, item graph or cache, so
+that every worker reads and writes the same ones (`python -m server.workers.state_node --role R`). A group
+runs one per role left embedded, so that every worker's calls for the three roles do not share one event
+loop and one core (one state node for all three took 0.16 ms of CPU per Recommend in `recd bench scale`:
+a whole core at about 6,000 Recommends/s).
 
 The stores are the embedded ones of server/backends (memory_profiles, memory_graph, memory_cache), built
 by server/wiring.py exactly as a single frontend builds them, with their data under data_dir as there.
@@ -15,7 +18,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import grpc
@@ -152,26 +155,38 @@ class StateNode:
         return version, (None if known == version else payload)
 
 
-def embedded_stores(config: Config) -> tuple[ProfileStore | None, ItemGraph | None, Cache | None]:
-    """The stores a state node for this config hosts: each role the config leaves embedded."""
+def embedded_roles(config: Config) -> tuple[str, ...]:
+    """The roles (state_wire.ROLES) this config leaves embedded: those a group's state nodes host."""
+    backends = {
+        "profiles": config.profiles.backend,
+        "graph": config.graph.backend,
+        "cache": config.cache.backend,
+    }
+    return tuple(role for role in state_wire.ROLES if backends[role] == "embedded")
+
+
+def embedded_stores(
+    config: Config, roles: Collection[str]
+) -> tuple[ProfileStore | None, ItemGraph | None, Cache | None]:
+    """The stores of `roles` (each left embedded by the config) for one state node to host."""
     from server.wiring import build_cache, build_graph, build_profiles
 
+    unknown = set(roles) - set(embedded_roles(config))
+    if unknown:
+        raise ValueError(f"a state node hosts only roles the config leaves embedded, not {sorted(unknown)}")
     config.workers.state_socket = None  # built here, in-process: never a proxy to ourselves
     return (
-        build_profiles(config) if config.profiles.backend == "embedded" else None,
-        build_graph(config) if config.graph.backend == "embedded" else None,
-        build_cache(config) if config.cache.backend == "embedded" else None,
+        build_profiles(config) if "profiles" in roles else None,
+        build_graph(config) if "graph" in roles else None,
+        build_cache(config) if "cache" in roles else None,
     )
 
 
-def hosts_anything(config: Config) -> bool:
-    return "embedded" in (config.profiles.backend, config.graph.backend, config.cache.backend)
-
-
-async def run_state_node(config: Config, socket_path: str) -> None:
+async def run_state_node(config: Config, socket_path: str, roles: Collection[str]) -> None:
     """Serves until SIGTERM/SIGINT (or the supervisor's end), then drains and closes the stores."""
     stop = stop_signal()
-    node = StateNode(socket_path, *embedded_stores(config), max_message_bytes=config.server.max_message_bytes)
+    stores = embedded_stores(config, roles)
+    node = StateNode(socket_path, *stores, max_message_bytes=config.server.max_message_bytes)
     await node.start()
     await stop.wait()
     await node.stop(config.server.grace_s)
@@ -181,13 +196,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server.workers.state_node")
     parser.add_argument("--config")
     parser.add_argument("--socket", required=True)
+    parser.add_argument(
+        "--role",
+        action="append",
+        choices=list(state_wire.ROLES),
+        help="a role to host (repeat for several; default: every role the config leaves embedded)",
+    )
     args = parser.parse_args(argv)
     config = load_config(args.config)
-    setup_logging(config.server.log_level, config.server.log_format, {"process": "state-node"})
+    roles = tuple(args.role) if args.role else embedded_roles(config)
+    process = "state-node-" + "-".join(roles) if args.role else "state-node"
+    setup_logging(config.server.log_level, config.server.log_format, {"process": process})
 
     async def run() -> None:
         follow_supervisor()
-        await run_state_node(config, args.socket)
+        await run_state_node(config, args.socket, roles)
 
     run_server_loop(run(), config)
     return 0

@@ -36,6 +36,17 @@ PROFILES = "recd.internal.ProfileStore"
 GRAPH = "recd.internal.ItemGraph"
 CACHE = "recd.internal.Cache"
 
+# A group runs one state node per role left embedded (each its own process and socket), so that the
+# graph's expansions, the profile reads and the cache calls of every worker do not queue on one event loop.
+ROLES: dict[str, str] = {"profiles": PROFILES, "graph": GRAPH, "cache": CACHE}
+
+
+def socket_for(template: str, role: str) -> str:
+    """The socket of `role`'s state node, from the path the supervisor gives its workers: `{role}` in it
+    names the role (a template without it sends every role to one node hosting them all)."""
+    return template.replace("{role}", role)
+
+
 METHODS: dict[str, tuple[str, ...]] = {
     PROFILES: (
         "read_users",

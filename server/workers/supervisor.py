@@ -1,12 +1,12 @@
 """`recd serve --workers N`: the supervisor of a worker group.
 
 Start, in order: the group's private directory (0700; a temporary one unless workers.run_dir says
-where); the state node (only if a role is left embedded) and the shard nodes (only if cluster.nodes is
-empty), side by side, each ready once its health says SERVING; then the N workers, side by side, each
-ready once its private health name says it could serve; then "serve" to every worker, whose health on
-the public port turns SERVING only then: the group serves once every worker can. A child that exits or
-is not ready within workers.start_timeout_s fails the start (a configuration error is not retried
-forever); the whole group is then stopped and the command exits 1.
+where); a state node per role left embedded (profiles, graph, cache) and the shard nodes (only if
+cluster.nodes is empty), side by side, each ready once its health says SERVING; then the N workers, side
+by side, each ready once its private health name says it could serve; then "serve" to every worker, whose
+health on the public port turns SERVING only then: the group serves once every worker can. A child that
+exits or is not ready within workers.start_timeout_s fails the start (a configuration error is not
+retried forever); the whole group is then stopped and the command exits 1.
 
 While serving: a child that dies is logged, counted (recd_worker_restarts_total{role}) and started again
 after a backoff (workers.restart_backoff_s, doubling per death in a row, at most restart_backoff_max_s),
@@ -15,14 +15,14 @@ die with them: callers ride through it with gRPC's own wait_for_ready and retry 
 group").
 
 Stop (SIGTERM or SIGINT to the supervisor): no more restarts; SIGTERM to the workers, which drain
-(health NOT_SERVING, in-flight calls get server.grace_s); then SIGTERM to the state node and the shard
+(health NOT_SERVING, in-flight calls get server.grace_s); then SIGTERM to the state nodes and the shard
 nodes, which write their final snapshots (workers.stop_timeout_s); whatever still runs past its time is
 killed. Then the private directory goes (a temporary one) or is emptied of the group's files.
 
 Children get the supervisor's config file and environment, plus RECD_* variables for what the group
-decides: the shard nodes it started (cluster.nodes, replication 1), the state node's socket
-(workers.state_socket), each worker's metrics port (server.metrics_address) and the public address
-(server.address: a port 0 there becomes one free port for all workers).
+decides: the shard nodes it started (cluster.nodes, replication 1), the state nodes' sockets
+(workers.state_socket, `{role}` in it), each worker's metrics port (server.metrics_address) and the
+public address (server.address: a port 0 there becomes one free port for all workers).
 """
 
 from __future__ import annotations
@@ -47,13 +47,14 @@ from server.security.tls import check_listener
 from server.workers.children import Backoff, Child, ChildFailed, ChildSpec, stop_children
 from server.workers.control import SERVE
 from server.workers.metrics_view import GroupMetrics
-from server.workers.state_node import hosts_anything
+from server.workers.state_node import embedded_roles
+from server.workers.state_wire import socket_for
 from server.workers.worker import WORKER_READY
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "group.json"
-SOCKET_FILE = "state.sock"
+SOCKET_FILE = "state-{role}.sock"  # one per state node: state_wire.socket_for
 # Unix socket paths are at most 107 bytes on Linux.
 _MAX_SOCKET_PATH = 107
 _POLL_S = 0.1
@@ -82,7 +83,7 @@ class Plan:
     workers: int
     address: str  # the public one
     shard_nodes: dict[int, str]  # node id -> address, of the nodes this group starts (empty: configured)
-    state_node: bool
+    state_roles: tuple[str, ...]  # a state node for each (the roles the config leaves embedded)
 
 
 def plan_group(config: Config, workers: int) -> Plan:
@@ -94,7 +95,7 @@ def plan_group(config: Config, workers: int) -> Plan:
     if not config.cluster.nodes:
         count = config.workers.shard_nodes or default_shard_nodes(workers)
         shard_nodes = {i: f"127.0.0.1:{free_port()}" for i in range(count)}
-    return Plan(workers, address, shard_nodes, hosts_anything(config))
+    return Plan(workers, address, shard_nodes, embedded_roles(config))
 
 
 def check_port_free(address: str) -> None:
@@ -140,9 +141,9 @@ class WorkerGroup:
         if w.run_dir is None and Path("/proc/self").exists():
             sweep_stale_run_dirs()
         self.run_dir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX) if w.run_dir is None else w.run_dir)
-        self.socket_path = str(self.run_dir / SOCKET_FILE)
+        self.socket_template = str(self.run_dir / SOCKET_FILE)
         self.workers: list[Child] = []
-        self.backing: list[Child] = []  # state node and shard nodes: up before the workers, down after
+        self.backing: list[Child] = []  # state nodes and shard nodes: up before the workers, down after
         self.serving = False
         self._stopping = False
         self._restarts: dict[str, asyncio.Task[None]] = {}
@@ -169,14 +170,15 @@ class WorkerGroup:
         return Backoff(w.restart_backoff_s, w.restart_backoff_max_s, w.restart_reset_s)
 
     def _build_children(self) -> None:
-        if self.plan.state_node:
+        for role in self.plan.state_roles:
+            socket_path = socket_for(self.socket_template, role)
             spec = ChildSpec(
                 "state_node",
-                "state-node",
-                self._command("server.workers.state_node", "--socket", self.socket_path),
+                f"state-node-{role}",
+                self._command("server.workers.state_node", "--socket", socket_path, "--role", role),
                 self._env(),
-                f"unix:{self.socket_path}",
-                info={"socket": self.socket_path},
+                f"unix:{socket_path}",
+                info={"role": role, "socket": socket_path},
             )
             self.backing.append(Child(spec, self._backoff()))
         for node_id, address in sorted(self.plan.shard_nodes.items()):
@@ -193,7 +195,7 @@ class WorkerGroup:
                 info={"node_id": node_id, "address": address, "metrics_address": node_metrics},
             )
             self.backing.append(Child(spec, self._backoff()))
-        state_socket = self.socket_path if self.plan.state_node else ""
+        state_socket = self.socket_template if self.plan.state_roles else ""
         for index in range(self.plan.workers):
             private = f"127.0.0.1:{free_port()}"
             metrics_address = f"127.0.0.1:{free_port()}"
@@ -218,17 +220,21 @@ class WorkerGroup:
     def _prepare_run_dir(self) -> None:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.run_dir, 0o700)  # the state node's socket carries pickles: this user only
+            os.chmod(self.run_dir, 0o700)  # the state nodes' sockets carry pickles: this user only
         except OSError as exc:
             raise GroupStartFailed(f"run directory {self.run_dir}: {exc}") from None
         with contextlib.suppress(OSError, ValueError, KeyError):
             other = int(json.loads((self.run_dir / STATE_FILE).read_text())["pid"])
             if other != os.getpid() and Path(f"/proc/{other}").exists():
                 raise GroupStartFailed(f"another group (pid {other}) runs in {self.run_dir}")
-        if self.plan.state_node and len(self.socket_path) > _MAX_SOCKET_PATH:
+        longest = max(
+            (socket_for(self.socket_template, r) for r in self.plan.state_roles), key=len, default=""
+        )
+        if len(longest) > _MAX_SOCKET_PATH:
             raise GroupStartFailed(
-                f"the state node's socket path is {len(self.socket_path)} bytes, over the {_MAX_SOCKET_PATH} "
-                f"a unix socket allows: give workers.run_dir a shorter path than {self.run_dir}"
+                f"the state node socket path {longest} is {len(longest)} bytes, over the "
+                f"{_MAX_SOCKET_PATH} a unix socket allows: give workers.run_dir a shorter path than "
+                f"{self.run_dir}"
             )
 
     # --- running ------------------------------------------------------------------------------------------
@@ -273,7 +279,7 @@ class WorkerGroup:
     async def _start(self) -> None:
         timeout_s = self.config.workers.start_timeout_s
         if self.config.data_dir is None:
-            log.warning("data_dir is not set: a shard node or the state node that dies comes back empty")
+            log.warning("data_dir is not set: a shard node or a state node that dies comes back empty")
         for child in self.backing:
             child.spawn()
         self._save_state()
@@ -295,7 +301,9 @@ class WorkerGroup:
             f"{len(self.plan.shard_nodes)} shard nodes"
             if self.plan.shard_nodes
             else "configured shard nodes",
-            "a state node" if self.plan.state_node else "no state node",
+            f"state nodes for {', '.join(self.plan.state_roles)}"
+            if self.plan.state_roles
+            else "no state node",
             self.config.server.metrics_address,
             self.run_dir,
         )
@@ -360,7 +368,7 @@ class WorkerGroup:
         metrics.WORKERS_SERVING.set(sum(1 for c in self.workers if c.ready and c.alive()))
 
     async def stop(self) -> None:
-        """Workers first (they drain), then the state node and the shard nodes (final snapshots)."""
+        """Workers first (they drain), then the state nodes and the shard nodes (final snapshots)."""
         self._stopping = True
         self.serving = False
         for task in list(self._restarts.values()):
@@ -378,7 +386,8 @@ class WorkerGroup:
         if self._temporary_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         else:
-            for name in (STATE_FILE, SOCKET_FILE):
+            names = [STATE_FILE, *(SOCKET_FILE.replace("{role}", r) for r in self.plan.state_roles)]
+            for name in names:
                 with contextlib.suppress(FileNotFoundError):
                     (self.run_dir / name).unlink()
         log.info("recd worker group stopped")
@@ -404,7 +413,7 @@ class WorkerGroup:
             "metrics_address": self.config.server.metrics_address,
             "serving": self.serving,
             "workers": [child(c) for c in self.workers],
-            "state_node": next((child(c) for c in self.backing if c.spec.role == "state_node"), None),
+            "state_nodes": [child(c) for c in self.backing if c.spec.role == "state_node"],
             "shard_nodes": [child(c) for c in self.backing if c.spec.role == "shard_node"],
         }
 

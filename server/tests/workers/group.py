@@ -127,13 +127,13 @@ class Group:
         try:
             state: dict[str, Any] = json.loads(path.read_text())
         except (OSError, ValueError):
-            return {"serving": False, "workers": [], "shard_nodes": [], "state_node": None}
+            return {"serving": False, "workers": [], "shard_nodes": [], "state_nodes": []}
         self._pids |= set(self.pids(state))
         return state
 
     @staticmethod
     def pids(state: dict[str, Any]) -> list[int]:
-        children = [*state["workers"], *state["shard_nodes"], state["state_node"]]
+        children = [*state["workers"], *state["shard_nodes"], *state["state_nodes"]]
         return [c["pid"] for c in children if c and c.get("pid")]
 
     def wait(self, ready: Any, timeout_s: float, what: str) -> dict[str, Any]:

@@ -60,7 +60,8 @@ async def test_the_group_serves_once_every_worker_does_and_both_answer(
 ) -> None:
     state = group.state()
     assert state["serving"] and all(w["ready"] for w in state["workers"])
-    assert state["state_node"]["ready"] and len(state["shard_nodes"]) == 1
+    assert [n["role"] for n in state["state_nodes"]] == ["profiles", "graph", "cache"]
+    assert all(n["ready"] for n in state["state_nodes"]) and len(state["shard_nodes"]) == 1
     assert await asyncio.to_thread(group.public_health) == health_pb2.HealthCheckResponse.SERVING
     answers = await until_every_worker_answers(group, user_ids[0], WORKERS)
     # Both catalogues were filled from the one shard node: the same answer whichever worker gave it.
@@ -145,11 +146,15 @@ async def test_no_recommend_fails_while_a_worker_is_killed(group: Group, user_id
 
 def test_a_graceful_stop_leaves_no_process_behind(group: Group) -> None:
     pids = group.pids(group.state())
-    assert len(pids) == WORKERS + 2 and all(alive(p) for p in pids)
+    assert len(pids) == WORKERS + 1 + 3 and all(alive(p) for p in pids)  # a shard node, three state nodes
     assert group.stop(signal.SIGTERM) == 0
     assert not [p for p in pids if alive(p)]
-    assert not (group.run_dir / "group.json").exists() and not (group.run_dir / "state.sock").exists()
+    assert not (group.run_dir / "group.json").exists() and not list(group.run_dir.glob("*.sock"))
     log = group.log_tail(100_000)
-    # Workers drained before the state node and the shard node stopped.
-    assert log.index("worker-0] server.api.server: recd stopped") < log.index("state node stopped")
+    # Workers drained before the state nodes and the shard node stopped.
+    drained = log.index("worker-0] server.api.server: recd stopped")
+    assert all(
+        drained < log.index(f"state-node-{role}] server.workers.state_node: state node stopped")
+        for role in ("profiles", "graph", "cache")
+    )
     assert "Fatal Python error" not in log, log[-3000:]

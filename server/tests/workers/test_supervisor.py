@@ -33,27 +33,28 @@ class PlanCase:
     env: dict[str, str]
     workers: int
     shard_nodes: int  # started by the group
-    state_node: bool
+    state_roles: tuple[str, ...]
 
 
+ALL = ("profiles", "graph", "cache")
 PLANS = [
-    PlanCase("embedded", {}, 2, 1, True),
-    PlanCase("one-node-per-4-workers", {}, 9, 2, True),
-    PlanCase("nodes-as-asked", {"RECD_WORKERS__SHARD_NODES": "3"}, 2, 3, True),
-    PlanCase("configured-nodes", {"RECD_CLUSTER__NODES": "[127.0.0.1:7001, 127.0.0.1:7002]"}, 2, 0, True),
+    PlanCase("embedded", {}, 2, 1, ALL),
+    PlanCase("one-node-per-4-workers", {}, 9, 2, ALL),
+    PlanCase("nodes-as-asked", {"RECD_WORKERS__SHARD_NODES": "3"}, 2, 3, ALL),
+    PlanCase("configured-nodes", {"RECD_CLUSTER__NODES": "[127.0.0.1:7001, 127.0.0.1:7002]"}, 2, 0, ALL),
     PlanCase(
         "real-backends",
         {"RECD_PROFILES__BACKEND": "scylla", "RECD_GRAPH__BACKEND": "neo4j", "RECD_CACHE__BACKEND": "redis"},
         2,
         1,
-        False,
+        (),
     ),
     PlanCase(
         "only-the-cache-embedded",
         {"RECD_PROFILES__BACKEND": "scylla", "RECD_GRAPH__BACKEND": "neo4j"},
         2,
         1,
-        True,
+        ("cache",),
     ),
 ]
 
@@ -64,7 +65,7 @@ def test_plan(case: PlanCase) -> None:
     plan = plan_group(config, case.workers)
     assert len(plan.shard_nodes) == case.shard_nodes
     assert all(a.startswith("127.0.0.1:") for a in plan.shard_nodes.values())
-    assert plan.state_node == case.state_node
+    assert plan.state_roles == case.state_roles
     # Port 0 would give each worker a port of its own: the group picks one for all.
     assert plan.address.startswith("127.0.0.1:") and not plan.address.endswith(":0")
 
@@ -110,7 +111,7 @@ def test_children_stop_themselves_when_the_supervisor_is_killed(tmp_path: Path) 
     try:
         group.start()
         pids = group.pids(group.state())
-        assert len(pids) == 3
+        assert len(pids) == 5  # the worker, the shard node, the state nodes of the three roles
         assert group.stop(signal.SIGKILL) == -signal.SIGKILL
         # Their pipe from the supervisor ended: each drains and exits on its own.
         deadline = time.monotonic() + 60

@@ -1,9 +1,10 @@
-"""CPU seconds of a process group by role over a load window, read from /proc (Linux).
+"""CPU seconds of a worker group's processes by role over a load window, read from /proc (Linux).
 
 Scale-out is bounded by cores, so a throughput figure alone does not say which process ran out of them:
-the worker group's processes (workers, shard nodes, state node, supervisor) and the load generators are
-sampled at the window's start and end, and the difference per role divided by the requests answered in
-the window is each role's CPU per request.
+the group's processes (workers, shard nodes, state nodes, supervisor) are sampled at the window's start
+and end, and the difference per role divided by the requests answered in the window is each role's CPU
+per request. (The load generators clock their own CPU over the window, loadgen: they exit as it ends,
+and a process that has exited is gone from /proc.)
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 GROUP_ROLES = (
     ("server.workers.worker", "workers"),
     ("server.workers.shard_node", "shard nodes"),
-    ("server.workers.state_node", "state node"),
+    ("server.workers.state_node", "state nodes"),
     ("server.cli", "supervisor"),
 )
-GENERATORS = "load generators"
 
 
 def _stat(pid: int) -> tuple[int, float] | None:
@@ -58,10 +58,9 @@ def _descendants(root: int, parents: dict[int, int]) -> set[int]:
     return found
 
 
-def cpu_by_role(group: int, generators_parent: int) -> dict[str, float]:
+def cpu_by_role(group: int) -> dict[str, float]:
     """CPU seconds so far of `group` and every process under it (each child of a worker group runs in a
-    session of its own, so the tree is followed, not the session), by GROUP_ROLES, and of every other
-    process under `generators_parent` (the load generators)."""
+    session of its own, so the tree is followed, not the session), by GROUP_ROLES."""
     stats = {int(e): _stat(int(e)) for e in os.listdir("/proc") if e.isdigit()}
     live = {pid: stat for pid, stat in stats.items() if stat is not None}
     parents = {pid: stat[0] for pid, stat in live.items()}
@@ -70,8 +69,6 @@ def cpu_by_role(group: int, generators_parent: int) -> dict[str, float]:
     for pid in in_group:
         line = _cmdline(pid)
         out[next((name for module, name in GROUP_ROLES if module in line), "other")] += live[pid][1]
-    for pid in _descendants(generators_parent, parents) - in_group - {generators_parent}:
-        out[GENERATORS] += live[pid][1]
     return dict(out)
 
 

@@ -21,6 +21,7 @@ class LoadResult:
     seconds: float
     latencies_s: np.ndarray
     window_start: float = 0.0  # epoch seconds the measured window began, where the generator knows it
+    client_cpu_s: float = 0.0  # the generator processes' own CPU over the window, where they measure it
 
     @property
     def qps(self) -> float:
@@ -155,8 +156,8 @@ def _generator(
     duration_s: float,
     offset: int,
     tls: ClientTlsConfig | None = None,
-) -> tuple[list[float], int]:
-    async def run() -> tuple[list[float], int]:
+) -> tuple[list[float], int, float]:
+    async def run() -> tuple[list[float], int, float]:
         options = [("grpc.use_local_subchannel_pool", 1)]
         chans = [aio_channel(address, tls, options) for _ in range(channels)]
         methods = [c.unary_unary(calls.method) for c in chans]
@@ -165,6 +166,13 @@ def _generator(
         await asyncio.sleep(max(0.0, start_at - time.time()))
         measure_from = time.monotonic() + warmup_s
         stop_at = measure_from + duration_s
+        cpu_at: list[float] = []
+
+        async def clock_cpu() -> None:
+            # This process's CPU over the window: it exits right after, when /proc no longer shows it.
+            for at in (measure_from, stop_at):
+                await asyncio.sleep(max(0.0, at - time.monotonic()))
+                cpu_at.append(time.process_time())
 
         async def worker(w: int) -> None:
             nonlocal errors
@@ -186,10 +194,10 @@ def _generator(
                         errors += 1
                 i += concurrency
 
-        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        await asyncio.gather(clock_cpu(), *(worker(w) for w in range(concurrency)))
         for c in chans:
             await c.close()
-        return latencies, errors
+        return latencies, errors, cpu_at[1] - cpu_at[0]
 
     return asyncio.run(run())
 
@@ -227,4 +235,7 @@ def multiprocess_closed_loop(
         ]
         parts = [f.result() for f in futures]
     latencies = np.concatenate([np.asarray(p[0]) for p in parts]) if parts else np.zeros(0)
-    return LoadResult(len(latencies), sum(p[1] for p in parts), duration_s, latencies, start_at + warmup_s)
+    errors = sum(p[1] for p in parts)
+    return LoadResult(
+        len(latencies), errors, duration_s, latencies, start_at + warmup_s, sum(p[2] for p in parts)
+    )

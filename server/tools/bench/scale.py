@@ -31,13 +31,14 @@ from server.client import RecdClient
 from server.cluster.local import LocalCluster, free_port, wait_healthy
 from server.domain import ItemRecord
 from server.gen.recd.v1 import recommender_pb2
-from server.tools.bench.cpumeter import GENERATORS, GROUP_ROLES, CpuMeter, cpu_by_role
+from server.tools.bench.cpumeter import GROUP_ROLES, CpuMeter, cpu_by_role
 from server.tools.bench.loadgen import LoadResult, RawCalls, multiprocess_closed_loop
 from server.tools.bench.recommend import ensure_demo_state, user_ids, zipf_order
 from server.tools.bench.report import table
 
 ROOT = Path("data/bench/scale")
 RECOMMEND = "/recd.v1.Recommender/Recommend"
+GENERATORS = "load generators"
 
 
 def worker_levels(cores: int) -> list[int]:
@@ -101,11 +102,12 @@ def run_throughput(
     for workers in levels:
         with worker_group(config_path, workers) as (address, group):
             multiprocess_closed_loop(calls, address, generators, concurrency, 3.0, warmup_s=1.0)  # warm
-            with CpuMeter(lambda: cpu_by_role(group, os.getpid())) as meter:
+            with CpuMeter(lambda: cpu_by_role(group)) as meter:
                 result: LoadResult = multiprocess_closed_loop(
                     calls, address, generators, concurrency, duration_s
                 )
             cpu = meter.between(result.window_start, result.window_start + result.seconds)
+        cpu[GENERATORS] = result.client_cpu_s
         per_request = {role: seconds * 1e3 / max(1, result.requests) for role, seconds in cpu.items()}
         out.append(
             {
@@ -234,8 +236,8 @@ def run_scale_bench(quick: bool = False) -> tuple[str, dict[str, Any]]:
         f"\n\n{generators} generator processes x 32 requests in flight, on the same {cores}-core machine; "
         "scaling efficiency is QPS / (workers x the 1-worker QPS of this run).\n\n"
         + cpu_table(rows)
-        + "\n\nCPU ms per Recommend by role over the same window (/proc of every process of the group and "
-        "of the generators, divided by the Recommends answered); cores busy is their sum over the window.\n\n"
+        + "\n\nCPU ms per Recommend by role over the same window (/proc of every process of the group, and "
+        "the generators' own clocks, divided by the Recommends answered); cores busy is their sum over the window.\n\n"
         + table(
             ["write through frontend A, seen through frontend B (GetItems)", "p50 ms", "p99 ms", "max ms"],
             [[op, lag[op]["p50_ms"], lag[op]["p99_ms"], lag[op]["max_ms"]] for op in ("upsert", "delete")],
