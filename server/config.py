@@ -479,8 +479,8 @@ class WorkersConfig:
     # Frontend worker processes (`--workers` wins): None = one per core this process may run on; 0 = no
     # group, everything in one process (`--single-process`).
     count: int | None = None
-    # Shard-node processes the group starts when cluster.nodes is empty (0: one per 4 workers, at least
-    # one). They host one copy of each shard between them, in data_dir/shards as one process would.
+    # Shard-node processes the group starts when cluster.nodes is empty (0: one per worker, at most one
+    # per shard). They host one copy of each shard between them, in data_dir/shards as one process would.
     shard_nodes: int = 0
     # The group's private directory (made 0700): the state nodes' sockets and group.json (pids and
     # addresses). None: a fresh temporary directory, removed at stop. Unix socket paths are short
@@ -509,7 +509,7 @@ class WorkersConfig:
         if self.count is not None and self.count < 0:
             found.append(f"workers.count must be >= 0 (0: one process), got {self.count}")
         if self.shard_nodes < 0:
-            found.append(f"workers.shard_nodes must be >= 0 (0: one per 4 workers), got {self.shard_nodes}")
+            found.append(f"workers.shard_nodes must be >= 0 (0: one per worker), got {self.shard_nodes}")
         for key in (
             "state_write_timeout_s",
             "state_cache_timeout_ms",

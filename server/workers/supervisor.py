@@ -68,8 +68,12 @@ def default_worker_count() -> int:
         return os.cpu_count() or 1
 
 
-def default_shard_nodes(workers: int) -> int:
-    return max(1, workers // 4)
+def default_shard_nodes(workers: int, shards: int) -> int:
+    """One per worker, at most one per shard. The shard nodes' event loops (gRPC, the per-shard Python
+    around hnswlib) were what a group ran out of first: on 16 cores, 12 workers over 3 nodes served
+    2,127 Recommends/s with 5 cores idle, over 6 nodes 3,260, and 8 workers over 8 nodes 3,667
+    (`recd bench scale`'s CPU by role, BENCHMARKS.md)."""
+    return max(1, min(workers, shards))
 
 
 class GroupStartFailed(RuntimeError):
@@ -93,7 +97,7 @@ def plan_group(config: Config, workers: int) -> Plan:
     address = f"{host}:{free_port()}" if port == "0" else config.server.address
     shard_nodes: dict[int, str] = {}
     if not config.cluster.nodes:
-        count = config.workers.shard_nodes or default_shard_nodes(workers)
+        count = config.workers.shard_nodes or default_shard_nodes(workers, config.shards.count)
         shard_nodes = {i: f"127.0.0.1:{free_port()}" for i in range(count)}
     return Plan(workers, address, shard_nodes, embedded_roles(config))
 

@@ -1,5 +1,5 @@
 """`recd serve --workers 2` end to end, on the embedded defaults: a supervisor, two workers on one port,
-a shard node and a state node, as real processes on 127.0.0.1, over a small generated dataset that
+two shard nodes (one per worker) and a state node per role, as real processes on 127.0.0.1, over a small generated dataset that
 `recd demo` loaded into the data directory first (a group serves what a single process wrote).
 
 The tests share one group and run in file order: the last one stops it.
@@ -61,18 +61,25 @@ async def test_the_group_serves_once_every_worker_does_and_both_answer(
     state = group.state()
     assert state["serving"] and all(w["ready"] for w in state["workers"])
     assert [n["role"] for n in state["state_nodes"]] == ["profiles", "graph", "cache"]
-    assert all(n["ready"] for n in state["state_nodes"]) and len(state["shard_nodes"]) == 1
+    assert all(n["ready"] for n in state["state_nodes"]) and len(state["shard_nodes"]) == WORKERS
     assert await asyncio.to_thread(group.public_health) == health_pb2.HealthCheckResponse.SERVING
     answers = await until_every_worker_answers(group, user_ids[0], WORKERS)
-    # Both catalogues were filled from the one shard node: the same answer whichever worker gave it.
+    # Both catalogues were filled from the same shard nodes: the same answer whichever worker gave it.
     assert answers[0] and all(a == answers[0] for a in answers)
     page = await asyncio.to_thread(group.metrics)
     assert page["recd_workers_serving"] == WORKERS
     assert {f'recd_items{{worker="{i}"}}' for i in range(WORKERS)} <= set(page)
     assert all(page[f'recd_items{{worker="{i}"}}'] == 2000 for i in range(WORKERS))
-    # The shard node's own series are on the group's page too, labelled with its node id.
-    held = [v for k, v in page.items() if k.startswith("recd_shard_items{") and 'shard_node="0"' in k]
-    assert len(held) == 20 and sum(held) == 2000
+    # The shard nodes' own series are on the group's page too, labelled with their node ids: between
+    # them, every shard once.
+    held = {
+        node: [
+            v for k, v in page.items() if k.startswith("recd_shard_items{") and f'shard_node="{node}"' in k
+        ]
+        for node in range(WORKERS)
+    }
+    assert all(held.values()) and sum(len(v) for v in held.values()) == 20
+    assert sum(sum(v) for v in held.values()) == 2000
 
 
 async def test_an_interaction_through_one_connection_shows_through_fresh_channels(
@@ -146,12 +153,14 @@ async def test_no_recommend_fails_while_a_worker_is_killed(group: Group, user_id
 
 def test_a_graceful_stop_leaves_no_process_behind(group: Group) -> None:
     pids = group.pids(group.state())
-    assert len(pids) == WORKERS + 1 + 3 and all(alive(p) for p in pids)  # a shard node, three state nodes
+    assert len(pids) == 2 * WORKERS + 3 and all(
+        alive(p) for p in pids
+    )  # a shard node per worker, 3 state nodes
     assert group.stop(signal.SIGTERM) == 0
     assert not [p for p in pids if alive(p)]
     assert not (group.run_dir / "group.json").exists() and not list(group.run_dir.glob("*.sock"))
     log = group.log_tail(100_000)
-    # Workers drained before the state nodes and the shard node stopped.
+    # Workers drained before the state nodes and the shard nodes stopped.
     drained = log.index("worker-0] server.api.server: recd stopped")
     assert all(
         drained < log.index(f"state-node-{role}] server.workers.state_node: state node stopped")

@@ -38,22 +38,23 @@ class PlanCase:
 
 ALL = ("profiles", "graph", "cache")
 PLANS = [
-    PlanCase("embedded", {}, 2, 1, ALL),
-    PlanCase("one-node-per-4-workers", {}, 9, 2, ALL),
+    PlanCase("embedded", {}, 2, 2, ALL),
+    PlanCase("one-node-per-worker", {}, 9, 9, ALL),
+    PlanCase("at-most-one-node-per-shard", {"RECD_SHARDS__COUNT": "6"}, 9, 6, ALL),
     PlanCase("nodes-as-asked", {"RECD_WORKERS__SHARD_NODES": "3"}, 2, 3, ALL),
     PlanCase("configured-nodes", {"RECD_CLUSTER__NODES": "[127.0.0.1:7001, 127.0.0.1:7002]"}, 2, 0, ALL),
     PlanCase(
         "real-backends",
         {"RECD_PROFILES__BACKEND": "scylla", "RECD_GRAPH__BACKEND": "neo4j", "RECD_CACHE__BACKEND": "redis"},
         2,
-        1,
+        2,
         (),
     ),
     PlanCase(
         "only-the-cache-embedded",
         {"RECD_PROFILES__BACKEND": "scylla", "RECD_GRAPH__BACKEND": "neo4j"},
         2,
-        1,
+        2,
         ("cache",),
     ),
 ]
