@@ -69,10 +69,10 @@ def default_worker_count() -> int:
 
 
 def default_shard_nodes(workers: int, shards: int) -> int:
-    """One per worker, at most one per shard. The shard nodes' event loops (gRPC, the per-shard Python
-    around hnswlib) were what a group ran out of first: on 16 cores, 12 workers over 3 nodes served
-    2,127 Recommends/s with 5 cores idle, over 6 nodes 3,260, and 8 workers over 8 nodes 3,667
-    (`recd bench scale`'s CPU by role, BENCHMARKS.md)."""
+    """One per worker, at most one per shard. With one per four workers the shard nodes' event loops
+    (gRPC, the per-shard Python around hnswlib) were what a group ran out of first on 16 cores: QPS
+    stopped growing at 4 workers with cores idle, and more nodes served more (BENCHMARKS.md, "Many
+    frontends on the 16-core GPU machine": 8 workers over 8 nodes gave the most, 3,667 Recommends/s)."""
     return max(1, min(workers, shards))
 
 
