@@ -44,7 +44,7 @@ from server.experiments.exposures import ExposureLog
 from server.experiments.fatigue import Fatigue
 from server.experiments.outcomes import ExperimentOutcomes, summarise
 from server.experiments.registry import ExperimentRegistry
-from server.pipeline.assembly import Pipelines, assemble, shared_parts
+from server.pipeline.assembly import Pipelines, ann_params, assemble, shared_parts
 from server.pipeline.runner import Answer, Pipeline
 from server.pipeline.stages import AnnParams, Batch, Hydrated, Request
 from server.pipeline.steps.hydrate import HydrateUsers
@@ -160,9 +160,7 @@ class Recommender:
         found = self._ann_of_arm.get(arm.tag)
         if found is None:
             config = config_for(self.config, arm.ann_overrides, f"experiment arm {arm.tag}")
-            c = config.pipeline.candidates
-            per_shard_k = self._parts.router.per_shard_k(c.ann_k, c.shard_k_factor, c.shard_k)
-            found = AnnParams(c.ann_k, per_shard_k, config.shards.index.ef_search, c.exact_filter_max_items)
+            found = ann_params(config, self._parts.router)
             self._ann_of_arm[arm.tag] = found
         return found
 

@@ -74,8 +74,9 @@ class AnnSource:
         # One search per set of parameters: every request of the batch but those of a variant with
         # parameters of its own go in one.
         groups: dict[AnnParams, list[int]] = {}
+        scored_exactly = set(exact)
         for i in members:
-            if i not in exact:
+            if i not in scored_exactly:
                 groups.setdefault(params[i], []).append(i)
         results = await asyncio.gather(
             *(self._search(hydrated, group, p, timeout_s) for p, group in groups.items())

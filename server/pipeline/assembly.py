@@ -20,6 +20,7 @@ from server.candidates.popular import PopularSource
 from server.catalog.item_store import ItemStore
 from server.config import Config
 from server.pipeline.runner import Pipeline, Step
+from server.pipeline.stages import AnnParams
 from server.pipeline.steps.candidates import GatherCandidates
 from server.pipeline.steps.filter import FilterCandidates
 from server.pipeline.steps.hydrate import HydrateSeedItems, HydrateUsers
@@ -67,20 +68,21 @@ def shared_parts(
     return SharedParts(router, graph, items, users, rank_service, exact, hydrate_users)
 
 
+def ann_params(config: Config, router: ShardRouter) -> AnnParams:
+    """The ANN source's search parameters under `config`: the pipeline's own, and an experiment arm's
+    (a copy of the config with its retrieval overrides), which ride on its requests."""
+    c = config.pipeline.candidates
+    per_shard_k = router.per_shard_k(c.ann_k, c.shard_k_factor, c.shard_k)
+    return AnnParams(c.ann_k, per_shard_k, config.shards.index.ef_search, c.exact_filter_max_items)
+
+
 def assemble(config: Config, parts: SharedParts) -> Pipelines:
     """The pipelines `config` declares."""
     pc = config.pipeline
     c = pc.candidates
     router, items = parts.router, parts.items
-    ann = AnnSource(
-        router,
-        items,
-        c.ann_k,
-        config.shards.index.ef_search,
-        router.per_shard_k(c.ann_k, c.shard_k_factor, c.shard_k),
-        parts.exact,
-        c.exact_filter_max_items,
-    )
+    p = ann_params(config, router)
+    ann = AnnSource(router, items, p.k, p.ef, p.per_shard_k, parts.exact, p.exact_max_items)
     sources: dict[str, CandidateSource] = {
         "ann": ann,
         "graph": GraphSource(

@@ -36,3 +36,18 @@ async def test_done_tasks_and_none_are_fine() -> None:
     await task
     await cancel_and_wait([task, None])
     await cancel_and_wait([])
+
+
+async def test_what_a_stopped_task_raised_is_read_not_left_for_asyncio_to_log() -> None:
+    async def raises_on_cancel() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise RuntimeError("failed while stopping") from None
+
+    task = asyncio.get_running_loop().create_task(raises_on_cancel())
+    await asyncio.sleep(0)
+    await cancel_and_wait([task])
+    assert task.done() and not task.cancelled()
+    # Retrieved: asyncio would otherwise report "Task exception was never retrieved" when it is freed.
+    assert task._log_traceback is False  # type: ignore[attr-defined]

@@ -1,8 +1,8 @@
 """A state node: the process that holds a worker group's embedded profile store, item graph or cache, so
 that every worker reads and writes the same ones (`python -m server.workers.state_node --role R`). A group
 runs one per role left embedded, so that every worker's calls for the three roles do not share one event
-loop and one core (one state node for all three took 0.16 ms of CPU per Recommend in `recd bench scale`:
-a whole core at about 6,000 Recommends/s).
+loop and one core (one state node for all three took 0.16-0.19 ms of CPU per Recommend in `recd bench
+scale --quick` on the 2-core box: a whole core at about 6,000 Recommends/s).
 
 The stores are the embedded ones of server/backends (memory_profiles, memory_graph, memory_cache), built
 by server/wiring.py exactly as a single frontend builds them, with their data under data_dir as there.

@@ -390,7 +390,7 @@ class WorkerGroup:
         if self._temporary_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         else:
-            names = [STATE_FILE, *(SOCKET_FILE.replace("{role}", r) for r in self.plan.state_roles)]
+            names = [STATE_FILE, *(socket_for(SOCKET_FILE, r) for r in self.plan.state_roles)]
             for name in names:
                 with contextlib.suppress(FileNotFoundError):
                     (self.run_dir / name).unlink()
